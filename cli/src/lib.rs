@@ -1,0 +1,409 @@
+//! The `spanlake` command line: argument parsing, rendering of results and
+//! errors. No business logic lives here; it calls `spanlake-engine`.
+//!
+//! Exit codes (stable):
+//! - `0`: success;
+//! - `1`: the query or the data was rejected (a BTQL error, invalid input
+//!   lines, an unknown project) or the query failed while running;
+//! - `2`: usage, configuration or I/O error (bad flags, unreadable file,
+//!   locked store).
+
+pub mod diagnostics;
+pub mod render;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use spanlake_engine::Error as EngineError;
+use spanlake_engine::ingest::{IngestOptions, IngestReport, ingest};
+use spanlake_engine::query::{QueryOptions, run_query};
+use spanlake_engine::store::Store;
+
+/// spanlake: a store and query engine for LLM trace logs (Braintrust-style spans).
+#[derive(Debug, Parser)]
+#[command(name = "spanlake", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Data directory: the log store and the state database.
+    #[arg(
+        long,
+        global = true,
+        env = "SPANLAKE_DATA_DIR",
+        default_value = "./spanlake-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and list projects.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Ingest insert events from a JSON Lines file (`-` for stdin).
+    Ingest(IngestArgs),
+    /// Run a BTQL query and print the rows.
+    Query(QueryArgs),
+}
+
+/// `spanlake project ...`
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Create a project; prints its id.
+    Create {
+        /// Unique project name.
+        name: String,
+    },
+    /// List the projects.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+}
+
+/// Formats of listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListFormat {
+    /// Aligned columns.
+    Table,
+    /// A JSON array.
+    Json,
+}
+
+/// `spanlake ingest ...`
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Project id or name (an unknown id or name creates the project).
+    #[arg(long, short)]
+    pub project: String,
+    /// JSON Lines file of insert events, `-` for stdin.
+    pub file: PathBuf,
+    /// Commit the valid lines and write the invalid ones, with reasons, to
+    /// `--rejects` (default `<FILE>.rejected.jsonl`, or `rejected.jsonl` for stdin).
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Where `--skip-invalid` writes rejected lines.
+    #[arg(long, requires = "skip_invalid", value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+    /// Rows decoded and handed to the writer together (bounds memory).
+    #[arg(long, default_value_t = 16 * 1024, value_name = "N")]
+    pub chunk_rows: usize,
+    /// Commit every N rows instead of once for the whole input.
+    #[arg(long, value_name = "N")]
+    pub commit_rows: Option<u64>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `spanlake query ...`
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// The query (BTQL clause syntax), or `-` to read it from stdin.
+    pub query: String,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = render::Format::Table)]
+    pub format: render::Format,
+    /// Write to this file instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Time zone offset for time bucketing, in minutes (480 = UTC−8, as JavaScript's getTimezoneOffset).
+    #[arg(
+        long,
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        value_name = "MINUTES"
+    )]
+    pub tz_offset: i32,
+    /// Memory for sorts and other blocking operators before they spill to disk, in MiB.
+    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    pub memory_limit_mib: usize,
+}
+
+/// Exit code for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code for a rejected query or data.
+pub const EXIT_DATA: u8 = 1;
+/// Exit code for usage, configuration and I/O errors.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Run the CLI with the process arguments.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPANLAKE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    ExitCode::from(runtime.block_on(run(cli)))
+}
+
+/// Run a parsed command line; returns the exit code. Errors are printed here, once.
+pub async fn run(cli: Cli) -> u8 {
+    let store = match Store::open(&cli.data_dir) {
+        Ok(store) => store,
+        Err(e) => {
+            return report_error(&anyhow::Error::new(e).context(format!(
+                "cannot open the data directory `{}`",
+                cli.data_dir.display()
+            )));
+        }
+    };
+    let result = match cli.command {
+        Command::Project(command) => project(&store, command),
+        Command::Ingest(args) => ingest_command(&store, args).await,
+        Command::Query(args) => return query_command(&store, args).await,
+    };
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => report_error(&e),
+    }
+}
+
+fn exit_code_of(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if let Some(engine) = cause.downcast_ref::<EngineError>() {
+            if engine.is_user_data_error() {
+                return EXIT_DATA;
+            }
+            if matches!(engine, EngineError::DataFusion(_) | EngineError::Arrow(_)) {
+                return EXIT_DATA;
+            }
+        }
+    }
+    EXIT_USAGE
+}
+
+/// Print `error` and its causes once, with any line errors, and return its exit code.
+fn report_error(error: &anyhow::Error) -> u8 {
+    let mut text = format!("error: {error}");
+    for cause in error.chain().skip(1) {
+        text.push_str(&format!("\n  caused by: {cause}"));
+    }
+    for cause in error.chain() {
+        if let Some(EngineError::InvalidInput { errors, .. }) = cause.downcast_ref::<EngineError>()
+        {
+            for line_error in errors {
+                if line_error.line == 0 {
+                    text.push_str(&format!("\n  {}", line_error.message));
+                } else {
+                    text.push_str(&format!("\n  {line_error}"));
+                }
+            }
+            text.push_str(
+                "\n  help: fix these lines, or pass --skip-invalid to commit the valid ones and write the rejected ones to a file",
+            );
+        }
+        if let Some(EngineError::Locked { .. }) = cause.downcast_ref::<EngineError>() {
+            text.push_str("\n  help: wait for the other ingest to finish, then retry");
+        }
+    }
+    eprintln!("{text}");
+    exit_code_of(error)
+}
+
+fn project(store: &Store, command: ProjectCommand) -> anyhow::Result<()> {
+    let registry = store.registry();
+    match command {
+        ProjectCommand::Create { name } => {
+            let project = registry.create(&name)?;
+            println!("{}", project.id);
+            eprintln!("created project `{}` ({})", project.name, project.id);
+        }
+        ProjectCommand::List { format } => {
+            let projects = registry.list()?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&projects)?),
+                ListFormat::Table => {
+                    let width = projects
+                        .iter()
+                        .map(|p| p.name.len())
+                        .max()
+                        .unwrap_or(4)
+                        .max(4);
+                    println!("{:<36}  {:<width$}  created", "id", "name");
+                    for p in &projects {
+                        println!("{:<36}  {:<width$}  {}", p.id, p.name, p.created);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn ingest_command(store: &Store, args: IngestArgs) -> anyhow::Result<()> {
+    let project = store.registry().resolve_or_create(&args.project)?;
+    let stdin = args.file.as_os_str() == "-";
+    let (input, source_name): (Box<dyn BufRead + Send>, String) = if stdin {
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())),
+            "<stdin>".into(),
+        )
+    } else {
+        let file = std::fs::File::open(&args.file)
+            .with_context(|| format!("cannot open `{}`", args.file.display()))?;
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
+            args.file.display().to_string(),
+        )
+    };
+    let rejects = args.skip_invalid.then(|| {
+        args.rejects.clone().unwrap_or_else(|| {
+            if stdin {
+                PathBuf::from("rejected.jsonl")
+            } else {
+                let mut name = args.file.clone().into_os_string();
+                name.push(".rejected.jsonl");
+                PathBuf::from(name)
+            }
+        })
+    });
+    let options = IngestOptions {
+        chunk_rows: args.chunk_rows,
+        commit_rows: args.commit_rows,
+        rejects: rejects.clone(),
+        ..IngestOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let report = ingest(store, &project, input, &source_name, &options)
+        .await
+        .with_context(|| {
+            format!(
+                "ingest of `{source_name}` into project `{}` failed",
+                project.name
+            )
+        })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    print_ingest_report(
+        &report,
+        &project.name,
+        started.elapsed(),
+        rejects.as_deref(),
+    );
+    Ok(())
+}
+
+fn print_ingest_report(
+    report: &IngestReport,
+    project: &str,
+    elapsed: std::time::Duration,
+    rejects: Option<&std::path::Path>,
+) {
+    let seconds = elapsed.as_secs_f64();
+    let xacts: Vec<&str> = report.commits.iter().map(|c| c.xact_id.as_str()).collect();
+    eprintln!(
+        "ingested {} row(s) into `{project}` in {:.2}s ({:.0} rows/s), {} commit(s){}",
+        report.rows,
+        seconds,
+        report.rows as f64 / seconds.max(1e-9),
+        report.commits.len(),
+        if xacts.is_empty() {
+            String::new()
+        } else {
+            format!(", _xact_id {}", xacts.join(", "))
+        }
+    );
+    if report.rejected > 0 {
+        eprintln!(
+            "rejected {} line(s); see `{}`",
+            report.rejected,
+            rejects.map_or_else(String::new, |p| p.display().to_string())
+        );
+    }
+    if !report.ignored_fields.is_empty() {
+        let fields: Vec<String> = report
+            .ignored_fields
+            .iter()
+            .map(|(name, count)| format!("`{name}` ({count})"))
+            .collect();
+        eprintln!(
+            "ignored fields that the server assigns or does not know: {}",
+            fields.join(", ")
+        );
+    }
+}
+
+async fn query_command(store: &Store, args: QueryArgs) -> u8 {
+    let text = if args.query == "-" {
+        let mut text = String::new();
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+            return report_error(
+                &anyhow::Error::new(e).context("cannot read the query from stdin"),
+            );
+        }
+        text
+    } else {
+        args.query.clone()
+    };
+    let options = QueryOptions {
+        tz_offset_minutes: args.tz_offset,
+        memory_limit_bytes: args.memory_limit_mib.saturating_mul(1024 * 1024),
+        ..QueryOptions::default()
+    };
+    let stream = match run_query(store, &text, &options).await {
+        Ok(stream) => stream,
+        Err(EngineError::Query(diagnostics)) => {
+            let mut rendered = String::new();
+            for diagnostic in &diagnostics.0 {
+                rendered.push_str(&diagnostics::render(diagnostic, &text, "query"));
+            }
+            eprint!("{rendered}");
+            return EXIT_DATA;
+        }
+        Err(e) => return report_error(&anyhow::Error::new(e).context("query failed")),
+    };
+    let result = async {
+        let mut out: Box<dyn Write + Send> = match &args.output {
+            Some(path) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot create `{}`", path.display()))?,
+            )),
+            None => {
+                if args.format == render::Format::Parquet && std::io::stdout().is_terminal() {
+                    anyhow::bail!(
+                        "refusing to write Parquet to a terminal; pass --output FILE or redirect stdout"
+                    );
+                }
+                Box::new(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()))
+            }
+        };
+        render::write_rows(stream, args.format, &mut out).await
+    }
+    .await;
+    match result {
+        Ok(_) => EXIT_OK,
+        Err(e) => {
+            // A closed pipe (`| head`) is not an error.
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return EXIT_OK;
+            }
+            report_error(&e)
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Output formats of `spanlake query`: each writes rows as they stream in,
+//! except `table`, which must see every row to size its columns.
+//!
+//! Values keep their JSON types: a JSON column is written as the JSON value it
+//! holds (an object stays an object), datetimes are RFC 3339 UTC ending in
+//! `Z`, and integral floats print as integers (as JavaScript would, so `2.0`
+//! is `2`).
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Date32Type, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
+    Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use futures::StreamExt;
+use spanlake_dsl::OutputColumn;
+use spanlake_engine::query::QueryStream;
+
+/// An output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for a terminal (long values are cut).
+    Table,
+    /// One JSON array of row objects.
+    Json,
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values with a header; JSON values as JSON text.
+    Csv,
+    /// A Parquet file (zstd); needs `--output` or a redirected stdout.
+    Parquet,
+}
+
+/// Write every row of `query` to `out` in `format`; returns the row count.
+pub async fn write_rows(
+    query: QueryStream,
+    format: Format,
+    out: &mut (dyn Write + Send),
+) -> Result<u64> {
+    if format == Format::Parquet {
+        return write_parquet(query, out).await;
+    }
+    let QueryStream {
+        columns,
+        mut stream,
+    } = query;
+    let mut rows = 0u64;
+    let mut table = TableBuffer::new(&columns);
+    let mut line = Vec::with_capacity(4096);
+    match format {
+        Format::Json => out.write_all(b"[")?,
+        Format::Csv => {
+            let header: Vec<String> = columns.iter().map(|c| csv_field(&c.name)).collect();
+            writeln!(out, "{}", header.join(","))?;
+        }
+        _ => {}
+    }
+    while let Some(batch) = stream.next().await {
+        let batch = batch.context("query execution failed")?;
+        match format {
+            Format::Json | Format::Jsonl => {
+                for row in 0..batch.num_rows() {
+                    line.clear();
+                    if format == Format::Json {
+                        line.extend_from_slice(if rows == 0 { b"\n" } else { b",\n" });
+                    }
+                    write_row_object(&mut line, &batch, &columns, row)?;
+                    if format == Format::Jsonl {
+                        line.push(b'\n');
+                    }
+                    out.write_all(&line)?;
+                    rows += 1;
+                }
+            }
+            Format::Csv => {
+                for row in 0..batch.num_rows() {
+                    let mut fields = Vec::with_capacity(columns.len());
+                    for index in 0..columns.len() {
+                        let text = cell_text(batch.column(index).as_ref(), row)?;
+                        fields.push(text.map_or_else(String::new, |t| csv_field(&t)));
+                    }
+                    writeln!(out, "{}", fields.join(","))?;
+                    rows += 1;
+                }
+            }
+            Format::Table => {
+                table.push(&batch)?;
+                rows += batch.num_rows() as u64;
+            }
+            Format::Parquet => unreachable!("handled above"),
+        }
+    }
+    match format {
+        Format::Json => out.write_all(if rows == 0 { b"]\n" } else { b"\n]\n" })?,
+        Format::Table => table.print(out)?,
+        _ => {}
+    }
+    out.flush()?;
+    Ok(rows)
+}
+
+/// Parquet (zstd 3) of the query's rows, JSON columns as strings.
+async fn write_parquet(query: QueryStream, out: &mut (dyn Write + Send)) -> Result<u64> {
+    let QueryStream { mut stream, .. } = query;
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(
+            parquet::basic::ZstdLevel::try_new(3)?,
+        ))
+        .build();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(out, stream.schema(), Some(props))?;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.context("query execution failed")?;
+        writer.write(&batch)?;
+        rows += batch.num_rows() as u64;
+    }
+    writer.close()?;
+    Ok(rows)
+}
+
+/// Append `{"col": value, ...}` for `row` to `buf`.
+fn write_row_object(
+    buf: &mut Vec<u8>,
+    batch: &RecordBatch,
+    columns: &[OutputColumn],
+    row: usize,
+) -> Result<()> {
+    buf.push(b'{');
+    for (index, column) in columns.iter().enumerate() {
+        if index > 0 {
+            buf.push(b',');
+        }
+        serde_json::to_writer(&mut *buf, &column.name)?;
+        buf.push(b':');
+        write_json_value(buf, batch.column(index).as_ref(), row, column.json)?;
+    }
+    buf.push(b'}');
+    Ok(())
+}
+
+fn write_float(buf: &mut Vec<u8>, value: f64) -> Result<()> {
+    const MAX_SAFE: f64 = 9_007_199_254_740_992.0;
+    if !value.is_finite() {
+        buf.extend_from_slice(b"null");
+    } else if value.fract() == 0.0 && value.abs() < MAX_SAFE {
+        write!(buf, "{}", value as i64)?;
+    } else {
+        serde_json::to_writer(&mut *buf, &value)?;
+    }
+    Ok(())
+}
+
+/// RFC 3339 UTC with a `Z`, and only as many fraction digits as needed (0, 3, 6).
+pub fn format_timestamp_micros(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros).map_or_else(
+        || micros.to_string(),
+        |dt| dt.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+    )
+}
+
+fn timestamp_micros(array: &dyn Array, row: usize) -> Option<i64> {
+    Some(match array.data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            array.as_primitive::<TimestampSecondType>().value(row) * 1_000_000
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            array.as_primitive::<TimestampMillisecondType>().value(row) * 1_000
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            array.as_primitive::<TimestampMicrosecondType>().value(row)
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            array.as_primitive::<TimestampNanosecondType>().value(row) / 1_000
+        }
+        _ => return None,
+    })
+}
+
+/// Append the JSON value of `array[row]`.
+fn write_json_value(buf: &mut Vec<u8>, array: &dyn Array, row: usize, json: bool) -> Result<()> {
+    if array.is_null(row) {
+        buf.extend_from_slice(b"null");
+        return Ok(());
+    }
+    macro_rules! int {
+        ($t:ty) => {{
+            write!(buf, "{}", array.as_primitive::<$t>().value(row))?;
+        }};
+    }
+    match array.data_type() {
+        DataType::Null => buf.extend_from_slice(b"null"),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let text = string_value(array, row);
+            if json {
+                buf.extend_from_slice(text.as_bytes());
+            } else {
+                serde_json::to_writer(&mut *buf, text)?;
+            }
+        }
+        DataType::Boolean => {
+            let value = array.as_boolean().value(row);
+            buf.extend_from_slice(if value { b"true" } else { b"false" });
+        }
+        DataType::Int8 => int!(Int8Type),
+        DataType::Int16 => int!(Int16Type),
+        DataType::Int32 => int!(Int32Type),
+        DataType::Int64 => int!(Int64Type),
+        DataType::UInt8 => int!(UInt8Type),
+        DataType::UInt16 => int!(UInt16Type),
+        DataType::UInt32 => int!(UInt32Type),
+        DataType::UInt64 => int!(UInt64Type),
+        DataType::Float16 => {
+            write_float(
+                buf,
+                f64::from(array.as_primitive::<Float16Type>().value(row)),
+            )?;
+        }
+        DataType::Float32 => {
+            write_float(
+                buf,
+                f64::from(array.as_primitive::<Float32Type>().value(row)),
+            )?;
+        }
+        DataType::Float64 => write_float(buf, array.as_primitive::<Float64Type>().value(row))?,
+        DataType::Timestamp(..) => {
+            let micros = timestamp_micros(array, row).unwrap_or_default();
+            serde_json::to_writer(&mut *buf, &format_timestamp_micros(micros))?;
+        }
+        DataType::Date32 => {
+            let days = array.as_primitive::<Date32Type>().value(row);
+            let date = chrono::DateTime::from_timestamp(i64::from(days) * 86_400, 0)
+                .map(|d| d.date_naive().to_string())
+                .unwrap_or_default();
+            serde_json::to_writer(&mut *buf, &date)?;
+        }
+        _ => {
+            let formatter = ArrayFormatter::try_new(array, &FormatOptions::default())?;
+            serde_json::to_writer(&mut *buf, &formatter.value(row).to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn string_value(array: &dyn Array, row: usize) -> &str {
+    match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().value(row),
+        DataType::LargeUtf8 => array.as_string::<i64>().value(row),
+        _ => array.as_string_view().value(row),
+    }
+}
+
+/// Plain text of a cell (no quotes around strings; JSON as JSON text), or
+/// `None` for null.
+fn cell_text(array: &dyn Array, row: usize) -> Result<Option<String>> {
+    if array.is_null(row) {
+        return Ok(None);
+    }
+    Ok(Some(match array.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            string_value(array, row).to_string()
+        }
+        DataType::Timestamp(..) => {
+            format_timestamp_micros(timestamp_micros(array, row).unwrap_or_default())
+        }
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+            let mut buf = Vec::new();
+            write_json_value(&mut buf, array, row, false)?;
+            String::from_utf8(buf)?
+        }
+        _ => {
+            let formatter = ArrayFormatter::try_new(array, &FormatOptions::default())?;
+            formatter.value(row).to_string()
+        }
+    }))
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+/// Cells of the `table` format, cut to a readable width.
+#[derive(Debug)]
+struct TableBuffer {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+const MAX_CELL_CHARS: usize = 48;
+
+impl TableBuffer {
+    fn new(columns: &[OutputColumn]) -> Self {
+        Self {
+            header: columns.iter().map(|c| c.name.clone()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, batch: &RecordBatch) -> Result<()> {
+        for row in 0..batch.num_rows() {
+            let mut cells = Vec::with_capacity(self.header.len());
+            for index in 0..self.header.len() {
+                let text = cell_text(batch.column(index).as_ref(), row)?
+                    .unwrap_or_else(|| "null".to_string());
+                let text: String = text.replace(['\n', '\r', '\t'], " ");
+                cells.push(if text.chars().count() > MAX_CELL_CHARS {
+                    let cut: String = text.chars().take(MAX_CELL_CHARS - 1).collect();
+                    format!("{cut}…")
+                } else {
+                    text
+                });
+            }
+            self.rows.push(cells);
+        }
+        Ok(())
+    }
+
+    fn print(&self, out: &mut dyn Write) -> Result<()> {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let line = |cells: &[String]| -> String {
+            cells
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| {
+                    let pad = width - cell.chars().count();
+                    format!("{cell}{}", " ".repeat(pad))
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")
+                .trim_end()
+                .to_string()
+        };
+        writeln!(out, "{}", line(&self.header))?;
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        writeln!(out, "{}", rule.join("-+-"))?;
+        for row in &self.rows {
+            writeln!(out, "{}", line(row))?;
+        }
+        writeln!(
+            out,
+            "({} row{})",
+            self.rows.len(),
+            if self.rows.len() == 1 { "" } else { "s" }
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_and_timestamps() {
+        let mut buf = Vec::new();
+        write_float(&mut buf, 2.0).unwrap();
+        buf.push(b' ');
+        write_float(&mut buf, 0.25).unwrap();
+        buf.push(b' ');
+        write_float(&mut buf, f64::NAN).unwrap();
+        assert_eq!(String::from_utf8(buf).unwrap(), "2 0.25 null");
+        assert_eq!(format_timestamp_micros(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            format_timestamp_micros(1_500),
+            "1970-01-01T00:00:00.001500Z"
+        );
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}

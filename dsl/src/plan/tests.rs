@@ -1,0 +1,225 @@
+use std::sync::Arc;
+
+use chrono::TimeZone;
+use datafusion_expr::logical_plan::builder::LogicalTableSource;
+
+use super::*;
+use crate::parse_query;
+
+#[derive(Debug)]
+struct TestCatalog;
+
+impl Catalog for TestCatalog {
+    fn project_logs(
+        &self,
+        args: &[String],
+    ) -> Result<Arc<dyn datafusion_expr::TableSource>, String> {
+        if args.first().is_some_and(|a| a == "missing") {
+            return Err("no project named `missing`".to_string());
+        }
+        Ok(Arc::new(LogicalTableSource::new(schema::spans_schema())))
+    }
+}
+
+fn options() -> PlanOptions {
+    PlanOptions {
+        tz_offset_minutes: 0,
+        now: chrono::Utc.with_ymd_and_hms(2024, 11, 9, 12, 0, 0).unwrap(),
+    }
+}
+
+fn plan(text: &str) -> CompiledQuery {
+    let query = parse_query(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    plan_query(&query, &TestCatalog, &options()).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+fn plan_err(text: &str) -> Diagnostics {
+    let query = parse_query(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    match plan_query(&query, &TestCatalog, &options()) {
+        Ok(q) => panic!("{text}: expected an error, got {}", q.plan.display_indent()),
+        Err(e) => e,
+    }
+}
+
+fn names(q: &CompiledQuery) -> Vec<(String, bool)> {
+    let schema_names: Vec<String> = q
+        .plan
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let column_names: Vec<String> = q.columns.iter().map(|c| c.name.clone()).collect();
+    assert_eq!(schema_names, column_names);
+    q.columns.iter().map(|c| (c.name.clone(), c.json)).collect()
+}
+
+#[test]
+fn select_star_lists_every_column() {
+    let q = plan(
+        "select: * | from: project_logs('p') spans | filter: scores.Factuality > 0.8 | sort: created desc | limit: 100",
+    );
+    assert_eq!(q.columns.len(), schema::spans_schema().fields().len());
+    assert!(q.columns.iter().any(|c| c.name == "metadata" && c.json));
+    assert!(q.columns.iter().any(|c| c.name == "created" && !c.json));
+    let text = q.plan.display_indent().to_string();
+    assert!(text.contains("json_get_f64[\"Factuality\"]"), "{text}");
+    assert!(text.contains("Limit: skip=0, fetch=100"), "{text}");
+    assert!(text.contains("DESC NULLS FIRST"), "{text}");
+}
+
+#[test]
+fn implicit_and_explicit_names() {
+    let q = plan(
+        "select: metadata.model, metrics.tokens > 1000 as is_long_response, (scores.Factuality > 0.8 ? \"high\" : \"low\") as quality, \
+         id, tags[0], created as timestamp, metrics.tokens * 2 | from: project_logs('p')",
+    );
+    assert_eq!(
+        names(&q),
+        vec![
+            ("model".to_string(), true),
+            ("is_long_response".to_string(), false),
+            ("quality".to_string(), false),
+            ("id".to_string(), false),
+            ("tags[0]".to_string(), true),
+            ("timestamp".to_string(), false),
+            ("metrics.tokens * 2".to_string(), false),
+        ]
+    );
+}
+
+#[test]
+fn aliases_in_sort_and_filter() {
+    let q = plan(
+        "select: metadata.model, scores.Factuality as score | from: project_logs('p') | filter: model = 'gpt-4' | sort: score desc",
+    );
+    let text = q.plan.display_indent().to_string();
+    assert!(text.contains("json_get_str[\"model\"]"), "{text}");
+    assert!(text.contains("json_get_f64[\"Factuality\"]"), "{text}");
+}
+
+#[test]
+fn the_compound_filter_of_the_docs_plans() {
+    let q = plan(
+        "select: id | from: project_logs('p') | filter: scores.Factuality > 0.8 and metadata.model = \"gpt-4\" and tags includes \"triage\" \
+         and input ILIKE '%question%' and created > '2024-01-01' and (metrics.tokens > 1000 or metadata.is_production = true) \
+         and created > now() - interval 1 hour and metadata.description LIKE '%50\\% off_%' and not tags includes 'x' \
+         and search('timeout') and metadata.kind in ['a', 'b'] and id in ['x', 'y'] and metadata.x <=> null and input match 'hello world' \
+         and tags[-1] = 'last' and len(tags) > 1 and day(created) = '2024-01-01' and estimated_cost() / 0 is null",
+    );
+    let text = q.plan.display_indent().to_string();
+    assert!(
+        text.contains("50\\\\% off\\\\_%") || text.contains("50\\% off\\_%"),
+        "{text}"
+    );
+    assert!(
+        text.contains("TimestampMicrosecond(1704067200000000"),
+        "{text}"
+    );
+}
+
+#[test]
+fn functions_plan() {
+    let q = plan(
+        "select: day(created) as date, hour(created) as hour, round(scores.Factuality, 2) as rounded_score, \
+         date_trunc('15 minutes', created) as q, week(created) as w, lower(metadata.model) as l, concat(id, '-', metadata.n) as c, \
+         coalesce(metadata.a, metadata.b) as co, greatest(1, 2.5) as g, nullif(id, 'x') as ni, to_string(metadata) as ts, \
+         to_number('1.5') as tn, to_integer(metadata.n) as ti, to_boolean(metadata.b) as tb, to_datetime('2024-01-01') as td, \
+         to_date(created) as d, json_extract(metadata.config, 'api_key') as api_key, current_date() as cd, now() as n, \
+         contains(tags, 'a') as has_a, estimated_cost() as cost, isnull(error) as no_error | from: project_logs('p')",
+    );
+    let json: Vec<&str> = q
+        .columns
+        .iter()
+        .filter(|c| c.json)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(json, vec!["co", "api_key", "cost"]);
+    assert_eq!(q.columns.len(), 22);
+}
+
+#[test]
+fn unknown_field_suggests() {
+    let e = plan_err("select: metdata.model | from: project_logs('p')");
+    assert_eq!(e.0[0].code, codes::UNKNOWN_FIELD);
+    assert_eq!(e.0[0].span, Span::new(8, 15));
+    assert!(
+        e.0[0].help.as_deref().unwrap().contains("`metadata`"),
+        "{:?}",
+        e.0[0].help
+    );
+}
+
+#[test]
+fn errors_are_collected_with_spans() {
+    let e = plan_err(
+        "select: count(1), foo(id) | from: project_logs('p') | filter: created > 'yesterday'",
+    );
+    let codes_seen: Vec<&str> = e.0.iter().map(|d| d.code).collect();
+    assert!(codes_seen.contains(&codes::AGGREGATE_IN_SELECT), "{e}");
+    assert!(codes_seen.contains(&codes::UNKNOWN_FUNCTION), "{e}");
+    assert!(codes_seen.contains(&codes::BAD_DATETIME), "{e}");
+    let bad = e.0.iter().find(|d| d.code == codes::BAD_DATETIME).unwrap();
+    assert_eq!(bad.span, Span::new(62, 83));
+}
+
+#[test]
+fn clause_and_source_errors() {
+    assert_eq!(plan_err("select: id").0[0].code, codes::MISSING_FROM);
+    assert_eq!(
+        plan_err("from: experiment('e')").0[0].code,
+        codes::UNKNOWN_SOURCE
+    );
+    assert_eq!(
+        plan_err("from: project_logs('missing')").0[0].code,
+        codes::SOURCE_ERROR
+    );
+    assert_eq!(
+        plan_err("from: project_logs('p') traces").0[0].code,
+        codes::NOT_SUPPORTED
+    );
+    let e = plan_err("from: project_logs('p') | dimensions: metadata.model | measures: count(1)");
+    assert_eq!(e.0.len(), 2);
+    assert!(e.0.iter().all(|d| d.code == codes::NOT_SUPPORTED));
+    assert_eq!(
+        plan_err("select: id, metadata.id | from: project_logs('p')").0[0].code,
+        codes::DUPLICATE_NAME
+    );
+    assert_eq!(
+        plan_err("select: id.x | from: project_logs('p')").0[0].code,
+        codes::TYPE_MISMATCH
+    );
+    assert_eq!(
+        plan_err("from: project_logs('p') | filter: id").0[0].code,
+        codes::TYPE_MISMATCH
+    );
+    assert_eq!(
+        plan_err("from: project_logs('p') | filter: id like metadata.x").0[0].code,
+        codes::LITERAL_REQUIRED
+    );
+    assert_eq!(
+        plan_err("from: project_logs('p') | limit: -1").0[0].code,
+        codes::NUMBER_RANGE
+    );
+}
+
+#[test]
+fn cross_type_comparison_is_null() {
+    let q = plan("select: id = 1 as x | from: project_logs('p')");
+    assert!(
+        q.plan
+            .display_indent()
+            .to_string()
+            .contains("Boolean(NULL) AS x"),
+        "{}",
+        q.plan.display_indent()
+    );
+}
+
+#[test]
+fn like_patterns() {
+    assert_eq!(expr::like_pattern("%50\\% off%"), "%50\\% off%");
+    assert_eq!(expr::like_pattern("a_b"), "a\\_b");
+    assert_eq!(expr::like_pattern("a\\_b\\\\"), "a\\_b\\\\");
+    assert_eq!(expr::like_pattern("x\\"), "x\\\\");
+}

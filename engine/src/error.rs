@@ -1,0 +1,97 @@
+//! Engine errors. User mistakes (bad input, unknown project) are kept apart
+//! from failures of the storage or execution layers and from `Internal`
+//! (a broken invariant: a bug).
+
+use std::path::PathBuf;
+
+/// Result alias for the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of the spanlake engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A query that does not parse or plan; the diagnostics carry spans.
+    #[error("invalid query")]
+    Query(#[from] spanlake_dsl::Diagnostics),
+    /// Invalid input lines were found; nothing of the input was committed.
+    #[error("{} invalid line(s) in `{source_name}`; nothing was committed", errors.len())]
+    InvalidInput {
+        /// Where the input came from (a path, or `-` for stdin).
+        source_name: String,
+        /// Every error found, in line order.
+        errors: Vec<crate::ingest::LineError>,
+    },
+    /// A project name or id that does not exist.
+    #[error("unknown project `{0}`")]
+    UnknownProject(String),
+    /// A project with this name exists already.
+    #[error("a project named `{0}` already exists")]
+    ProjectExists(String),
+    /// A user-supplied value is not acceptable.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Another process holds the write lock of a project's store.
+    #[error("the store of project `{project}` is locked by another writer ({path})")]
+    Locked {
+        /// Project id.
+        project: String,
+        /// Lock file.
+        path: PathBuf,
+    },
+    /// File system error, with the path it happened on.
+    #[error("i/o error on `{path}`")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The automation state database.
+    #[error("state database error")]
+    State(#[from] rusqlite::Error),
+    /// The Delta log store.
+    #[error("log store error")]
+    Delta(#[from] deltalake::DeltaTableError),
+    /// Query execution.
+    #[error("query execution failed")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    /// Arrow encoding or decoding.
+    #[error("arrow error")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// A broken invariant: a bug in spanlake.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Build an [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether the operation may succeed if retried unchanged.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Locked { .. } => true,
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
+            ),
+            Self::Delta(deltalake::DeltaTableError::Transaction { .. }) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this error was caused by the user's input (query or data), as
+    /// opposed to configuration, I/O or a bug. The CLI maps it to exit code 1.
+    pub fn is_user_data_error(&self) -> bool {
+        matches!(
+            self,
+            Self::Query(_) | Self::InvalidInput { .. } | Self::UnknownProject(_)
+        )
+    }
+}

@@ -1,0 +1,12 @@
+//! The spanlake engine: the log store of span row versions (Delta Lake),
+//! ingest with merge semantics, and BTQL queries streamed as Arrow record
+//! batches. See `DESIGN.md` at the repository root for the architecture.
+
+pub mod error;
+pub mod ingest;
+pub mod merge;
+pub mod projects;
+pub mod query;
+pub mod store;
+
+pub use error::{Error, Result};

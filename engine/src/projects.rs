@@ -1,0 +1,208 @@
+//! Project registry in the state database (`<data-dir>/state.db`, SQLite).
+//!
+//! A project has a UUID and a unique name, and belongs to the local org. The
+//! org id is generated once per data directory and kept in the `meta` table.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// One project.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Project {
+    /// Project UUID (the key of its log store).
+    pub id: String,
+    /// Unique, human-chosen name.
+    pub name: String,
+    /// Owning org UUID.
+    pub org_id: String,
+    /// RFC 3339 creation time.
+    pub created: String,
+}
+
+/// The project registry of one data directory.
+#[derive(Debug)]
+pub struct ProjectRegistry {
+    conn: Connection,
+    org_id: String,
+}
+
+const SCHEMA_SQL: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS projects (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    org_id TEXT NOT NULL,
+    created TEXT NOT NULL
+);
+";
+
+impl ProjectRegistry {
+    /// Open (creating if needed) the registry in `state_db`.
+    pub fn open(state_db: &Path) -> Result<Self> {
+        let conn = Connection::open(state_db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.execute_batch(SCHEMA_SQL)?;
+        let org_id: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'org_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let org_id = match org_id {
+            Some(id) => id,
+            None => {
+                let id = Uuid::new_v4().to_string();
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('org_id', ?1)",
+                    params![id],
+                )?;
+                conn.query_row("SELECT value FROM meta WHERE key = 'org_id'", [], |r| {
+                    r.get(0)
+                })?
+            }
+        };
+        Ok(Self { conn, org_id })
+    }
+
+    /// The local org id.
+    pub fn org_id(&self) -> &str {
+        &self.org_id
+    }
+
+    /// Create a project named `name`; fails if the name is taken.
+    pub fn create(&self, name: &str) -> Result<Project> {
+        validate_name(name)?;
+        if self.by_name(name)?.is_some() {
+            return Err(Error::ProjectExists(name.to_string()));
+        }
+        self.insert(&Uuid::new_v4().to_string(), name)
+    }
+
+    fn insert(&self, id: &str, name: &str) -> Result<Project> {
+        let project = Project {
+            id: id.to_string(),
+            name: name.to_string(),
+            org_id: self.org_id.clone(),
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        };
+        self.conn.execute(
+            "INSERT INTO projects (id, name, org_id, created) VALUES (?1, ?2, ?3, ?4)",
+            params![project.id, project.name, project.org_id, project.created],
+        )?;
+        Ok(project)
+    }
+
+    /// All projects, by name.
+    pub fn list(&self) -> Result<Vec<Project>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, org_id, created FROM projects ORDER BY name")?;
+        let rows = stmt.query_map([], row_to_project)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn by_name(&self, name: &str) -> Result<Option<Project>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, name, org_id, created FROM projects WHERE name = ?1",
+                params![name],
+                row_to_project,
+            )
+            .optional()?)
+    }
+
+    fn by_id(&self, id: &str) -> Result<Option<Project>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, name, org_id, created FROM projects WHERE id = ?1",
+                params![id],
+                row_to_project,
+            )
+            .optional()?)
+    }
+
+    /// Find a project by UUID or by name (a UUID is tried first).
+    pub fn resolve(&self, id_or_name: &str) -> Result<Project> {
+        let found = match Uuid::parse_str(id_or_name) {
+            Ok(uuid) => self.by_id(&uuid.hyphenated().to_string())?,
+            Err(_) => None,
+        };
+        match found {
+            Some(p) => Ok(p),
+            None => self
+                .by_name(id_or_name)?
+                .ok_or_else(|| Error::UnknownProject(id_or_name.to_string())),
+        }
+    }
+
+    /// Resolve for ingest: an unknown UUID creates the project (named after its
+    /// id), an unknown name creates a project of that name.
+    pub fn resolve_or_create(&self, id_or_name: &str) -> Result<Project> {
+        match self.resolve(id_or_name) {
+            Ok(p) => Ok(p),
+            Err(Error::UnknownProject(_)) => match Uuid::parse_str(id_or_name) {
+                Ok(uuid) => {
+                    let id = uuid.hyphenated().to_string();
+                    self.insert(&id, &id)
+                }
+                Err(_) => self.create(id_or_name),
+            },
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn row_to_project(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
+    Ok(Project {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        org_id: r.get(2)?,
+        created: r.get(3)?,
+    })
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(Error::InvalidArgument(
+            "a project name cannot be empty".to_string(),
+        ));
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err(Error::InvalidArgument(format!(
+            "project name `{}` contains control characters",
+            name.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_list_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = ProjectRegistry::open(&dir.path().join("state.db")).unwrap();
+        let p = reg.create("alpha").unwrap();
+        assert!(matches!(reg.create("alpha"), Err(Error::ProjectExists(_))));
+        assert_eq!(reg.resolve("alpha").unwrap(), p);
+        assert_eq!(reg.resolve(&p.id).unwrap(), p);
+        assert!(matches!(reg.resolve("beta"), Err(Error::UnknownProject(_))));
+        let id = "0b1e2c3d-0000-4000-8000-000000000001";
+        let q = reg.resolve_or_create(id).unwrap();
+        assert_eq!(q.id, id);
+        assert_eq!(reg.list().unwrap().len(), 2);
+        // The org id is stable across reopenings.
+        let org = reg.org_id().to_string();
+        drop(reg);
+        let again = ProjectRegistry::open(&dir.path().join("state.db")).unwrap();
+        assert_eq!(again.org_id(), org);
+    }
+}

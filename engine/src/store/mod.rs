@@ -1,0 +1,191 @@
+//! The log store: one Delta Lake table of row versions per project, under
+//! `<data-dir>/projects/<project-id>/logs`, and the project registry in
+//! `<data-dir>/state.db`.
+//!
+//! ```text
+//!  ingest ──(one writer per project: a file lock)──► Delta commit N
+//!            every event of commit N gets _xact_id = 0x0DE1<<48 | N
+//!
+//!  read:  snapshot at version V ──► resolve (fold versions per id) ──► spans view
+//! ```
+//!
+//! Guarantees: a commit is atomic (all rows of an ingest or none); `_xact_id`
+//! increases with every commit and is durable (it is the Delta version, which
+//! never changes once written); a reader sees one snapshot for its whole query.
+
+pub mod resolve;
+pub mod schema;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use deltalake::DeltaTable;
+use deltalake::kernel::StructField;
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::operations::create::CreateBuilder;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::projects::{Project, ProjectRegistry};
+
+/// File name of the state database inside the data directory.
+pub const STATE_DB: &str = "state.db";
+
+/// A data directory: the project registry and the log tables.
+#[derive(Debug)]
+pub struct Store {
+    data_dir: PathBuf,
+    registry: Mutex<ProjectRegistry>,
+}
+
+impl Store {
+    /// Open the data directory, creating it if it does not exist.
+    pub fn open(data_dir: impl AsRef<Path>) -> Result<Self> {
+        let data_dir = data_dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+        let data_dir = data_dir
+            .canonicalize()
+            .map_err(|e| Error::io(&data_dir, e))?;
+        let registry = ProjectRegistry::open(&data_dir.join(STATE_DB))?;
+        Ok(Self {
+            data_dir,
+            registry: Mutex::new(registry),
+        })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The project registry.
+    pub fn registry(&self) -> MutexGuard<'_, ProjectRegistry> {
+        // A panic while holding the lock cannot leave the registry half-updated
+        // (every change is one SQLite statement), so a poisoned lock is usable.
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn project_dir(&self, project: &Project) -> PathBuf {
+        self.data_dir.join("projects").join(&project.id)
+    }
+
+    /// Open the logs of `project` for reading, at their latest version. A
+    /// project without any ingested data reads as empty.
+    pub async fn logs(&self, project: &Project) -> Result<ProjectLogs> {
+        let location = self.project_dir(project).join("logs");
+        let table = if location.join("_delta_log").is_dir() {
+            let url = dir_url(&location)?;
+            Some(deltalake::open_table(url).await?)
+        } else {
+            None
+        };
+        Ok(ProjectLogs {
+            project: project.clone(),
+            table,
+        })
+    }
+
+    /// Open the logs of `project` for writing: take the project's write lock
+    /// (failing at once if another process holds it) and create the table if
+    /// it does not exist yet.
+    pub async fn logs_for_write(&self, project: &Project) -> Result<(ProjectLogs, WriteLock)> {
+        let dir = self.project_dir(project);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let lock_path = dir.join("write.lock");
+        let file = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    project: project.id.clone(),
+                    path: lock_path,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+        }
+        let lock = WriteLock { _file: file };
+        let location = dir.join("logs");
+        let table = if location.join("_delta_log").is_dir() {
+            deltalake::open_table(dir_url(&location)?).await?
+        } else {
+            std::fs::create_dir_all(&location).map_err(|e| Error::io(&location, e))?;
+            create_table(&location).await?
+        };
+        Ok((
+            ProjectLogs {
+                project: project.clone(),
+                table: Some(table),
+            },
+            lock,
+        ))
+    }
+}
+
+/// Held while a process writes to a project's table; released on drop.
+#[derive(Debug)]
+pub struct WriteLock {
+    _file: File,
+}
+
+async fn create_table(location: &Path) -> Result<DeltaTable> {
+    let schema = schema::physical_schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            StructField::try_from_arrow(f.as_ref())
+                .map_err(|e| Error::Internal(format!("schema conversion: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let table = CreateBuilder::new()
+        .with_location(dir_url(location)?.to_string())
+        .with_table_name("project_logs")
+        .with_columns(columns)
+        .with_configuration_property(
+            deltalake::TableProperty::DataSkippingStatsColumns,
+            Some(schema::STATS_COLUMNS),
+        )
+        .with_save_mode(deltalake::protocol::SaveMode::Ignore)
+        .await?;
+    Ok(table)
+}
+
+fn dir_url(path: &Path) -> Result<Url> {
+    Url::from_directory_path(path)
+        .map_err(|()| Error::Internal(format!("not an absolute path: {}", path.display())))
+}
+
+/// The logs of one project at one snapshot.
+#[derive(Debug)]
+pub struct ProjectLogs {
+    project: Project,
+    table: Option<DeltaTable>,
+}
+
+impl ProjectLogs {
+    /// The project.
+    pub fn project(&self) -> &Project {
+        &self.project
+    }
+
+    /// The Delta table, `None` when nothing was ever ingested.
+    pub fn table(&self) -> Option<&DeltaTable> {
+        self.table.as_ref()
+    }
+
+    /// Mutable access for writers.
+    pub(crate) fn table_mut(&mut self) -> Option<&mut DeltaTable> {
+        self.table.as_mut()
+    }
+
+    /// The snapshot version, `None` when nothing was ever ingested.
+    pub fn version(&self) -> Option<i64> {
+        self.table
+            .as_ref()
+            .and_then(DeltaTable::version)
+            .and_then(|v| i64::try_from(v).ok())
+    }
+}
