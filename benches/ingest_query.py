@@ -2,7 +2,7 @@
 """Ingest + query benchmark: spanlake vs DuckDB on the same synthetic span log.
 
 One run, on one generated JSONL file of Braintrust-style spans
-(/work/shared/tools/gen_spans.py):
+(tools/gen_spans.py):
 
 1. Ingest.  ``spanlake ingest`` of the JSONL into a fresh data dir, and DuckDB
    converting the same JSONL to zstd Parquet with
@@ -67,7 +67,7 @@ REQUIREMENTS = HERE / "requirements.txt"
 HOME = Path.home()
 VENV = Path(os.environ.get("SPANLAKE_BENCH_VENV", HOME / ".cache/spanlake-tools/bench-venv"))
 DEFAULT_WORK = HOME / ".cache/spanlake-bench"
-DEFAULT_GEN = Path("/work/shared/tools/gen_spans.py")
+DEFAULT_GEN = Path(__file__).resolve().parent.parent / "tools" / "gen_spans.py"
 DEFAULT_BIN = (Path(os.environ.get("CARGO_TARGET_DIR", HOME / ".cache/spanlake-target"))
                / "release" / "spanlake")
 BUILD_HINT = "build it with: cargo build --release -p spanlake"
