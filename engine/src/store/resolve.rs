@@ -15,17 +15,28 @@
 //! proportional to the versions of ids that have more than one version;
 //! compaction (folding versions into clean rows) keeps that small.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, AsArray, BooleanBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::metadata::FieldMetadata;
 use datafusion::dataframe::DataFrame;
-use datafusion::logical_expr::{Expr, cast, col, lit};
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast,
+    col, lit, not,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
 use datafusion::prelude::SessionContext;
+use futures::StreamExt;
 use serde_json::{Map, Value};
 use spanlake_dsl::schema::{JSON_COLUMNS, JSON_METADATA_KEY, spans_schema};
 
@@ -63,9 +74,9 @@ fn logical_projection() -> Vec<Expr> {
 }
 
 impl ProjectLogs {
-    /// The spans view of this snapshot as a DataFrame (a lazy plan: clean rows
-    /// stream from the table; only the ids with several versions are folded
-    /// here, eagerly).
+    /// The spans view of this snapshot as a DataFrame: a lazy plan. Clean rows
+    /// stream from the table; the versions of ids to fold are sorted (with
+    /// spilling, under the session's memory limit) and folded as a stream.
     pub async fn resolved_view(&self, ctx: &SessionContext) -> Result<DataFrame> {
         let Some(table) = self.table() else {
             return Ok(ctx.read_batch(RecordBatch::new_empty(spans_schema()))?);
@@ -78,37 +89,209 @@ impl ProjectLogs {
         if fold_ids.is_empty() {
             return Ok(versions.select(logical_projection())?);
         }
-        let fold_list: Vec<Expr> = fold_ids.iter().map(|id| lit(id.as_str())).collect();
+        let in_fold_set = ScalarUDF::from(IdInSet::new(Arc::new(fold_ids)));
         let to_fold = versions
             .clone()
-            .filter(col("id").in_list(fold_list.clone(), false))?
-            .collect()
+            .filter(in_fold_set.call(vec![col("id")]))?
+            .sort(vec![
+                col("id").sort(true, false),
+                col(XACT_ID).sort(true, false),
+                col(SEQ).sort(true, false),
+            ])?
+            .create_physical_plan()
             .await?;
-        let folded = fold_versions(&to_fold, &self.project().id)?;
+        let folded = StreamingTable::try_new(
+            spans_schema(),
+            vec![Arc::new(FoldStream {
+                input: to_fold,
+                project_id: self.project().id.clone(),
+            })],
+        )?;
         let clean = versions
             .filter(col(OP).eq(lit(VersionOp::NewReplace as i32)))?
-            .filter(col("id").in_list(fold_list, true))?
+            .filter(not(in_fold_set.call(vec![col("id")])))?
             .select(logical_projection())?;
-        Ok(clean.union(ctx.read_batch(folded)?)?)
+        Ok(clean.union(ctx.read_table(Arc::new(folded))?)?)
     }
 }
 
-async fn ids_to_fold(versions: DataFrame) -> Result<Vec<String>> {
+async fn ids_to_fold(versions: DataFrame) -> Result<HashSet<String>> {
     let batches = versions
         .filter(col(OP).not_eq(lit(VersionOp::NewReplace as i32)))?
         .select(vec![col("id")])?
         .distinct()?
         .collect()
         .await?;
-    let mut ids = Vec::new();
+    let mut ids = HashSet::new();
     for batch in &batches {
-        let column = batch.column(0);
-        let strings = column.as_string_opt::<i32>().ok_or_else(|| {
-            Error::Internal(format!("`id` column has type {}", column.data_type()))
-        })?;
-        ids.extend(strings.iter().flatten().map(str::to_string));
+        let column = utf8(batch.column(0))?;
+        ids.extend(
+            column
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(str::to_string),
+        );
     }
     Ok(ids)
+}
+
+/// The column as `Utf8` (the Parquet reader may hand out string views).
+fn utf8(array: &ArrayRef) -> Result<ArrayRef> {
+    if array.data_type() == &DataType::Utf8 {
+        Ok(Arc::clone(array))
+    } else {
+        Ok(arrow::compute::cast(array, &DataType::Utf8)?)
+    }
+}
+
+/// `id IN <set of ids to fold>`, with the set held in memory (a literal
+/// `IN` list of every id would cost a plan node per id).
+#[derive(Debug)]
+struct IdInSet {
+    ids: Arc<HashSet<String>>,
+    signature: Signature,
+}
+
+impl IdInSet {
+    fn new(ids: Arc<HashSet<String>>) -> Self {
+        Self {
+            ids,
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl PartialEq for IdInSet {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.ids, &other.ids)
+    }
+}
+
+impl Eq for IdInSet {}
+
+impl std::hash::Hash for IdInSet {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.ids).hash(state);
+    }
+}
+
+impl ScalarUDFImpl for IdInSet {
+    fn name(&self) -> &str {
+        "spanlake_id_in_fold_set"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let ids = args.args[0].to_array(args.number_rows)?;
+        let ids = utf8(&ids).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let result: BooleanArray = ids
+            .as_string::<i32>()
+            .iter()
+            .map(|id| Some(id.is_some_and(|id| self.ids.contains(id))))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(result)))
+    }
+}
+
+/// Folds a stream of versions sorted by (id, _xact_id, _seq) into resolved
+/// rows, one batch out per batch in; a run of one id may span batches.
+#[derive(Debug)]
+struct FoldStream {
+    input: Arc<dyn ExecutionPlan>,
+    project_id: String,
+}
+
+impl PartitionStream for FoldStream {
+    fn schema(&self) -> &SchemaRef {
+        static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(spans_schema);
+        &SCHEMA
+    }
+
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let versions = match execute_stream(Arc::clone(&self.input), ctx) {
+            Ok(versions) => versions,
+            Err(e) => {
+                let failed = futures::stream::once(async move { Err(e) });
+                return Box::pin(RecordBatchStreamAdapter::new(spans_schema(), failed));
+            }
+        };
+        let state = FoldState {
+            versions,
+            pending: None,
+            project_id: self.project_id.clone(),
+            finished: false,
+        };
+        let stream = futures::stream::unfold(state, |mut state| async move {
+            if state.finished {
+                return None;
+            }
+            let out = match state.versions.next().await {
+                Some(Ok(batch)) => state.fold_batch(&batch),
+                Some(Err(e)) => {
+                    state.finished = true;
+                    Err(e)
+                }
+                None => {
+                    state.finished = true;
+                    state.flush()
+                }
+            };
+            Some((out, state))
+        });
+        Box::pin(RecordBatchStreamAdapter::new(spans_schema(), stream))
+    }
+}
+
+/// The fold in progress: the id being folded, its last `_xact_id` and state.
+struct FoldState {
+    versions: SendableRecordBatchStream,
+    pending: Option<(String, i64, Option<Map<String, Value>>)>,
+    project_id: String,
+    finished: bool,
+}
+
+impl FoldState {
+    fn fold_batch(&mut self, batch: &RecordBatch) -> datafusion::error::Result<RecordBatch> {
+        let mut decoded = Vec::with_capacity(batch.num_rows());
+        decode_versions(batch, &mut decoded).map_err(to_df)?;
+        let mut rows = SpansBatchBuilder::new(decoded.len());
+        for version in decoded {
+            match &mut self.pending {
+                Some((id, xact, state)) if *id == version.id => {
+                    *xact = version.xact;
+                    *state = merge::apply_event(state.take(), &version.op, version.fields);
+                }
+                _ => {
+                    if let Some((_, xact, Some(row))) = self.pending.take() {
+                        rows.push(&row, xact, &self.project_id).map_err(to_df)?;
+                    }
+                    let state = merge::apply_event(None, &version.op, version.fields);
+                    self.pending = Some((version.id, version.xact, state));
+                }
+            }
+        }
+        rows.finish().map_err(to_df)
+    }
+
+    fn flush(&mut self) -> datafusion::error::Result<RecordBatch> {
+        let mut rows = SpansBatchBuilder::new(1);
+        if let Some((_, xact, Some(row))) = self.pending.take() {
+            rows.push(&row, xact, &self.project_id).map_err(to_df)?;
+        }
+        rows.finish().map_err(to_df)
+    }
+}
+
+fn to_df(error: Error) -> DataFusionError {
+    DataFusionError::External(Box::new(error))
 }
 
 /// One stored version, decoded for the fold.
@@ -116,7 +299,6 @@ async fn ids_to_fold(versions: DataFrame) -> Result<Vec<String>> {
 struct Version {
     id: String,
     xact: i64,
-    seq: i64,
     op: EventOp,
     fields: Map<String, Value>,
 }
@@ -128,16 +310,32 @@ fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::ar
         .ok_or_else(|| Error::Internal(format!("stored batch lacks string column `{name}`")))
 }
 
+/// `batch` with string views and large strings cast to `Utf8`.
+fn strings_as_utf8(batch: &RecordBatch) -> Result<RecordBatch> {
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if matches!(field.data_type(), DataType::Utf8View | DataType::LargeUtf8) {
+            fields.push(field.as_ref().clone().with_data_type(DataType::Utf8));
+            columns.push(utf8(column)?);
+        } else {
+            fields.push(field.as_ref().clone());
+            columns.push(Arc::clone(column));
+        }
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+    )?)
+}
+
 fn decode_versions(batch: &RecordBatch, out: &mut Vec<Version>) -> Result<()> {
+    let batch = &strings_as_utf8(batch)?;
     let missing = |name: &str| Error::Internal(format!("stored batch lacks column `{name}`"));
     let xact = batch
         .column_by_name(XACT_ID)
         .and_then(|c| c.as_primitive_opt::<Int64Type>())
         .ok_or_else(|| missing(XACT_ID))?;
-    let seq = batch
-        .column_by_name(SEQ)
-        .and_then(|c| c.as_primitive_opt::<Int64Type>())
-        .ok_or_else(|| missing(SEQ))?;
     let op = batch
         .column_by_name(OP)
         .and_then(|c| c.as_primitive_opt::<Int32Type>())
@@ -206,37 +404,11 @@ fn decode_versions(batch: &RecordBatch, out: &mut Vec<Version>) -> Result<()> {
         out.push(Version {
             id,
             xact: xact.value(row),
-            seq: seq.value(row),
             op,
             fields,
         });
     }
     Ok(())
-}
-
-/// Fold the versions in `batches` (all versions of some ids) into one
-/// resolved row per live id, in the spans schema.
-fn fold_versions(batches: &[RecordBatch], project_id: &str) -> Result<RecordBatch> {
-    let mut versions = Vec::new();
-    for batch in batches {
-        decode_versions(batch, &mut versions)?;
-    }
-    versions.sort_by(|a, b| (&a.id, a.xact, a.seq).cmp(&(&b.id, b.xact, b.seq)));
-
-    let mut rows = SpansBatchBuilder::new(versions.len());
-    let mut iter = versions.into_iter().peekable();
-    while let Some(first) = iter.next() {
-        let mut xact = first.xact;
-        let mut state = merge::apply_event(None, &first.op, first.fields);
-        while let Some(next) = iter.next_if(|v| v.id == first.id) {
-            xact = next.xact;
-            state = merge::apply_event(state, &next.op, next.fields);
-        }
-        if let Some(row) = state {
-            rows.push(&row, xact, project_id)?;
-        }
-    }
-    rows.finish()
 }
 
 /// Whether a span with these parents is a root span: no parents at all.
@@ -321,5 +493,108 @@ impl SpansBatchBuilder {
                 .map(|b| Arc::new(b.finish()) as Arc<dyn Array>),
         );
         Ok(RecordBatch::try_new(spans_schema(), columns)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::TryStreamExt;
+
+    use super::*;
+    use crate::ingest::{IngestOptions, ingest};
+    use crate::store::Store;
+
+    async fn ingest_lines(store: &Store, lines: &[&str]) {
+        let project = store.registry().resolve_or_create("p").unwrap();
+        let input = std::io::Cursor::new(lines.join("\n").into_bytes());
+        ingest(
+            store,
+            &project,
+            Box::new(input),
+            "test",
+            &IngestOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn rows(store: &Store) -> Vec<Value> {
+        let project = store.registry().resolve("p").unwrap();
+        let ctx = SessionContext::new();
+        let view = store
+            .logs(&project)
+            .await
+            .unwrap()
+            .resolved_view(&ctx)
+            .await
+            .unwrap();
+        let batches: Vec<RecordBatch> = view
+            .sort(vec![col("id").sort(true, false)])
+            .unwrap()
+            .execute_stream()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for batch in &batches {
+            let batch = strings_as_utf8(batch).unwrap();
+            let ids = string_column(&batch, "id").unwrap();
+            let input = string_column(&batch, "input").unwrap();
+            let tags = string_column(&batch, "tags").unwrap();
+            let is_root = batch.column_by_name("is_root").unwrap().as_boolean();
+            for row in 0..batch.num_rows() {
+                let json = |a: &arrow::array::StringArray| {
+                    if a.is_valid(row) {
+                        serde_json::from_str(a.value(row)).unwrap()
+                    } else {
+                        Value::Null
+                    }
+                };
+                out.push(serde_json::json!({
+                    "id": ids.value(row),
+                    "input": json(input),
+                    "tags": json(tags),
+                    "is_root": is_root.value(row),
+                }));
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn clean_rows_need_no_fold_and_versions_fold_across_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        ingest_lines(
+            &store,
+            &[
+                r#"{"id":"a","created":"2026-01-01T00:00:00Z","input":{"x":1,"y":2},"tags":["t1"]}"#,
+                r#"{"id":"b","created":"2026-01-01T00:00:00Z","input":"hello","span_parents":["a"]}"#,
+                r#"{"id":"c","created":"2026-01-01T00:00:00Z","input":"gone"}"#,
+            ],
+        )
+        .await;
+        assert_eq!(rows(&store).await.len(), 3);
+        ingest_lines(
+            &store,
+            &[
+                r#"{"id":"a","_is_merge":true,"input":{"y":3},"tags":["t2","t1"]}"#,
+                r#"{"id":"c","_object_delete":true}"#,
+                r#"{"id":"d","_is_merge":true,"input":"merged into nothing"}"#,
+                r#"{"id":"b","input":"replaced"}"#,
+                r#"{"id":"b","_is_merge":true,"input":"then merged"}"#,
+            ],
+        )
+        .await;
+        assert_eq!(
+            rows(&store).await,
+            vec![
+                serde_json::json!({"id":"a","input":{"x":1,"y":3},"tags":["t1","t2"],"is_root":true}),
+                serde_json::json!({"id":"b","input":"then merged","tags":null,"is_root":true}),
+                serde_json::json!({"id":"d","input":"merged into nothing","tags":null,"is_root":true}),
+            ]
+        );
     }
 }
