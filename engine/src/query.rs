@@ -68,9 +68,16 @@ pub fn session(options: &QueryOptions) -> Result<SessionContext> {
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(options.memory_limit_bytes)))
         .build_arc()?;
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_batch_size(options.batch_rows)
         .with_information_schema(false);
+    // Read strings as `Utf8`, not views: the JSON functions of BTQL take
+    // `Utf8` and would otherwise copy every JSON column they touch.
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 

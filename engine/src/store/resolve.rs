@@ -82,7 +82,11 @@ impl ProjectLogs {
             return Ok(ctx.read_batch(RecordBatch::new_empty(spans_schema()))?);
         };
         table.update_datafusion_session(&ctx.state())?;
-        let provider = table.table_provider().await?;
+        // The scan takes its settings (string views or not) from the session.
+        let provider = table
+            .table_provider()
+            .with_session(Arc::new(ctx.state()))
+            .await?;
         let versions = ctx.read_table(provider)?;
 
         let fold_ids = ids_to_fold(versions.clone()).await?;
@@ -520,7 +524,7 @@ mod tests {
 
     async fn rows(store: &Store) -> Vec<Value> {
         let project = store.registry().resolve("p").unwrap();
-        let ctx = SessionContext::new();
+        let ctx = crate::query::session(&crate::query::QueryOptions::default()).unwrap();
         let view = store
             .logs(&project)
             .await
@@ -577,6 +581,18 @@ mod tests {
         )
         .await;
         assert_eq!(rows(&store).await.len(), 3);
+        // The JSON functions of BTQL take `Utf8`: the view must not hand out string views.
+        let project = store.registry().resolve("p").unwrap();
+        let ctx = crate::query::session(&crate::query::QueryOptions::default()).unwrap();
+        let view = store
+            .logs(&project)
+            .await
+            .unwrap()
+            .resolved_view(&ctx)
+            .await
+            .unwrap();
+        let input = view.schema().field_with_unqualified_name("input").unwrap();
+        assert_eq!(input.data_type(), &DataType::Utf8);
         ingest_lines(
             &store,
             &[
