@@ -51,7 +51,12 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
 
 /// Parses BTQL clause syntax into a [`Query`].
 pub fn parse_query(text: &str) -> Result<Query, Diagnostics> {
-    let mut pairs = BtqlParser::parse(Rule::query, text).map_err(pest_to_diagnostic)?;
+    let mut pairs = BtqlParser::parse(Rule::query, text).map_err(|error| {
+        let at = match error.location {
+            pest::error::InputLocation::Pos(p) | pest::error::InputLocation::Span((p, _)) => p,
+        };
+        unknown_clause(text, at).map_or_else(|| pest_to_diagnostic(error), Diagnostics::from)
+    })?;
     let query_pair = pairs.next().ok_or_else(|| {
         Diagnostic::internal(
             "the grammar produced no `query` pair",
@@ -186,6 +191,65 @@ pub(crate) fn rule_name(rule: &Rule) -> String {
         other => return format!("`{other:?}`"),
     }
     .to_string()
+}
+
+/// Clause keywords, for suggestions.
+const CLAUSES: &[&str] = &[
+    "select",
+    "from",
+    "filter",
+    "sort",
+    "limit",
+    "dimensions",
+    "measures",
+    "pivot",
+    "unpivot",
+    "cursor",
+    "sample",
+    "final_filter",
+    "trace_filter",
+    "span_filter",
+    "preview_length",
+];
+
+/// A parse error where a clause was expected and the text there reads
+/// `word:` with an unknown `word`: name it and suggest the closest clause.
+fn unknown_clause(text: &str, at: usize) -> Option<Diagnostic> {
+    let rest = text.get(at..)?;
+    let word_len = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    let word = &rest[..word_len];
+    if word.is_empty()
+        || !rest[word_len..].trim_start().starts_with(':')
+        || CLAUSES.iter().any(|c| c.eq_ignore_ascii_case(word))
+    {
+        return None;
+    }
+    let lower = word.to_ascii_lowercase();
+    let closest = CLAUSES
+        .iter()
+        .map(|c| (strsim::levenshtein(&lower, c), *c))
+        .min()
+        .filter(|(distance, _)| *distance <= 2)
+        .map(|(_, c)| c);
+    let list = CLAUSES
+        .iter()
+        .map(|c| format!("`{c}:`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let help = match closest {
+        Some(c) => format!("did you mean `{c}:`? clauses are {list}"),
+        None => format!("clauses are {list}"),
+    };
+    Some(
+        Diagnostic::new(
+            codes::SYNTAX,
+            format!("unknown clause `{word}:`"),
+            Span::new(at, at + word_len),
+        )
+        .with_help(help),
+    )
 }
 
 fn pest_to_diagnostic(error: pest::error::Error<Rule>) -> Diagnostics {
@@ -904,5 +968,29 @@ mod tests {
         let err = parse_query("filter: created > now() - interval 1 fortnight").unwrap_err();
         assert_eq!(err.0[0].code, codes::BAD_UNIT);
         assert_eq!(err.0[0].span, Span::new(37, 46));
+    }
+}
+
+#[cfg(test)]
+mod unknown_clause_tests {
+    use super::*;
+
+    #[test]
+    fn misspelt_clause_is_named_with_a_suggestion() {
+        let err = parse_query("selct: id | from: project_logs('p')").unwrap_err();
+        let d = &err.0[0];
+        assert_eq!(d.message, "unknown clause `selct:`");
+        assert_eq!(d.span, Span::new(0, 5));
+        assert!(
+            d.help
+                .as_deref()
+                .unwrap()
+                .starts_with("did you mean `select:`?")
+        );
+
+        let text = "select: id\nfliter: id = 'x'";
+        let err = parse_query(text).unwrap_err();
+        assert_eq!(err.0[0].message, "unknown clause `fliter:`");
+        assert_eq!(err.0[0].span.start, text.find("fliter").unwrap());
     }
 }
