@@ -21,7 +21,10 @@ impl Catalog for SpansCatalog {
 }
 
 const QUERIES: &[(&str, &str)] = &[
-    ("star_limit", "select: * | from: project_logs('p') spans | limit: 100"),
+    (
+        "star_limit",
+        "select: * | from: project_logs('p') spans | limit: 100",
+    ),
     (
         "filter_llm",
         "select: id, span_id, created, metrics.tokens as tokens | from: project_logs('p') spans \
