@@ -229,9 +229,12 @@ async fn load_id_hashes(logs: &ProjectLogs) -> Result<HashSet<u64, IdHasher>> {
     if table.snapshot()?.log_data().num_files() == 0 {
         return Ok(ids);
     }
-    let ctx = SessionContext::new();
+    let ctx = crate::query::session(&crate::query::QueryOptions::default())?;
     table.update_datafusion_session(&ctx.state())?;
-    let provider = table.table_provider().await?;
+    let provider = table
+        .table_provider()
+        .with_session(Arc::new(ctx.state()))
+        .await?;
     let mut stream = ctx
         .read_table(provider)?
         .select(vec![col("id")])?
@@ -240,9 +243,14 @@ async fn load_id_hashes(logs: &ProjectLogs) -> Result<HashSet<u64, IdHasher>> {
     let hasher = IdHasher::default();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        if let Some(strings) = batch.column(0).as_string_opt::<i32>() {
-            ids.extend(strings.iter().flatten().map(|id| hasher.hash_one(id)));
-        }
+        let column = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
+        ids.extend(
+            column
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(|id| hasher.hash_one(id)),
+        );
     }
     Ok(ids)
 }

@@ -34,9 +34,9 @@
 //!   merge after a delete therefore starts a fresh row.
 //! * **Merge onto a row**, key by key over the event's fields:
 //!   * `id`, `span_id`, `root_span_id`, `span_parents`, `_parent_id`,
-//!     `created` are *kept*: if the row already has the key (even with a
-//!     `null` value) the event's value is ignored; if the row lacks it, the
-//!     event's value is taken.
+//!     `created` of the event are *ignored*: the row keeps its own (or keeps
+//!     lacking them: the span structure of a row is fixed by the event that
+//!     created it, as in Braintrust, where these fields are skipped on merge).
 //!   * top-level `tags`: when both old and new are arrays, the result is the
 //!     set union: the existing elements in their order, then the new
 //!     elements not already present (duplicates among the new ones dropped).
@@ -78,8 +78,8 @@ pub const ARRAY_DELETE: &str = "_array_delete";
 /// Control field: the event deletes the row.
 pub const OBJECT_DELETE: &str = "_object_delete";
 
-/// Top-level fields whose original value a merge keeps (only filled in when
-/// the existing row lacks them).
+/// Top-level fields that a merge onto an existing row ignores: the row keeps
+/// its own.
 pub const MERGE_KEPT_FIELDS: [&str; 6] = [
     "id",
     "span_id",
@@ -230,7 +230,7 @@ fn merge_row(
         .filter(|p| !p.is_empty())
         .collect();
     for (key, value) in fields {
-        if MERGE_KEPT_FIELDS.contains(&key.as_str()) && row.contains_key(&key) {
+        if MERGE_KEPT_FIELDS.contains(&key.as_str()) {
             continue;
         }
         let (wholesale, below) = paths_below(&paths, &key);
@@ -854,15 +854,12 @@ mod tests {
     }
 
     #[test]
-    fn merge_keeps_null_identity_fields_but_fills_absent_ones() {
+    fn merge_ignores_identity_fields_even_where_the_row_lacks_them() {
         let out = merge(
             json!({"id": "r", "span_parents": null, "output": 1}),
             json!({"span_parents": ["p"], "span_id": "s", "created": "c", "root_span_id": "root"}),
         );
-        assert_eq!(
-            out,
-            json!({"id": "r", "span_parents": null, "output": 1, "span_id": "s", "created": "c", "root_span_id": "root"})
-        );
+        assert_eq!(out, json!({"id": "r", "span_parents": null, "output": 1}));
     }
 
     #[test]

@@ -161,6 +161,7 @@ pub(crate) fn rule_name(rule: &Rule) -> String {
         Rule::shape => "`spans`, `traces` or `summary`",
         Rule::sort_dir => "`asc` or `desc`",
         Rule::star => "`*`",
+        Rule::close_paren => "`)`",
         Rule::percent => "`%`",
         Rule::not_op | Rule::not_kw => "`not`",
         Rule::kw_as => "`as`",

@@ -466,8 +466,12 @@ impl SpansBatchBuilder {
         self.project_id
             .append_value(text("project_id").unwrap_or(project_id));
         self.log_id.append_value(PROJECT_LOGS_LOG_ID);
-        self.span_id.append_option(text("span_id"));
-        self.root_span_id.append_option(text("root_span_id"));
+        // A row born from a merge for an unknown id has no span ids: it is a
+        // span of its own, as ingest makes a replace without them.
+        let span_id = text("span_id").unwrap_or(id);
+        self.span_id.append_value(span_id);
+        self.root_span_id
+            .append_value(text("root_span_id").unwrap_or(span_id));
         self.is_root
             .append_value(is_root_from_parents(row.get("span_parents")));
         for (builder, name) in self.json.iter_mut().zip(JSON_COLUMNS) {

@@ -1,0 +1,185 @@
+//! Helpers shared by the integration tests: a fresh data directory and a way
+//! to run the `spanlake` binary against it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The `spanlake` binary built for this test run.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_spanlake");
+
+/// `tests/` of the workspace.
+pub(crate) fn tests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests")
+}
+
+/// `tests/fixtures/`.
+pub(crate) fn fixtures_dir() -> PathBuf {
+    tests_dir().join("fixtures")
+}
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Run {
+    fn from_output(output: Output) -> Self {
+        Self {
+            // A signal has no code; -1 never matches an expected code.
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with the whole run unless the exit code is `code`.
+    #[track_caller]
+    pub(crate) fn expect_code(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit code {code}, got {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the exit code is 0.
+    #[track_caller]
+    pub(crate) fn ok(self) -> Self {
+        self.expect_code(0)
+    }
+
+    /// Parse stdout as JSON Lines.
+    #[track_caller]
+    pub(crate) fn jsonl(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{}", self.stdout))
+            })
+            .collect()
+    }
+}
+
+/// A temporary data directory and the commands that use it.
+#[derive(Debug)]
+pub(crate) struct Spanlake {
+    dir: tempfile::TempDir,
+}
+
+impl Spanlake {
+    pub(crate) fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("create a temp dir"),
+        }
+    }
+
+    /// The temp directory (the data dir is `data/` inside it).
+    pub(crate) fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A bare command: no `--data-dir`, no inherited `SPANLAKE_*` variables,
+    /// run inside the temp dir (so a default `./spanlake-data` stays there).
+    pub(crate) fn bare_command(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .current_dir(self.dir.path())
+            .env_remove("SPANLAKE_DATA_DIR")
+            .env_remove("SPANLAKE_LOG")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// `spanlake --data-dir DIR <args>`.
+    pub(crate) fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = self.bare_command();
+        command.arg("--data-dir").arg(self.data_dir()).args(args);
+        command
+    }
+
+    pub(crate) fn run<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let output = self
+            .command(args)
+            .output()
+            .expect("run the spanlake binary");
+        Run::from_output(output)
+    }
+
+    /// Run with `stdin` piped in.
+    pub(crate) fn run_with_stdin<I, S>(&self, args: I, stdin: &str) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        run_command_with_stdin(self.command(args), stdin)
+    }
+
+    /// Write `text` to a file in the temp dir; returns its path.
+    pub(crate) fn write_file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write a temp file");
+        path
+    }
+
+    /// Ingest `file` into `project`, asserting success.
+    #[track_caller]
+    pub(crate) fn ingest(&self, project: &str, file: &Path) -> Run {
+        let run = self.run([
+            "ingest".as_ref(),
+            "--project".as_ref(),
+            project.as_ref(),
+            file.as_os_str(),
+        ]);
+        assert_eq!(
+            run.code,
+            0,
+            "ingest of {} failed\n--- stdout\n{}--- stderr\n{}",
+            file.display(),
+            run.stdout,
+            run.stderr
+        );
+        run
+    }
+
+    /// Run a query with `--format jsonl`.
+    pub(crate) fn query_jsonl(&self, query: &str) -> Run {
+        self.run(["query", "--format", "jsonl", query])
+    }
+}
+
+/// Run `command` with `stdin` written to its standard input.
+pub(crate) fn run_command_with_stdin(mut command: Command, stdin: &str) -> Run {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn the spanlake binary");
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    let text = stdin.to_owned();
+    // Write from another thread so a child that fills its stdout pipe first
+    // cannot deadlock us.
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(text.as_bytes());
+    });
+    let output = child.wait_with_output().expect("wait for spanlake");
+    writer.join().expect("stdin writer thread");
+    Run::from_output(output)
+}
