@@ -249,8 +249,8 @@ fn each_ingest_gets_a_larger_xact_id() {
         &spanlake.write_file("2.jsonl", &lines(&[event("c", 2)])),
     );
     // A replace of `a` in a third commit moves `a` past everything else.
-    // BUG: the old version of `a` stays visible next to the new one (ids come
-    // out as ["a", "a", "b", "c"]); see also tests/btql/replace.test.
+    // Regression: the old version of `a` once stayed visible next to the new
+    // one (ids came out as ["a", "a", "b", "c"]); see tests/btql/replace.test.
     spanlake.ingest(
         "p",
         &spanlake.write_file("3.jsonl", &lines(&[event("a", 5)])),
@@ -546,9 +546,9 @@ fn data_dir_flag_position_and_environment() {
 
 #[test]
 fn unclosed_parenthesis_is_reported_as_such() {
-    // BUG: for `filter: (id = 'x'` followed by another clause the parser
-    // says "expected `.field`, `[index]`, `in [...]`, `? :`, `and` or `or`,
-    // ..." and never mentions the missing `)`.
+    // Regression: for `filter: (id = 'x'` followed by another clause the
+    // parser once listed `.field`, `[index]`, `and`, ... but never the
+    // missing `)`.
     let spanlake = formats_fixture();
     let run = spanlake.query_jsonl("select: id\nfilter: (id = 'x'\nfrom: project_logs('p')");
     assert_eq!(run.code, 1, "{}", run.stderr);

@@ -51,8 +51,7 @@
 //! It is for maintenance only: every expected block of this suite was
 //! computed by hand from the fixture and the spec (`btql.md`,
 //! `data-model.md`); check a blessed diff the same way before keeping it.
-//! Cases marked `# BUG:` expect the correct answer per the spec and fail
-//! until the engine is fixed; do not bless them.
+//! A case that fails shows a bug: fix the engine, never bless it away.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
