@@ -47,7 +47,6 @@ use arrow::array::{
     TimestampMicrosecondBuilder,
 };
 use datafusion::logical_expr::col;
-use datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};

@@ -2,11 +2,13 @@
 //! ingest with merge semantics, and BTQL queries streamed as Arrow record
 //! batches. See `DESIGN.md` at the repository root for the architecture.
 
+pub mod automation;
 pub mod error;
 pub mod ingest;
 pub mod merge;
 pub mod projects;
 pub mod query;
+pub mod sink;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Automation configuration (see `state` for the database).

@@ -1,0 +1,642 @@
+//! The automation state database.
+//!
+//! Guarantees: a cursor only moves in the same transaction that marks its
+//! run `succeeded` or `behind`; a lease is held by at most one holder at a
+//! time (taken with a conditional upsert, so two processes racing on the
+//! same database cannot both win); every run is kept in the history until
+//! `reset`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+const SCHEMA_SQL: &str = "
+CREATE TABLE IF NOT EXISTS automations (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL CHECK (kind IN ('export', 'retention')),
+    config TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('active', 'paused')),
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    UNIQUE (project_id, name)
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    automation_id TEXT PRIMARY KEY REFERENCES automations(id) ON DELETE CASCADE,
+    xact_id INTEGER NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    automation_id TEXT NOT NULL REFERENCES automations(id) ON DELETE CASCADE,
+    trigger TEXT NOT NULL CHECK (trigger IN ('schedule', 'manual', 'test')),
+    started TEXT NOT NULL,
+    finished TEXT,
+    status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'behind')),
+    rows INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    files INTEGER NOT NULL DEFAULT 0,
+    cursor_from INTEGER,
+    cursor_to INTEGER,
+    error TEXT,
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS runs_by_automation ON runs (automation_id, started);
+CREATE TABLE IF NOT EXISTS leases (
+    automation_id TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_micros INTEGER NOT NULL
+);
+";
+
+/// Kind of automation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Export to object storage.
+    Export,
+    /// Delete old logs.
+    Retention,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Export => "export",
+            Self::Retention => "retention",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        match text {
+            "export" => Ok(Self::Export),
+            "retention" => Ok(Self::Retention),
+            other => Err(Error::Internal(format!(
+                "unknown automation kind `{other}`"
+            ))),
+        }
+    }
+}
+
+/// A stored automation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Automation {
+    /// UUIDv7.
+    pub id: String,
+    /// Project UUID.
+    pub project_id: String,
+    /// Unique within the project.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Export or retention.
+    pub kind: Kind,
+    /// The validated configuration, as JSON.
+    pub config: serde_json::Value,
+    /// `active` or `paused`.
+    pub status: String,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339.
+    pub updated: String,
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The scheduler.
+    Schedule,
+    /// `run` from the CLI or the API.
+    Manual,
+    /// `test`.
+    Test,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Schedule => "schedule",
+            Self::Manual => "manual",
+            Self::Test => "test",
+        }
+    }
+}
+
+/// How a run ended (or that it has not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Not finished (or crashed: see [`StateDb::runs`]).
+    Running,
+    /// Done, and caught up.
+    Succeeded,
+    /// Done with an error; the cursor did not move.
+    Failed,
+    /// Done, but stopped at its row cap: more data waits.
+    Behind,
+}
+
+impl RunStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Behind => "behind",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        Ok(match text {
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "behind" => Self::Behind,
+            other => return Err(Error::Internal(format!("unknown run status `{other}`"))),
+        })
+    }
+}
+
+/// One run in the history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Run {
+    /// UUIDv7.
+    pub run_id: String,
+    /// The automation.
+    pub automation_id: String,
+    /// What started it.
+    pub trigger: String,
+    /// RFC 3339.
+    pub started: String,
+    /// RFC 3339, once finished.
+    pub finished: Option<String>,
+    /// Outcome.
+    pub status: RunStatus,
+    /// Rows written (or deleted, for retention).
+    pub rows: u64,
+    /// Bytes written (or purged).
+    pub bytes: u64,
+    /// Files written (or dropped).
+    pub files: u64,
+    /// Exclusive lower bound of the `_xact_id` range.
+    pub cursor_from: Option<i64>,
+    /// Inclusive upper bound of the `_xact_id` range.
+    pub cursor_to: Option<i64>,
+    /// The error of a failed run (never contains secrets).
+    pub error: Option<String>,
+    /// Kind-specific details (files, manifest key, cutoff, ...).
+    pub details: serde_json::Value,
+}
+
+/// Figures of a finished run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunOutcome {
+    /// Rows.
+    pub rows: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Files.
+    pub files: u64,
+    /// Upper bound of the range read.
+    pub cursor_to: Option<i64>,
+    /// Details as JSON.
+    pub details: serde_json::Value,
+}
+
+/// The state database.
+#[derive(Debug)]
+pub struct StateDb {
+    conn: Connection,
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+impl StateDb {
+    /// Open (creating the tables if needed) the state database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA_SQL)?;
+        Ok(Self { conn })
+    }
+
+    /// Store a new automation. Fails if the project has one of that name.
+    pub fn create(
+        &self,
+        project_id: &str,
+        name: &str,
+        description: &str,
+        kind: Kind,
+        config: &serde_json::Value,
+    ) -> Result<Automation> {
+        if self.find_by_name(project_id, name)?.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "an automation named `{name}` already exists in this project"
+            )));
+        }
+        let now = now_rfc3339();
+        let automation = Automation {
+            id: uuid::Uuid::now_v7().to_string(),
+            project_id: project_id.to_string(),
+            name: name.to_string(),
+            description: description.to_string(),
+            kind,
+            config: config.clone(),
+            status: "active".to_string(),
+            created: now.clone(),
+            updated: now,
+        };
+        self.conn.execute(
+            "INSERT INTO automations (id, project_id, name, description, kind, config, status, created, updated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                automation.id,
+                automation.project_id,
+                automation.name,
+                automation.description,
+                kind.as_str(),
+                automation.config.to_string(),
+                automation.status,
+                automation.created,
+                automation.updated
+            ],
+        )?;
+        Ok(automation)
+    }
+
+    fn row_to_automation(
+        row: &rusqlite::Row<'_>,
+    ) -> rusqlite::Result<(Automation, String, String)> {
+        Ok((
+            Automation {
+                id: row.get(0)?,
+                project_id: row.get(1)?,
+                name: row.get(2)?,
+                description: row.get(3)?,
+                kind: Kind::Export,
+                config: serde_json::Value::Null,
+                status: row.get(6)?,
+                created: row.get(7)?,
+                updated: row.get(8)?,
+            },
+            row.get(4)?,
+            row.get(5)?,
+        ))
+    }
+
+    fn finish_automation(
+        (mut a, kind, config): (Automation, String, String),
+    ) -> Result<Automation> {
+        a.kind = Kind::parse(&kind)?;
+        a.config = serde_json::from_str(&config)
+            .map_err(|e| Error::Internal(format!("stored config of `{}`: {e}", a.id)))?;
+        Ok(a)
+    }
+
+    const COLUMNS: &'static str =
+        "id, project_id, name, description, kind, config, status, created, updated";
+
+    /// The automation with this id.
+    pub fn get(&self, id: &str) -> Result<Option<Automation>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {} FROM automations WHERE id = ?1", Self::COLUMNS),
+                params![id],
+                Self::row_to_automation,
+            )
+            .optional()?
+            .map(Self::finish_automation)
+            .transpose()
+    }
+
+    /// The automation named `name` in `project_id`.
+    pub fn find_by_name(&self, project_id: &str, name: &str) -> Result<Option<Automation>> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {} FROM automations WHERE project_id = ?1 AND name = ?2",
+                    Self::COLUMNS
+                ),
+                params![project_id, name],
+                Self::row_to_automation,
+            )
+            .optional()?
+            .map(Self::finish_automation)
+            .transpose()
+    }
+
+    /// All automations, optionally of one project, by creation.
+    pub fn list(&self, project_id: Option<&str>) -> Result<Vec<Automation>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {} FROM automations WHERE ?1 IS NULL OR project_id = ?1 ORDER BY created, id",
+            Self::COLUMNS
+        ))?;
+        let rows = stmt.query_map(params![project_id], Self::row_to_automation)?;
+        rows.map(|r| Self::finish_automation(r?)).collect()
+    }
+
+    /// Set `active` or `paused`.
+    pub fn set_status(&self, id: &str, status: &str) -> Result<()> {
+        let changed = self.conn.execute(
+            "UPDATE automations SET status = ?2, updated = ?3 WHERE id = ?1",
+            params![id, status, now_rfc3339()],
+        )?;
+        if changed == 0 {
+            return Err(Error::InvalidArgument(format!("no automation `{id}`")));
+        }
+        Ok(())
+    }
+
+    /// Delete an automation with its cursor, runs and lease.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM leases WHERE automation_id = ?1", params![id])?;
+        let changed = self
+            .conn
+            .execute("DELETE FROM automations WHERE id = ?1", params![id])?;
+        if changed == 0 {
+            return Err(Error::InvalidArgument(format!("no automation `{id}`")));
+        }
+        Ok(())
+    }
+
+    /// The cursor (last exported `_xact_id`), if any run committed.
+    pub fn cursor(&self, id: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT xact_id FROM cursors WHERE automation_id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Clear the cursor and the history: the next run starts from the beginning.
+    pub fn reset(&self, id: &str) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM cursors WHERE automation_id = ?1", params![id])?;
+        tx.execute("DELETE FROM runs WHERE automation_id = ?1", params![id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Record the start of a run.
+    pub fn start_run(
+        &self,
+        automation_id: &str,
+        run_id: &str,
+        trigger: Trigger,
+        cursor_from: Option<i64>,
+        cursor_to: Option<i64>,
+        details: &serde_json::Value,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO runs (run_id, automation_id, trigger, started, status, cursor_from, cursor_to, details)
+             VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)",
+            params![
+                run_id,
+                automation_id,
+                trigger.as_str(),
+                now_rfc3339(),
+                cursor_from,
+                cursor_to,
+                details.to_string()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Update the details of a running run (e.g. the files it has written, so
+    /// that a retry after a crash can delete them).
+    pub fn update_run_details(&self, run_id: &str, details: &serde_json::Value) -> Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET details = ?2 WHERE run_id = ?1",
+            params![run_id, details.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Finish a run successfully and, in the same transaction, move the cursor
+    /// to `cursor_to` when given.
+    pub fn finish_run(&self, run_id: &str, status: RunStatus, outcome: &RunOutcome) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        let automation_id: String = tx.query_row(
+            "SELECT automation_id FROM runs WHERE run_id = ?1",
+            params![run_id],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "UPDATE runs SET finished = ?2, status = ?3, rows = ?4, bytes = ?5, files = ?6,
+                 cursor_to = COALESCE(?7, cursor_to), details = ?8
+             WHERE run_id = ?1",
+            params![
+                run_id,
+                now_rfc3339(),
+                status.as_str(),
+                outcome.rows,
+                outcome.bytes,
+                outcome.files,
+                outcome.cursor_to,
+                outcome.details.to_string()
+            ],
+        )?;
+        if let Some(cursor) = outcome.cursor_to {
+            tx.execute(
+                "INSERT INTO cursors (automation_id, xact_id, updated) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (automation_id) DO UPDATE SET xact_id = excluded.xact_id, updated = excluded.updated",
+                params![automation_id, cursor, now_rfc3339()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Finish a run as failed; the cursor does not move.
+    pub fn fail_run(&self, run_id: &str, error: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET finished = ?2, status = 'failed', error = ?3 WHERE run_id = ?1",
+            params![run_id, now_rfc3339(), error],
+        )?;
+        Ok(())
+    }
+
+    /// Runs of an automation, newest first.
+    pub fn runs(&self, automation_id: &str, limit: usize) -> Result<Vec<Run>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT run_id, automation_id, trigger, started, finished, status, rows, bytes, files,
+                    cursor_from, cursor_to, error, details
+             FROM runs WHERE automation_id = ?1 ORDER BY started DESC, run_id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![automation_id, limit as i64], |r| {
+            Ok((
+                Run {
+                    run_id: r.get(0)?,
+                    automation_id: r.get(1)?,
+                    trigger: r.get(2)?,
+                    started: r.get(3)?,
+                    finished: r.get(4)?,
+                    status: RunStatus::Running,
+                    rows: r.get(6)?,
+                    bytes: r.get(7)?,
+                    files: r.get(8)?,
+                    cursor_from: r.get(9)?,
+                    cursor_to: r.get(10)?,
+                    error: r.get(11)?,
+                    details: serde_json::Value::Null,
+                },
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(12)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (mut run, status, details) = row?;
+            run.status = RunStatus::parse(&status)?;
+            run.details = serde_json::from_str(&details)
+                .map_err(|e| Error::Internal(format!("stored run details: {e}")))?;
+            Ok(run)
+        })
+        .collect()
+    }
+
+    /// Take the lease of `automation_id` for `holder` until `ttl` from now.
+    /// Succeeds when the lease is free, expired, or already held by `holder`
+    /// (a renewal); returns false when someone else holds it.
+    pub fn try_lease(&self, automation_id: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let expires = now + i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX / 2);
+        let changed = self.conn.execute(
+            "INSERT INTO leases (automation_id, holder, expires_micros) VALUES (?1, ?2, ?3)
+             ON CONFLICT (automation_id) DO UPDATE SET holder = excluded.holder, expires_micros = excluded.expires_micros
+             WHERE leases.holder = excluded.holder OR leases.expires_micros < ?4",
+            params![automation_id, holder, expires, now],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Release the lease if `holder` holds it.
+    pub fn release_lease(&self, automation_id: &str, holder: &str) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM leases WHERE automation_id = ?1 AND holder = ?2",
+            params![automation_id, holder],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, StateDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.db")).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn automations_runs_and_cursor() {
+        let (_dir, db) = db();
+        let config = serde_json::json!({"data": "spans"});
+        let a = db
+            .create("p", "nightly", "", Kind::Export, &config)
+            .unwrap();
+        assert!(
+            db.create("p", "nightly", "", Kind::Export, &config)
+                .is_err()
+        );
+        assert_eq!(db.get(&a.id).unwrap().unwrap(), a);
+        assert_eq!(db.find_by_name("p", "nightly").unwrap().unwrap().id, a.id);
+        assert_eq!(db.list(Some("p")).unwrap().len(), 1);
+        assert_eq!(db.cursor(&a.id).unwrap(), None);
+
+        db.start_run(
+            &a.id,
+            "r1",
+            Trigger::Manual,
+            None,
+            Some(10),
+            &serde_json::json!({}),
+        )
+        .unwrap();
+        db.fail_run("r1", "boom").unwrap();
+        assert_eq!(
+            db.cursor(&a.id).unwrap(),
+            None,
+            "a failed run never moves the cursor"
+        );
+
+        db.start_run(
+            &a.id,
+            "r2",
+            Trigger::Manual,
+            None,
+            Some(10),
+            &serde_json::json!({}),
+        )
+        .unwrap();
+        let outcome = RunOutcome {
+            rows: 5,
+            cursor_to: Some(10),
+            ..RunOutcome::default()
+        };
+        db.finish_run("r2", RunStatus::Behind, &outcome).unwrap();
+        assert_eq!(db.cursor(&a.id).unwrap(), Some(10));
+        let runs = db.runs(&a.id, 10).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            runs.iter().find(|r| r.run_id == "r1").unwrap().status,
+            RunStatus::Failed
+        );
+
+        db.reset(&a.id).unwrap();
+        assert_eq!(db.cursor(&a.id).unwrap(), None);
+        assert!(db.runs(&a.id, 10).unwrap().is_empty());
+
+        db.set_status(&a.id, "paused").unwrap();
+        assert_eq!(db.get(&a.id).unwrap().unwrap().status, "paused");
+        db.delete(&a.id).unwrap();
+        assert!(db.get(&a.id).unwrap().is_none());
+    }
+
+    #[test]
+    fn one_lease_holder_at_a_time() {
+        let (dir, db) = db();
+        let other = StateDb::open(&dir.path().join("state.db")).unwrap();
+        assert!(db.try_lease("a", "one", Duration::from_secs(60)).unwrap());
+        assert!(
+            !other
+                .try_lease("a", "two", Duration::from_secs(60))
+                .unwrap()
+        );
+        assert!(
+            db.try_lease("a", "one", Duration::from_secs(60)).unwrap(),
+            "renewal"
+        );
+        db.release_lease("a", "one").unwrap();
+        assert!(
+            other
+                .try_lease("a", "two", Duration::from_secs(60))
+                .unwrap()
+        );
+        // An expired lease can be taken over.
+        assert!(
+            other
+                .try_lease("b", "two", Duration::from_micros(0))
+                .unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(db.try_lease("b", "one", Duration::from_secs(60)).unwrap());
+    }
+}
