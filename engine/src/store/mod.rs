@@ -75,10 +75,23 @@ impl Store {
     /// Open the logs of `project` for reading, at their latest version. A
     /// project without any ingested data reads as empty.
     pub async fn logs(&self, project: &Project) -> Result<ProjectLogs> {
+        self.logs_at(project, None).await
+    }
+
+    /// Open the logs of `project` as of table version `version` (the latest
+    /// when `None`), e.g. the snapshot a cursor or an export run pinned.
+    pub async fn logs_at(&self, project: &Project, version: Option<i64>) -> Result<ProjectLogs> {
         let location = self.project_dir(project).join("logs");
         let table = if location.join("_delta_log").is_dir() {
             let url = dir_url(&location)?;
-            Some(deltalake::open_table(url).await?)
+            Some(match version {
+                None => deltalake::open_table(url).await?,
+                Some(v) => {
+                    let v = u64::try_from(v)
+                        .map_err(|_| Error::InvalidArgument(format!("no table version {v}")))?;
+                    deltalake::open_table_with_version(url, v).await?
+                }
+            })
         } else {
             None
         };

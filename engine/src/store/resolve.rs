@@ -78,6 +78,22 @@ impl ProjectLogs {
     /// stream from the table; the versions of ids to fold are sorted (with
     /// spilling, under the session's memory limit) and folded as a stream.
     pub async fn resolved_view(&self, ctx: &SessionContext) -> Result<DataFrame> {
+        self.resolved_view_after(ctx, None).await
+    }
+
+    /// The rows of the spans view whose latest version has `_xact_id >
+    /// after` (all rows when `None`): what changed since an export cursor.
+    ///
+    /// An id's clean version (`_op = 0`) is always its first, so an id has a
+    /// version after the cursor exactly when its clean row is after it or one
+    /// of its other versions is; only the latter ids are folded (with all of
+    /// their versions), and clean rows are pruned by the `_xact_id` file
+    /// statistics.
+    pub async fn resolved_view_after(
+        &self,
+        ctx: &SessionContext,
+        after: Option<i64>,
+    ) -> Result<DataFrame> {
         let Some(table) = self.table() else {
             return Ok(ctx.read_batch(RecordBatch::new_empty(spans_schema()))?);
         };
@@ -88,10 +104,14 @@ impl ProjectLogs {
             .with_session(Arc::new(ctx.state()))
             .await?;
         let versions = ctx.read_table(provider)?;
+        let changed = match after {
+            Some(cursor) => col(XACT_ID).gt(lit(cursor)),
+            None => lit(true),
+        };
 
-        let fold_ids = ids_to_fold(versions.clone()).await?;
+        let fold_ids = ids_to_fold(versions.clone().filter(changed.clone())?).await?;
         if fold_ids.is_empty() {
-            return Ok(versions.select(logical_projection())?);
+            return Ok(versions.filter(changed)?.select(logical_projection())?);
         }
         let in_fold_set = ScalarUDF::from(IdInSet::new(Arc::new(fold_ids)));
         let to_fold = versions
@@ -112,6 +132,7 @@ impl ProjectLogs {
             })],
         )?;
         let clean = versions
+            .filter(changed)?
             .filter(col(OP).eq(lit(VersionOp::NewReplace as i32)))?
             .filter(not(in_fold_set.call(vec![col("id")])))?
             .select(logical_projection())?;
@@ -527,15 +548,14 @@ mod tests {
     }
 
     async fn rows(store: &Store) -> Vec<Value> {
+        rows_after(store, None).await
+    }
+
+    async fn rows_after(store: &Store, after: Option<i64>) -> Vec<Value> {
         let project = store.registry().resolve("p").unwrap();
         let ctx = crate::query::session(&crate::query::QueryOptions::default()).unwrap();
-        let view = store
-            .logs(&project)
-            .await
-            .unwrap()
-            .resolved_view(&ctx)
-            .await
-            .unwrap();
+        let logs = store.logs(&project).await.unwrap();
+        let view = logs.resolved_view_after(&ctx, after).await.unwrap();
         let batches: Vec<RecordBatch> = view
             .sort(vec![col("id").sort(true, false)])
             .unwrap()
@@ -616,5 +636,16 @@ mod tests {
                 serde_json::json!({"id":"d","input":"merged into nothing","tags":null,"is_root":true}),
             ]
         );
+        // Since the first commit: the rows whose latest version is in the
+        // second (`c` was deleted there, so it is gone, not "changed").
+        let first = crate::store::schema::xact_id_for_version(1);
+        let ids: Vec<Value> = rows_after(&store, Some(first))
+            .await
+            .into_iter()
+            .map(|row| row["id"].clone())
+            .collect();
+        assert_eq!(ids, vec!["a", "b", "d"]);
+        let second = crate::store::schema::xact_id_for_version(2);
+        assert!(rows_after(&store, Some(second)).await.is_empty());
     }
 }
