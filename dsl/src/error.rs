@@ -44,7 +44,10 @@ pub(crate) mod codes {
     pub(crate) const UNKNOWN_SOURCE: &str = "BTQL0101";
     pub(crate) const SOURCE_ERROR: &str = "BTQL0102";
     pub(crate) const NOT_SUPPORTED: &str = "BTQL0103";
+    pub(crate) const SPAN_PREDICATE_PLACE: &str = "BTQL0104";
     pub(crate) const UNKNOWN_FIELD: &str = "BTQL0110";
+    pub(crate) const NOT_GROUPED: &str = "BTQL0113";
+    pub(crate) const BAD_POSITION: &str = "BTQL0114";
     pub(crate) const DUPLICATE_NAME: &str = "BTQL0112";
     pub(crate) const UNKNOWN_FUNCTION: &str = "BTQL0200";
     pub(crate) const ARGUMENT_COUNT: &str = "BTQL0201";
@@ -53,6 +56,8 @@ pub(crate) mod codes {
     pub(crate) const TYPE_MISMATCH: &str = "BTQL0204";
     pub(crate) const BAD_DATETIME: &str = "BTQL0205";
     pub(crate) const BAD_UNIT: &str = "BTQL0206";
+    pub(crate) const NOT_AGGREGATE: &str = "BTQL0207";
+    pub(crate) const UNPIVOT_TYPE: &str = "BTQL0208";
     pub(crate) const INTERNAL: &str = "BTQL9000";
 }
 

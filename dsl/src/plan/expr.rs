@@ -16,6 +16,7 @@ use datafusion_common::ScalarValue;
 use datafusion_expr::expr::Like;
 use datafusion_expr::{Expr, Operator, ScalarUDF, binary_expr, cast, lit, try_cast, when};
 
+use super::aggregate::Grouping;
 use super::{PlanOptions, SelectItem, column};
 use crate::ast::{self, BinaryOp, ExprKind, Literal, PathStep, UnaryOp};
 use crate::error::{Diagnostic, Span, codes};
@@ -131,7 +132,7 @@ const FUNCTIONS: &[&str] = &[
     "isnotnull",
 ];
 
-const AGGREGATES: &[&str] = &[
+pub(crate) const AGGREGATES: &[&str] = &[
     "count",
     "count_distinct",
     "sum",
@@ -145,7 +146,7 @@ const AGGREGATES: &[&str] = &[
 /// Fields `search()` looks in.
 const SEARCH_FIELDS: &[&str] = &["input", "output", "expected", "metadata", "span_attributes"];
 
-fn udf(inner: impl datafusion_expr::ScalarUDFImpl + 'static, args: Vec<Expr>) -> Expr {
+pub(crate) fn udf(inner: impl datafusion_expr::ScalarUDFImpl + 'static, args: Vec<Expr>) -> Expr {
     Arc::new(ScalarUDF::new_from_impl(inner)).call(args)
 }
 
@@ -163,6 +164,10 @@ pub(crate) struct Lowerer<'a> {
     options: &'a PlanOptions,
     schema: &'a SchemaRef,
     items: &'a [SelectItem<'a>],
+    /// Set after grouping: names must be dimensions, measures or inside aggregates.
+    grouping: Option<&'a Grouping<'a>>,
+    /// Whether `any_span(e)` / `filter_spans(e)` mean `e` (spans shape).
+    transparent_span_wrappers: bool,
 }
 
 impl<'a> Lowerer<'a> {
@@ -175,12 +180,40 @@ impl<'a> Lowerer<'a> {
             options,
             schema,
             items,
+            grouping: None,
+            transparent_span_wrappers: true,
+        }
+    }
+
+    /// The same lowerer over grouped rows.
+    pub(crate) fn grouped(mut self, grouping: &'a Grouping<'a>) -> Self {
+        self.grouping = Some(grouping);
+        self
+    }
+
+    /// Makes `any_span` / `filter_spans` an error here (they were taken out
+    /// of the filter by the shape planner; anywhere else they mean nothing).
+    pub(crate) fn refusing_span_wrappers(mut self) -> Self {
+        self.transparent_span_wrappers = false;
+        self
+    }
+
+    /// Reads a value as a number (for aggregates).
+    pub(crate) fn number(&self, val: Val, span: Span) -> Result<Expr, Diagnostic> {
+        self.as_f64(val, span)
+    }
+
+    /// A value as an expression: JSON as its JSON text.
+    pub(crate) fn plain(val: Val) -> Expr {
+        match val {
+            Val::Json { text, path } => Self::json_text(text, path),
+            Val::Typed { expr, .. } => expr,
         }
     }
 
     // ---- readers -----------------------------------------------------------
 
-    fn json_get(kind: JsonKind, text: Expr, path: Vec<PathStep>) -> Expr {
+    pub(crate) fn json_get(kind: JsonKind, text: Expr, path: Vec<PathStep>) -> Expr {
         if path.is_empty() && kind == JsonKind::Json {
             text
         } else {
@@ -388,6 +421,14 @@ impl<'a> Lowerer<'a> {
 
     pub(crate) fn lower(&self, e: &ast::Expr, scope: Scope) -> Result<Val, Diagnostic> {
         let span = e.span;
+        if let Some(grouping) = self.grouping {
+            if let Some(found) = grouping.lookup(e, self)? {
+                return Ok(found);
+            }
+            if matches!(e.kind, ExprKind::Ident(_) | ExprKind::Access { .. }) {
+                return Err(grouping.ungrouped(e));
+            }
+        }
         Ok(match &e.kind {
             ExprKind::Literal(l) => lower_literal(l),
             ExprKind::Interval { value, unit } => typed(lit(interval(*value, *unit)), Ty::Interval),
@@ -900,12 +941,17 @@ impl<'a> Lowerer<'a> {
         };
         let arg = |i: usize| self.lower(&args[i], scope);
         if AGGREGATES.contains(&lower_name.as_str()) {
+            if let Some(grouping) = self.grouping {
+                return grouping.aggregate(&lower_name, args, span);
+            }
             return Err(Diagnostic::new(
                 codes::AGGREGATE_IN_SELECT,
                 format!("aggregate `{lower_name}` is not allowed here"),
                 span,
             )
-            .with_help("aggregate with `measures:` (and group with `dimensions:`); they come in a later version"));
+            .with_help(
+                "aggregate with `measures:` (and group with `dimensions:`, or none for one row)",
+            ));
         }
         let bucket =
             |unit: BucketUnit, multiple: i64, ts_index: usize| -> Result<Val, Diagnostic> {
@@ -1183,13 +1229,21 @@ impl<'a> Lowerer<'a> {
                     Ty::Bool,
                 )
             }
+            "any_span" | "filter_spans" if self.transparent_span_wrappers => {
+                arity(1, 1)?;
+                typed(self.as_bool(arg(0)?, args[0].span)?, Ty::Bool)
+            }
             "any_span" | "filter_spans" => {
                 return Err(Diagnostic::new(
-                    codes::NOT_SUPPORTED,
-                    format!("`{lower_name}` is not supported yet"),
+                    codes::SPAN_PREDICATE_PLACE,
+                    format!("`{lower_name}` is not allowed here"),
                     span,
                 )
-                .with_help("it applies to the `traces` and `summary` shapes, which come in a later version"));
+                .with_help(if lower_name == "any_span" {
+                    "use `any_span(expr)` in `filter:`, outside `filter_spans` and at most one level deep"
+                } else {
+                    "use `filter_spans(expr)` as a top-level `and` term of `filter:`, or the `trace_filter:` clause"
+                }));
             }
             _ => {
                 let close = closest(&lower_name, FUNCTIONS);

@@ -1,7 +1,10 @@
-//! [`ast::Query`] → DataFusion [`LogicalPlan`] for the `spans` shape.
+//! [`ast::Query`] → DataFusion [`LogicalPlan`]: every shape (`spans`,
+//! `traces`, `summary`; see [`shapes`]), grouping ([`aggregate`]),
+//! `unpivot:` and `sample:` ([`planner`]).
 //!
 //! ```text
-//!  TableScan(spans) → Filter(filter:) → Sort(sort:) → Limit(limit:) → Projection(select:)
+//!  rows(shape) → Unpivot* → Filter(filter:) → Sample → [Aggregate → Filter(final_filter:)]
+//!              → Sort(sort:) → Limit(limit:) → Projection(select: | dimensions+measures)
 //! ```
 //!
 //! Names are resolved and types checked while lowering ([`expr`]): a JSON
@@ -14,22 +17,25 @@
 //! output names are exactly [`CompiledQuery::columns`], in order.
 //!
 //! Every user error is a [`Diagnostic`]; independent clause errors are all
-//! reported. Only `project_logs` sources and the `spans` shape are planned
-//! yet; other clauses are parsed and refused with `BTQL0103`.
+//! reported. Only `project_logs` sources are planned; `pivot:`, `cursor:`
+//! and `span_filter:` are parsed and refused with `BTQL0103`.
 
+mod aggregate;
 mod expr;
+mod planner;
+mod shapes;
+mod udf;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion_common::{Column, TableReference};
-use datafusion_expr::{Expr, LogicalPlan, LogicalPlanBuilder, SortExpr};
+use datafusion_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 
 use crate::ast::{self, PathStep, SelectList, Shape};
 use crate::error::{Diagnostic, Diagnostics, Span, codes};
+#[cfg(test)]
 use crate::schema;
-
-use expr::{Lowerer, Scope};
 
 /// Where sources come from: the engine implements it over its store.
 pub trait Catalog: std::fmt::Debug {
@@ -106,32 +112,8 @@ pub fn plan_query(
         }
         Some(clause) => plan_source(&clause.value, catalog, &mut errors),
     };
-
-    let schema = schema::spans_schema();
+    let shape = query.source().map_or(Shape::Spans, |s| s.shape);
     let items = name_select_items(query, &mut errors);
-    let lowerer = Lowerer::new(options, &schema, items.as_deref().unwrap_or(&[]));
-
-    let filter = query.filter.as_ref().and_then(|clause| {
-        let lowered = lowerer
-            .lower(&clause.value, Scope::Filter)
-            .and_then(|v| lowerer.as_bool(v, clause.value.span));
-        lowered.map_err(|d| errors.push(d)).ok()
-    });
-
-    let mut sorts: Vec<SortExpr> = Vec::new();
-    for item in query.sort.iter().flat_map(|c| &c.value) {
-        match lowerer
-            .lower(&item.expr, Scope::Sort)
-            .and_then(|v| lowerer.sort_keys(v))
-        {
-            Ok(keys) => sorts.extend(
-                keys.into_iter()
-                    .map(|k| k.sort(!item.descending, item.descending)),
-            ),
-            Err(d) => errors.push(d),
-        }
-    }
-
     let limit = query
         .limit
         .as_ref()
@@ -146,73 +128,85 @@ pub fn plan_query(
                 None
             }
         });
-
-    let mut projection = Vec::new();
-    let mut columns = Vec::new();
-    match &items {
-        None => {
-            for field in schema.fields() {
-                projection.push(column(field.name()));
-                columns.push(OutputColumn {
-                    name: field.name().clone(),
-                    json: schema::is_json_field(field),
-                });
+    let preview_length = match &query.preview_length {
+        None => Some(DEFAULT_PREVIEW_LENGTH),
+        Some(clause) if clause.value == -1 => None,
+        Some(clause) => match usize::try_from(clause.value) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                errors.push(
+                    Diagnostic::new(
+                        codes::NUMBER_RANGE,
+                        "`preview_length:` must be -1 or at least 0",
+                        clause.span,
+                    )
+                    .with_help("-1 turns truncation off"),
+                );
+                None
             }
-        }
-        Some(items) => {
-            for item in items {
-                match lowerer
-                    .lower(item.expr, Scope::Select)
-                    .and_then(|v| lowerer.output(v, item.expr.span))
-                {
-                    Ok((expr, json)) => {
-                        projection.push(expr.alias(item.name.clone()));
-                        columns.push(OutputColumn {
-                            name: item.name.clone(),
-                            json,
-                        });
-                    }
-                    Err(d) => errors.push(d),
-                }
-            }
-        }
-    }
-
+        },
+    };
     let Some(source) = source else {
         return Err(Diagnostics(errors));
     };
+    let ctx = PlanContext {
+        query,
+        options,
+        source,
+        items: items.as_deref(),
+        shape,
+        limit,
+        preview_length,
+    };
+    let planned = planner::plan(&ctx, &mut errors);
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
-    build_plan(source, filter, sorts, limit, projection, query.span)
-        .map(|plan| CompiledQuery { plan, columns })
-        .map_err(Diagnostics::from)
+    match planned {
+        Some(Ok(compiled)) => Ok(compiled),
+        Some(Err(d)) => Err(Diagnostics::from(d)),
+        None => Err(Diagnostics::from(Diagnostic::internal(
+            "planning failed without a diagnostic",
+            query.span,
+        ))),
+    }
 }
 
-fn build_plan(
-    source: Arc<dyn datafusion_expr::TableSource>,
-    filter: Option<Expr>,
-    sorts: Vec<SortExpr>,
-    limit: Option<usize>,
-    projection: Vec<Expr>,
-    span: Span,
-) -> Result<LogicalPlan, Diagnostic> {
-    let internal = |e: datafusion_common::DataFusionError| Diagnostic::internal(e, span);
-    let mut builder = LogicalPlanBuilder::scan(TABLE, source, None).map_err(internal)?;
-    if let Some(predicate) = filter {
-        builder = builder.filter(predicate).map_err(internal)?;
+/// Default `preview_length:` of the summary shape (spec §1.2).
+const DEFAULT_PREVIEW_LENGTH: usize = 124;
+
+/// What every planning step reads.
+pub(crate) struct PlanContext<'q> {
+    pub(crate) query: &'q ast::Query,
+    pub(crate) options: &'q PlanOptions,
+    pub(crate) source: Arc<dyn datafusion_expr::TableSource>,
+    pub(crate) items: Option<&'q [SelectItem<'q>]>,
+    pub(crate) shape: Shape,
+    pub(crate) limit: Option<usize>,
+    /// `None`: no truncation.
+    pub(crate) preview_length: Option<usize>,
+}
+
+impl std::fmt::Debug for PlanContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanContext")
+            .field("shape", &self.shape)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
     }
-    if !sorts.is_empty() {
-        builder = builder.sort(sorts).map_err(internal)?;
+}
+
+impl PlanContext<'_> {
+    /// A fresh scan of the spans view, qualified `spans`.
+    pub(crate) fn scan(&self) -> Result<LogicalPlanBuilder, Diagnostic> {
+        LogicalPlanBuilder::scan(TABLE, Arc::clone(&self.source), None)
+            .map_err(|e| Diagnostic::internal(e, self.query.span))
     }
-    if let Some(n) = limit {
-        builder = builder.limit(0, Some(n)).map_err(internal)?;
+
+    pub(crate) fn internal(&self) -> impl Fn(datafusion_common::DataFusionError) -> Diagnostic {
+        let span = self.query.span;
+        move |e| Diagnostic::internal(e, span)
     }
-    builder
-        .project(projection)
-        .map_err(internal)?
-        .build()
-        .map_err(internal)
 }
 
 fn plan_source(
@@ -230,16 +224,6 @@ fn plan_source(
             .with_help("spanlake queries `project_logs('<project id or name>')`"),
         );
         return None;
-    }
-    if source.shape != Shape::Spans {
-        errors.push(
-            Diagnostic::new(
-                codes::NOT_SUPPORTED,
-                format!("the `{}` shape is not supported yet", source.shape),
-                source.span,
-            )
-            .with_help("use the `spans` shape"),
-        );
     }
     match catalog.project_logs(&source.args) {
         Ok(table) => Some(table),
@@ -264,45 +248,20 @@ fn refuse_unsupported(query: &ast::Query, errors: &mut Vec<Diagnostic>) {
             errors.push(d);
         }
     };
-    let aggregate_help =
-        "grouping and aggregates (`dimensions:`, `measures:`) come in a later version";
-    refuse(
-        "dimensions",
-        query.dimensions.as_ref().map(|c| c.span),
-        aggregate_help,
-    );
-    refuse(
-        "measures",
-        query.measures.as_ref().map(|c| c.span),
-        aggregate_help,
-    );
-    refuse("pivot", query.pivot.as_ref().map(|c| c.span), "");
-    refuse("unpivot", query.unpivot.as_ref().map(|c| c.span), "");
     refuse(
         "cursor",
         query.cursor.as_ref().map(|c| c.span),
         "paginate with a `filter:` on the sort key",
     );
-    refuse("sample", query.sample.as_ref().map(|c| c.span), "");
     refuse(
-        "final_filter",
-        query.final_filter.as_ref().map(|c| c.span),
-        aggregate_help,
-    );
-    refuse(
-        "trace_filter",
-        query.trace_filter.as_ref().map(|c| c.span),
-        "",
+        "pivot",
+        query.pivot.as_ref().map(|c| c.span),
+        "group with `dimensions:` and `measures:` and keep the pivot key as a dimension",
     );
     refuse(
         "span_filter",
         query.span_filter.as_ref().map(|c| c.span),
-        "",
-    );
-    refuse(
-        "preview_length",
-        query.preview_length.as_ref().map(|c| c.span),
-        "",
+        "it is undocumented; narrow spans with `trace_filter:` or `filter_spans(expr)`",
     );
 }
 

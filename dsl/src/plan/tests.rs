@@ -175,12 +175,13 @@ fn clause_and_source_errors() {
         codes::SOURCE_ERROR
     );
     assert_eq!(
-        plan_err("from: project_logs('p') traces").0[0].code,
+        plan_err("from: project_logs('p') | cursor: 'x'").0[0].code,
         codes::NOT_SUPPORTED
     );
-    let e = plan_err("from: project_logs('p') | dimensions: metadata.model | measures: count(1)");
-    assert_eq!(e.0.len(), 2);
-    assert!(e.0.iter().all(|d| d.code == codes::NOT_SUPPORTED));
+    assert_eq!(
+        plan_err("from: project_logs('p') | measures: metadata.model").0[0].code,
+        codes::NOT_AGGREGATE
+    );
     assert_eq!(
         plan_err("select: id, metadata.id | from: project_logs('p')").0[0].code,
         codes::DUPLICATE_NAME
@@ -222,4 +223,60 @@ fn like_patterns() {
     assert_eq!(expr::like_pattern("a_b"), "a\\_b");
     assert_eq!(expr::like_pattern("a\\_b\\\\"), "a\\_b\\\\");
     assert_eq!(expr::like_pattern("x\\"), "x\\\\");
+}
+
+#[test]
+fn summary_columns_and_json_flags() {
+    let q = plan("from: project_logs('p') summary | filter: error is not null");
+    let cols = names(&q);
+    let json: Vec<&str> = cols
+        .iter()
+        .filter(|(_, j)| *j)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert!(
+        json.contains(&"scores") && json.contains(&"metrics") && json.contains(&"span_type_info")
+    );
+    assert!(cols.iter().any(|(n, j)| n == "id" && !j));
+    let text = q.plan.display_indent().to_string();
+    assert!(
+        text.contains("LeftSemi") && text.contains("scores_avg"),
+        "{text}"
+    );
+}
+
+#[test]
+fn traces_use_a_semi_join_and_any_span_flags() {
+    let q = plan(
+        "select: id | from: project_logs('p') traces | filter: any_span(error is not null) and is_root | limit: 2",
+    );
+    let text = q.plan.display_indent().to_string();
+    assert!(
+        text.contains("bool_or") && text.contains("LeftSemi"),
+        "{text}"
+    );
+    assert!(!text.contains("CrossJoin"), "{text}");
+}
+
+#[test]
+fn grouped_outputs_are_dimensions_then_measures() {
+    let q = plan(
+        "dimensions: metadata.model as model | measures: count(1) as n, avg(metrics.tokens) as t | from: project_logs('p') | final_filter: n > 1",
+    );
+    assert_eq!(
+        names(&q),
+        vec![
+            ("model".into(), true),
+            ("n".into(), false),
+            ("t".into(), false)
+        ]
+    );
+    let e = plan_err(
+        "dimensions: metadata.model | measures: count(1) | from: project_logs('p') | sort: id",
+    );
+    assert_eq!(e.0[0].code, codes::NOT_GROUPED);
+    let e = plan_err("select: id | unpivot: id as (x) | from: project_logs('p')");
+    assert_eq!(e.0[0].code, codes::UNPIVOT_TYPE);
+    let e = plan_err("select: id | from: project_logs('p') | pivot: n");
+    assert_eq!(e.0[0].code, codes::NOT_SUPPORTED);
 }
