@@ -4,6 +4,7 @@
 
 pub mod automation;
 pub mod error;
+pub mod export;
 pub mod ingest;
 pub mod merge;
 pub mod projects;

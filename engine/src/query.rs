@@ -86,6 +86,8 @@ pub fn session(options: &QueryOptions) -> Result<SessionContext> {
 #[derive(Default)]
 struct PreparedCatalog {
     views: HashMap<Vec<String>, std::result::Result<Arc<dyn TableSource>, String>>,
+    /// The source of every `project_logs(...)`, whatever its arguments.
+    every: Option<Arc<dyn TableSource>>,
 }
 
 impl std::fmt::Debug for PreparedCatalog {
@@ -98,6 +100,9 @@ impl std::fmt::Debug for PreparedCatalog {
 
 impl Catalog for PreparedCatalog {
     fn project_logs(&self, args: &[String]) -> std::result::Result<Arc<dyn TableSource>, String> {
+        if let Some(every) = &self.every {
+            return Ok(Arc::clone(every));
+        }
         self.views.get(args).cloned().unwrap_or_else(|| {
             Err(format!(
                 "source `project_logs` with arguments {args:?} was not prepared"
@@ -131,6 +136,40 @@ pub async fn run_query(store: &Store, text: &str, options: &QueryOptions) -> Res
         columns: compiled.columns,
         stream,
     })
+}
+
+/// Plan and start `text` in `ctx` with every `project_logs(...)` source
+/// reading `view` (for example the rows an export run covers).
+pub async fn run_query_over_view(
+    ctx: &SessionContext,
+    text: &str,
+    view: datafusion::dataframe::DataFrame,
+    options: &QueryOptions,
+) -> Result<QueryStream> {
+    let query = spanlake_dsl::parse_query(text)?;
+    let catalog = PreparedCatalog {
+        every: Some(view_source(view)),
+        ..PreparedCatalog::default()
+    };
+    let plan_options = PlanOptions {
+        tz_offset_minutes: options.tz_offset_minutes,
+        now: options.now,
+    };
+    let compiled = spanlake_dsl::plan_query(&query, &catalog, &plan_options)?;
+    let stream = ctx
+        .execute_logical_plan(compiled.plan)
+        .await?
+        .execute_stream()
+        .await?;
+    Ok(QueryStream {
+        columns: compiled.columns,
+        stream,
+    })
+}
+
+fn view_source(view: datafusion::dataframe::DataFrame) -> Arc<dyn TableSource> {
+    let table = ViewTable::new(view.into_unoptimized_plan(), None);
+    provider_as_source(Arc::new(table))
 }
 
 /// The resolved view over the projects named by `args` (ids or names); an
@@ -171,9 +210,6 @@ async fn prepare_view(
             Some(previous) => previous.union(frame)?,
         });
     }
-    let plan = view
-        .ok_or_else(|| Error::Internal("no project in source".into()))?
-        .into_unoptimized_plan();
-    let table = ViewTable::new(plan, None);
-    Ok(Ok(provider_as_source(Arc::new(table))))
+    let view = view.ok_or_else(|| Error::Internal("no project in source".into()))?;
+    Ok(Ok(view_source(view)))
 }

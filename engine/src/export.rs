@@ -1,0 +1,631 @@
+//! Export runs: the rows that changed since the cursor, written to object
+//! storage, committed by a manifest, and only then the cursor moves.
+//!
+//! ```text
+//!  lease ─► recover a crashed run (manifest there? commit its cursor : delete its files)
+//!        ─► cursor_from = state cursor; cursor_to = last whole commit within max_rows_per_run
+//!        ─► start_run (state DB)
+//!        ─► snapshot at cursor_to ─► rows with latest _xact_id in (cursor_from, cursor_to]
+//!             spans: the spans view │ traces: summary rows of the traces that changed
+//!             query: the BTQL query over those spans
+//!        ─► sink: data files, new names  (failure: delete them, fail the run, cursor stays)
+//!        ─► manifest _manifests/<run_id>.json, create-only: THE COMMIT
+//!        ─► finish_run + cursor = cursor_to (one SQLite transaction) ─► release lease
+//! ```
+//!
+//! Exactly once: data files are only ever referenced by a manifest written
+//! after all of them completed; a run that dies before its manifest leaves
+//! files that the next run deletes (their names carry the run id); a run
+//! that dies after its manifest but before the cursor moved is finished by
+//! the next run from the manifest, without writing again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use datafusion::logical_expr::{col, lit};
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use spanlake_dsl::schema::JSON_COLUMNS;
+
+use crate::automation::config::{parse_bytes, parse_duration};
+use crate::automation::state::{Automation, RunOutcome, RunStatus, StateDb, Trigger};
+use crate::error::{Error, Result};
+use crate::query::{QueryOptions, run_query_over_view, session};
+use crate::sink::{ExportTarget, RawSinkConfig, SinkConfig, TargetOptions, WrittenFile};
+use crate::store::Store;
+use crate::store::schema::{XACT_ID, xact_id_for_version};
+
+/// Version of the exported schema, recorded in every manifest. Additive
+/// changes keep it; breaking ones bump it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Folder of the manifests under the export prefix.
+pub const MANIFESTS_DIR: &str = "_manifests";
+
+/// What an export writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportData {
+    /// One row per trace: the BTQL `summary` shape.
+    Traces,
+    /// One row per span.
+    Spans,
+    /// The rows of a BTQL query over the spans that changed.
+    Query,
+}
+
+/// Export configuration as a user gives it (CLI flags or JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExportConfig {
+    /// `traces`, `spans` or `query`.
+    pub data: String,
+    /// The BTQL of a `query` export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub btql: Option<String>,
+    /// Destination URL: `s3://bucket/prefix`, `file:///abs/path`.
+    pub export_path: String,
+    /// `parquet` (default) or `jsonl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Parquet: `zstd` (default), `snappy`, `none`; JSON Lines: `none`, `gzip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// How often it runs, e.g. `1h` (default), at least `1m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Rows read, encoded and flushed together (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// `day` (default), `hour` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitioning: Option<String>,
+    /// A file is closed past this size, e.g. `256MiB` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_bytes: Option<String>,
+    /// A run stops after the commit that reaches this many rows (default
+    /// 100000) and reports `behind`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows_per_run: Option<u64>,
+    /// `traces`: export a trace only when none of its spans changed for this
+    /// long (default `0`: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_idle: Option<String>,
+    /// IAM role to assume with the external id of the automation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// Endpoint of an S3-compatible server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// A validated export configuration.
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    /// What to write.
+    pub data: ExportData,
+    /// The BTQL of a `query` export.
+    pub btql: Option<String>,
+    /// Destination URL.
+    pub export_path: String,
+    /// How files are written.
+    pub sink: SinkConfig,
+    /// How often it runs.
+    pub interval: Duration,
+    /// Soft row cap of a run (whole commits).
+    pub max_rows_per_run: u64,
+    /// Idle time before a trace is exported.
+    pub trace_idle: Duration,
+    /// Role to assume.
+    pub role_arn: Option<String>,
+    /// S3-compatible endpoint.
+    pub endpoint: Option<String>,
+}
+
+impl RawExportConfig {
+    /// Check every field, gathering all problems as `key: message`.
+    pub fn validate(&self) -> Result<ExportConfig> {
+        let mut problems = Vec::new();
+        let data = match self.data.as_str() {
+            "traces" => Some(ExportData::Traces),
+            "spans" => Some(ExportData::Spans),
+            "query" => Some(ExportData::Query),
+            other => {
+                problems.push(format!(
+                    "data: `{other}` is not one of `traces`, `spans`, `query`"
+                ));
+                None
+            }
+        };
+        match (&data, &self.btql) {
+            (Some(ExportData::Query), None) => {
+                problems.push("btql: a `query` export needs its BTQL query".to_string());
+            }
+            (Some(ExportData::Query), Some(text)) => {
+                if let Err(diagnostics) = spanlake_dsl::parse_query(text) {
+                    let first = diagnostics.0.first().map_or_else(String::new, |d| {
+                        format!("{} at byte {}", d.message, d.span.start)
+                    });
+                    problems.push(format!("btql: the query does not parse: {first}"));
+                }
+            }
+            (Some(_), Some(_)) => {
+                problems.push("btql: only a `query` export takes a query".to_string());
+            }
+            _ => {}
+        }
+        if self.export_path.trim().is_empty() {
+            problems.push("export_path: required, e.g. `s3://bucket/prefix`".to_string());
+        }
+        let interval = parse_duration(self.interval.as_deref().unwrap_or("1h"))
+            .map_err(|e| problems.push(format!("interval: {e}")))
+            .ok();
+        if interval.is_some_and(|d| d < Duration::from_secs(60)) {
+            problems.push("interval: must be at least `1m`".to_string());
+        }
+        let trace_idle = parse_duration(self.trace_idle.as_deref().unwrap_or("0s"))
+            .map_err(|e| problems.push(format!("trace_idle: {e}")))
+            .ok();
+        let max_file_bytes = self
+            .max_file_bytes
+            .as_deref()
+            .map(parse_bytes)
+            .transpose()
+            .map_err(|e| problems.push(format!("max_file_bytes: {e}")))
+            .ok()
+            .flatten();
+        let max_rows_per_run = self.max_rows_per_run.unwrap_or(100_000);
+        if max_rows_per_run == 0 {
+            problems.push("max_rows_per_run: must be at least 1".to_string());
+        }
+        let sink = RawSinkConfig {
+            format: self.format.clone(),
+            compression: self.compression.clone(),
+            partitioning: self.partitioning.clone(),
+            max_file_bytes,
+            batch_rows: self.batch_size,
+            ..RawSinkConfig::default()
+        }
+        .validate()
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
+        match (data, interval, trace_idle, sink) {
+            (Some(data), Some(interval), Some(trace_idle), Some(sink)) if problems.is_empty() => {
+                Ok(ExportConfig {
+                    data,
+                    btql: self.btql.clone(),
+                    export_path: self.export_path.clone(),
+                    sink,
+                    interval,
+                    max_rows_per_run,
+                    trace_idle,
+                    role_arn: self.role_arn.clone(),
+                    endpoint: self.endpoint.clone(),
+                })
+            }
+            _ => Err(Error::InvalidArgument(format!(
+                "invalid export configuration:\n  {}",
+                problems.join("\n  ")
+            ))),
+        }
+    }
+}
+
+/// The commit record of a run, written last as `_manifests/<run_id>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The run.
+    pub run_id: String,
+    /// The automation.
+    pub automation_id: String,
+    /// The project.
+    pub project_id: String,
+    /// `traces`, `spans` or `query`.
+    pub data: ExportData,
+    /// `parquet` or `jsonl`.
+    pub format: String,
+    /// See [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Exclusive lower bound of `_xact_id` (none: from the beginning).
+    pub cursor_from: Option<String>,
+    /// Inclusive upper bound of `_xact_id`.
+    pub cursor_to: String,
+    /// RFC 3339.
+    pub started: String,
+    /// RFC 3339.
+    pub finished: String,
+    /// Total rows, exact.
+    pub rows: u64,
+    /// The data files.
+    pub files: Vec<WrittenFile>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// The run.
+    pub run_id: String,
+    /// `succeeded` or `behind` (or `recovered` runs first).
+    pub status: RunStatus,
+    /// Rows exported.
+    pub rows: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Files written.
+    pub files: u64,
+    /// Range covered.
+    pub cursor_from: Option<i64>,
+    /// Range covered.
+    pub cursor_to: Option<i64>,
+    /// Key of the manifest (none when there was nothing to export).
+    pub manifest: Option<String>,
+    /// Notes on recovery of an earlier crashed run.
+    pub recovered: Vec<String>,
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// The object store and prefix of an export.
+pub fn export_target(config: &ExportConfig) -> Result<ExportTarget> {
+    let options = TargetOptions {
+        endpoint: config.endpoint.clone(),
+        ..TargetOptions::default()
+    };
+    crate::sink::target_from_url(&config.export_path, &options)
+        .map_err(|e| Error::InvalidArgument(format!("export_path: {e}")))
+}
+
+fn manifest_path(target: &ExportTarget, run_id: &str) -> Path {
+    let key = format!("{MANIFESTS_DIR}/{run_id}.json");
+    if target.prefix.as_ref().is_empty() {
+        Path::from(key)
+    } else {
+        Path::from(format!("{}/{key}", target.prefix))
+    }
+}
+
+fn object_error(operation: &str, key: &Path, error: object_store::Error) -> Error {
+    Error::InvalidArgument(format!("{operation} `{key}` failed: {error}"))
+}
+
+/// Delete every object under the export prefix whose name carries `run_id`
+/// (the data files of a run that never committed). Returns their keys.
+async fn delete_run_files(target: &ExportTarget, run_id: &str) -> Result<Vec<String>> {
+    let marker = format!("-{run_id}.");
+    let prefix = (!target.prefix.as_ref().is_empty()).then_some(&target.prefix);
+    let mut listing = target.store.list(prefix);
+    let mut orphans = Vec::new();
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|e| object_error("list", &target.prefix, e))?;
+        if meta.location.as_ref().contains(&marker) {
+            orphans.push(meta.location);
+        }
+    }
+    let mut deleted = Vec::with_capacity(orphans.len());
+    for path in orphans {
+        target
+            .store
+            .delete(&path)
+            .await
+            .map_err(|e| object_error("delete", &path, e))?;
+        deleted.push(path.to_string());
+    }
+    Ok(deleted)
+}
+
+/// Finish runs that an earlier process left `running`: commit the cursor of
+/// one whose manifest exists, delete the files of one whose manifest does not.
+async fn recover(
+    state: &StateDb,
+    automation: &Automation,
+    target: &ExportTarget,
+) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    for run in state.runs(&automation.id, 1000)? {
+        if run.status != RunStatus::Running {
+            continue;
+        }
+        let path = manifest_path(target, &run.run_id);
+        match target.store.get(&path).await {
+            Ok(found) => {
+                let bytes = found
+                    .bytes()
+                    .await
+                    .map_err(|e| object_error("read", &path, e))?;
+                let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::InvalidArgument(format!("manifest `{path}` is not valid: {e}"))
+                })?;
+                let cursor_to: i64 = manifest.cursor_to.parse().map_err(|_| {
+                    Error::InvalidArgument(format!("manifest `{path}` has a bad `cursor_to`"))
+                })?;
+                let outcome = RunOutcome {
+                    rows: manifest.rows,
+                    bytes: manifest.files.iter().map(|f| f.bytes).sum(),
+                    files: manifest.files.len() as u64,
+                    cursor_to: Some(cursor_to),
+                    details: serde_json::json!({"manifest": path.to_string(), "recovered": true}),
+                };
+                state.finish_run(&run.run_id, RunStatus::Succeeded, &outcome)?;
+                notes.push(format!(
+                    "run {} had committed its manifest; its cursor is now committed",
+                    run.run_id
+                ));
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                let deleted = delete_run_files(target, &run.run_id).await?;
+                state.fail_run(
+                    &run.run_id,
+                    &format!(
+                        "interrupted before its manifest; {} orphan file(s) deleted by the next run",
+                        deleted.len()
+                    ),
+                )?;
+                notes.push(format!(
+                    "run {} was interrupted before its manifest; deleted {} orphan file(s)",
+                    run.run_id,
+                    deleted.len()
+                ));
+            }
+            Err(e) => return Err(object_error("read", &path, e)),
+        }
+    }
+    Ok(notes)
+}
+
+/// Choose the end of this run: the last whole commit after `cursor_from`
+/// such that the rows of the commits up to it stay within `max_rows` (at
+/// least one commit). Returns `(cursor_to, behind)`, or `None` when nothing
+/// changed.
+async fn choose_cursor_to(
+    store: &Store,
+    automation: &Automation,
+    cursor_from: Option<i64>,
+    max_rows: u64,
+) -> Result<Option<(i64, bool)>> {
+    let project = store.registry().resolve(&automation.project_id)?;
+    let logs = store.logs(&project).await?;
+    let Some(table) = logs.table() else {
+        return Ok(None);
+    };
+    let ctx = session(&QueryOptions::default())?;
+    table.update_datafusion_session(&ctx.state())?;
+    let provider = table
+        .table_provider()
+        .with_session(Arc::new(ctx.state()))
+        .await?;
+    let mut counts = ctx.read_table(provider)?;
+    if let Some(from) = cursor_from {
+        counts = counts.filter(col(XACT_ID).gt(lit(from)))?;
+    }
+    let batches = counts
+        .aggregate(
+            vec![col(XACT_ID)],
+            vec![datafusion::functions_aggregate::count::count(lit(1)).alias("rows")],
+        )?
+        .sort(vec![col(XACT_ID).sort(true, false)])?
+        .collect()
+        .await?;
+    let mut per_commit = Vec::new();
+    for batch in &batches {
+        let xacts = batch.column(0).as_primitive::<Int64Type>();
+        let rows = batch.column(1).as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            per_commit.push((xacts.value(i), rows.value(i) as u64));
+        }
+    }
+    let Some(&(last, _)) = per_commit.last() else {
+        return Ok(None);
+    };
+    let mut total = 0u64;
+    let mut cursor_to = per_commit[0].0;
+    for &(xact, rows) in &per_commit {
+        if total > 0 && total + rows > max_rows {
+            break;
+        }
+        total += rows;
+        cursor_to = xact;
+    }
+    Ok(Some((cursor_to, cursor_to < last)))
+}
+
+/// Run an export automation once. Fails at once when another run of it holds
+/// the lease.
+pub async fn run_export(
+    store: &Store,
+    state: &StateDb,
+    automation: &Automation,
+    trigger: Trigger,
+) -> Result<RunReport> {
+    let raw: RawExportConfig = serde_json::from_value(automation.config.clone())
+        .map_err(|e| Error::Internal(format!("stored export config: {e}")))?;
+    let config = raw.validate()?;
+    let target = export_target(&config)?;
+    let run_id = uuid::Uuid::now_v7().to_string();
+    if !state.try_lease(&automation.id, &run_id, Duration::from_secs(3600))? {
+        return Err(Error::InvalidArgument(format!(
+            "automation `{}` is running already (another process holds its lease); try again when it finishes",
+            automation.name
+        )));
+    }
+    let result =
+        run_export_leased(store, state, automation, &config, &target, &run_id, trigger).await;
+    state.release_lease(&automation.id, &run_id)?;
+    result
+}
+
+async fn run_export_leased(
+    store: &Store,
+    state: &StateDb,
+    automation: &Automation,
+    config: &ExportConfig,
+    target: &ExportTarget,
+    run_id: &str,
+    trigger: Trigger,
+) -> Result<RunReport> {
+    let recovered = recover(state, automation, target).await?;
+    let cursor_from = state.cursor(&automation.id)?;
+    let mut report = RunReport {
+        run_id: run_id.to_string(),
+        status: RunStatus::Succeeded,
+        rows: 0,
+        bytes: 0,
+        files: 0,
+        cursor_from,
+        cursor_to: cursor_from,
+        manifest: None,
+        recovered,
+    };
+    let Some((cursor_to, behind)) =
+        choose_cursor_to(store, automation, cursor_from, config.max_rows_per_run).await?
+    else {
+        return Ok(report);
+    };
+    let started = now_rfc3339();
+    state.start_run(
+        &automation.id,
+        run_id,
+        trigger,
+        cursor_from,
+        Some(cursor_to),
+        &serde_json::json!({}),
+    )?;
+    let written = match write_run(
+        store,
+        automation,
+        config,
+        target,
+        run_id,
+        cursor_from,
+        cursor_to,
+    )
+    .await
+    {
+        Ok(written) => written,
+        Err((error, completed)) => {
+            // The files of a failed run are referenced by no manifest: remove
+            // them now (a crash here is cleaned up by the next run instead).
+            for file in &completed {
+                let _ = target.store.delete(&Path::from(file.key.as_str())).await;
+            }
+            state.fail_run(run_id, &error.to_string())?;
+            return Err(error);
+        }
+    };
+    let manifest = Manifest {
+        run_id: run_id.to_string(),
+        automation_id: automation.id.clone(),
+        project_id: automation.project_id.clone(),
+        data: config.data.clone(),
+        format: config.sink.format().name().to_string(),
+        schema_version: SCHEMA_VERSION,
+        cursor_from: cursor_from.map(|c| c.to_string()),
+        cursor_to: cursor_to.to_string(),
+        started,
+        finished: now_rfc3339(),
+        rows: written.iter().map(|f| f.rows).sum(),
+        files: written,
+    };
+    let path = manifest_path(target, run_id);
+    let body = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::Internal(format!("manifest encoding: {e}")))?;
+    let put = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    if let Err(e) = target
+        .store
+        .put_opts(&path, PutPayload::from(body), put)
+        .await
+    {
+        for file in &manifest.files {
+            let _ = target.store.delete(&Path::from(file.key.as_str())).await;
+        }
+        let error = object_error("write manifest", &path, e);
+        state.fail_run(run_id, &error.to_string())?;
+        return Err(error);
+    }
+    let status = if behind {
+        RunStatus::Behind
+    } else {
+        RunStatus::Succeeded
+    };
+    let outcome = RunOutcome {
+        rows: manifest.rows,
+        bytes: manifest.files.iter().map(|f| f.bytes).sum(),
+        files: manifest.files.len() as u64,
+        cursor_to: Some(cursor_to),
+        details: serde_json::json!({"manifest": path.to_string()}),
+    };
+    state.finish_run(run_id, status, &outcome)?;
+    report.status = status;
+    report.rows = outcome.rows;
+    report.bytes = outcome.bytes;
+    report.files = outcome.files;
+    report.cursor_to = Some(cursor_to);
+    report.manifest = Some(path.to_string());
+    Ok(report)
+}
+
+/// Write the data files of a run; on failure, the error and the files
+/// completed before it.
+async fn write_run(
+    store: &Store,
+    automation: &Automation,
+    config: &ExportConfig,
+    target: &ExportTarget,
+    run_id: &str,
+    cursor_from: Option<i64>,
+    cursor_to: i64,
+) -> std::result::Result<Vec<WrittenFile>, (Error, Vec<WrittenFile>)> {
+    let failed = |e: Error| (e, Vec::new());
+    let project = store
+        .registry()
+        .resolve(&automation.project_id)
+        .map_err(failed)?;
+    let version = cursor_to & !crate::store::schema::XACT_TOP_BITS;
+    debug_assert_eq!(xact_id_for_version(version), cursor_to);
+    let logs = store
+        .logs_at(&project, Some(version))
+        .await
+        .map_err(failed)?;
+    let options = QueryOptions::default();
+    let ctx = session(&options).map_err(failed)?;
+    let changed = logs
+        .resolved_view_after(&ctx, cursor_from)
+        .await
+        .map_err(failed)?;
+    let query = match config.data {
+        ExportData::Spans => "select: * | from: project_logs('export') spans".to_string(),
+        ExportData::Query => config.btql.clone().unwrap_or_default(),
+        ExportData::Traces => {
+            return Err(failed(Error::InvalidArgument(
+                "`traces` exports need the summary shape of BTQL, which is not built yet; use `spans` or `query`".into(),
+            )));
+        }
+    };
+    let result = run_query_over_view(&ctx, &query, changed, &options)
+        .await
+        .map_err(failed)?;
+    let json_columns: Vec<String> = result
+        .columns
+        .iter()
+        .filter(|c| c.json || JSON_COLUMNS.contains(&c.name.as_str()))
+        .map(|c| c.name.clone())
+        .collect();
+    crate::sink::write_stream(target, &config.sink, run_id, result.stream, &json_columns)
+        .await
+        .map(|(files, _metrics)| files)
+        .map_err(|e| {
+            let completed = e.completed.clone();
+            (
+                Error::InvalidArgument(format!("export write failed: {e}")),
+                completed,
+            )
+        })
+}
