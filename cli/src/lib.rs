@@ -8,6 +8,7 @@
 //! - `2`: usage, configuration or I/O error (bad flags, unreadable file,
 //!   locked store).
 
+pub mod automation;
 pub mod diagnostics;
 pub mod render;
 
@@ -51,6 +52,11 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Run a BTQL query and print the rows.
     Query(QueryArgs),
+    /// Export automations: create, run, test, inspect.
+    #[command(subcommand)]
+    Automation(automation::AutomationCommand),
+    /// Export the rows of a BTQL query once, as partitioned Parquet or JSON Lines.
+    Export(automation::ExportArgs),
 }
 
 /// `spanlake project ...`
@@ -173,6 +179,17 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Project(command) => project(&store, command),
         Command::Ingest(args) => ingest_command(&store, args).await,
         Command::Query(args) => return query_command(&store, args).await,
+        Command::Automation(command) => automation::automation_command(&store, command).await,
+        Command::Export(args) => {
+            let text = args.query.clone();
+            let result = automation::export_command(&store, args).await;
+            if let Err(error) = &result {
+                if let Some(EngineError::Query(diagnostics)) = error.downcast_ref::<EngineError>() {
+                    return render_diagnostics(diagnostics, &text);
+                }
+            }
+            result
+        }
     };
     match result {
         Ok(()) => EXIT_OK,
@@ -220,6 +237,16 @@ fn report_error(error: &anyhow::Error) -> u8 {
     }
     eprintln!("{text}");
     exit_code_of(error)
+}
+
+/// Print query diagnostics with carets; returns the exit code of a rejected query.
+fn render_diagnostics(diagnostics: &spanlake_dsl::Diagnostics, text: &str) -> u8 {
+    let mut rendered = String::new();
+    for diagnostic in &diagnostics.0 {
+        rendered.push_str(&diagnostics::render(diagnostic, text, "query"));
+    }
+    eprint!("{rendered}");
+    EXIT_DATA
 }
 
 fn project(store: &Store, command: ProjectCommand) -> anyhow::Result<()> {
@@ -365,14 +392,7 @@ async fn query_command(store: &Store, args: QueryArgs) -> u8 {
     };
     let stream = match run_query(store, &text, &options).await {
         Ok(stream) => stream,
-        Err(EngineError::Query(diagnostics)) => {
-            let mut rendered = String::new();
-            for diagnostic in &diagnostics.0 {
-                rendered.push_str(&diagnostics::render(diagnostic, &text, "query"));
-            }
-            eprint!("{rendered}");
-            return EXIT_DATA;
-        }
+        Err(EngineError::Query(diagnostics)) => return render_diagnostics(&diagnostics, &text),
         Err(e) => return report_error(&anyhow::Error::new(e).context("query failed")),
     };
     let result = async {

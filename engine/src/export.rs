@@ -629,3 +629,162 @@ async fn write_run(
             )
         })
 }
+
+/// One step of `test`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestStep {
+    /// `connect`, `write`, `read`, `delete`.
+    pub step: &'static str,
+    /// Whether it worked.
+    pub ok: bool,
+    /// What happened, and for a failure the likely fix.
+    pub message: String,
+}
+
+fn likely_fix(error: &object_store::Error) -> &'static str {
+    let text = error.to_string();
+    if text.contains("NoSuchBucket") || text.contains("does not exist") {
+        "check the bucket name in the export path; the bucket must exist"
+    } else if text.contains("AccessDenied") || text.contains("403") || text.contains("Forbidden") {
+        "the credentials lack permission: allow s3:PutObject, s3:GetObject and s3:DeleteObject on the prefix (and check the role's trust policy and external id)"
+    } else if text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") {
+        "the access key is unknown or the secret is wrong"
+    } else {
+        "check the endpoint, the network and the credentials"
+    }
+}
+
+/// Check that an export can write to its destination: write a small probe
+/// object under the export path, read it back, delete it. Each step is
+/// reported; a failure names the step, the key and the likely fix.
+pub async fn test_export_target(config: &ExportConfig) -> Vec<TestStep> {
+    let mut steps = Vec::new();
+    let target = match export_target(config) {
+        Ok(target) => {
+            steps.push(TestStep {
+                step: "connect",
+                ok: true,
+                message: format!("export path `{}` resolved", config.export_path),
+            });
+            target
+        }
+        Err(e) => {
+            steps.push(TestStep {
+                step: "connect",
+                ok: false,
+                message: e.to_string(),
+            });
+            return steps;
+        }
+    };
+    let name = format!("_spanlake_probe_{}.txt", uuid::Uuid::now_v7());
+    let key = if target.prefix.as_ref().is_empty() {
+        Path::from(name)
+    } else {
+        Path::from(format!("{}/{name}", target.prefix))
+    };
+    let body = b"spanlake export test probe\n".to_vec();
+    let failed = |step: &'static str, e: &object_store::Error| TestStep {
+        step,
+        ok: false,
+        message: format!("{step} `{key}` failed: {e}; {}", likely_fix(e)),
+    };
+    if let Err(e) = target.store.put(&key, PutPayload::from(body.clone())).await {
+        steps.push(failed("write", &e));
+        return steps;
+    }
+    steps.push(TestStep {
+        step: "write",
+        ok: true,
+        message: format!("wrote `{key}` ({} bytes)", body.len()),
+    });
+    match target.store.get(&key).await {
+        Ok(found) => match found.bytes().await {
+            Ok(read) if read.as_ref() == body.as_slice() => steps.push(TestStep {
+                step: "read",
+                ok: true,
+                message: "read it back intact".to_string(),
+            }),
+            Ok(_) => steps.push(TestStep {
+                step: "read",
+                ok: false,
+                message: format!("`{key}` came back different from what was written"),
+            }),
+            Err(e) => steps.push(failed("read", &e)),
+        },
+        Err(e) => steps.push(failed("read", &e)),
+    }
+    match target.store.delete(&key).await {
+        Ok(()) => steps.push(TestStep {
+            step: "delete",
+            ok: true,
+            message: "deleted the probe".to_string(),
+        }),
+        Err(e) => steps.push(failed("delete", &e)),
+    }
+    steps
+}
+
+/// A one-shot export of a BTQL query's rows (no automation, no cursor):
+/// data files, then a manifest. Returns the manifest.
+pub async fn export_query(
+    store: &Store,
+    text: &str,
+    config: &ExportConfig,
+    options: &QueryOptions,
+) -> Result<Manifest> {
+    let target = export_target(config)?;
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let started = now_rfc3339();
+    let result = crate::query::run_query(store, text, options).await?;
+    let json_columns: Vec<String> = result
+        .columns
+        .iter()
+        .filter(|c| c.json)
+        .map(|c| c.name.clone())
+        .collect();
+    let files = match crate::sink::write_stream(
+        &target,
+        &config.sink,
+        &run_id,
+        result.stream,
+        &json_columns,
+    )
+    .await
+    {
+        Ok((files, _)) => files,
+        Err(e) => {
+            for file in &e.completed {
+                let _ = target.store.delete(&Path::from(file.key.as_str())).await;
+            }
+            return Err(Error::InvalidArgument(format!("export write failed: {e}")));
+        }
+    };
+    let manifest = Manifest {
+        run_id: run_id.clone(),
+        automation_id: String::new(),
+        project_id: String::new(),
+        data: ExportData::Query,
+        format: config.sink.format().name().to_string(),
+        schema_version: SCHEMA_VERSION,
+        cursor_from: None,
+        cursor_to: String::new(),
+        started,
+        finished: now_rfc3339(),
+        rows: files.iter().map(|f| f.rows).sum(),
+        files,
+    };
+    let path = manifest_path(&target, &run_id);
+    let body = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::Internal(format!("manifest encoding: {e}")))?;
+    let put = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    target
+        .store
+        .put_opts(&path, PutPayload::from(body), put)
+        .await
+        .map_err(|e| object_error("write manifest", &path, e))?;
+    Ok(manifest)
+}

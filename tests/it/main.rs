@@ -1,8 +1,10 @@
 //! The integration tests of spanlake: one binary (see `cli/Cargo.toml`).
 //!
 //! - `golden`: the BTQL behaviour suite over `tests/btql/*.test`;
-//! - `cli`: exit codes, ingest atomicity, output formats, configuration.
+//! - `cli`: exit codes, ingest atomicity, output formats, configuration;
+//! - `export`: export automations, read back with DuckDB, on disk and S3.
 
 mod cli;
+mod export;
 mod golden;
 mod support;

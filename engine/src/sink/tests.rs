@@ -1,7 +1,7 @@
 //! Tests of the sink: local folders and `memory://` stores, a failing store,
 //! and (when `SPANLAKE_S3_ENDPOINT` is set) a real S3-compatible server.
 //!
-//! S3 tests: start moto with `eval "$(/work/shared/tools/s3-server start
+//! S3 tests: start moto with `eval "$(tools/s3-server start
 //! 9100)"` and run with `SPANLAKE_S3_ENDPOINT=http://127.0.0.1:9100`. The
 //! tests use the static keys `testing`/`testing` and region `us-east-1`
 //! (override with `SPANLAKE_S3_ACCESS_KEY_ID`, `SPANLAKE_S3_SECRET_ACCESS_KEY`,
@@ -959,9 +959,13 @@ mod s3 {
 
     fn s3_env() -> Option<S3Env> {
         let Ok(endpoint) = std::env::var("SPANLAKE_S3_ENDPOINT") else {
+            assert!(
+                std::env::var_os("SPANLAKE_REQUIRE_SERVICES").is_none(),
+                "SPANLAKE_REQUIRE_SERVICES is set but SPANLAKE_S3_ENDPOINT is not: run the tests with scripts/test"
+            );
             eprintln!(
                 "skipped: SPANLAKE_S3_ENDPOINT is unset (start a server with \
-                 `/work/shared/tools/s3-server start 9100` and set it to http://127.0.0.1:9100)"
+                 `tools/s3-server start 9100` and set it to http://127.0.0.1:9100)"
             );
             return None;
         };
@@ -1144,6 +1148,10 @@ mod s3 {
 #[tokio::test]
 async fn duckdb_reads_the_export() {
     let Ok(python) = std::env::var("SPANLAKE_DUCKDB_PYTHON") else {
+        assert!(
+            std::env::var_os("SPANLAKE_REQUIRE_SERVICES").is_none(),
+            "SPANLAKE_REQUIRE_SERVICES is set but SPANLAKE_DUCKDB_PYTHON is not: run the tests with scripts/test"
+        );
         eprintln!("skipped: SPANLAKE_DUCKDB_PYTHON is unset");
         return;
     };

@@ -1,0 +1,389 @@
+//! `spanlake automation ...` and `spanlake export ...`: argument parsing and
+//! printing around `spanlake_engine::export` and the automation state.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use spanlake_engine::automation::state::{Automation, Kind, StateDb, Trigger};
+use spanlake_engine::export::{RawExportConfig, export_query, run_export, test_export_target};
+use spanlake_engine::query::QueryOptions;
+use spanlake_engine::store::{STATE_DB, Store};
+
+/// `spanlake automation ...`
+#[derive(Debug, Subcommand)]
+pub enum AutomationCommand {
+    /// Create an export automation (validated now, not at 3 a.m.).
+    CreateExport(CreateExportArgs),
+    /// List automations.
+    List {
+        /// Only this project's (id or name).
+        #[arg(long, short)]
+        project: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one automation's configuration.
+    Show(Selector),
+    /// The last run, totals, and whether it keeps up.
+    Status(Selector),
+    /// Every run, newest first.
+    History {
+        /// Which automation.
+        #[command(flatten)]
+        selector: Selector,
+        /// How many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Run now, whatever the schedule.
+    Run(Selector),
+    /// Write, read back and delete a probe file at the destination.
+    Test(Selector),
+    /// Clear the cursor and the history: the next run starts from the beginning.
+    Reset(Selector),
+    /// Stop scheduled runs.
+    Pause(Selector),
+    /// Resume scheduled runs.
+    Resume(Selector),
+    /// Delete the automation, its cursor and its history (not exported files).
+    Delete(Selector),
+}
+
+/// Names an automation: its id, or its name with `--project`.
+#[derive(Debug, clap::Args)]
+pub struct Selector {
+    /// Automation id, or name (with `--project`).
+    pub automation: String,
+    /// Project id or name, to find the automation by name.
+    #[arg(long, short)]
+    pub project: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `create-export` (see `automations.md` for each field).
+#[derive(Debug, clap::Args)]
+pub struct CreateExportArgs {
+    /// Project id or name.
+    #[arg(long, short)]
+    pub project: String,
+    /// Unique name within the project.
+    #[arg(long)]
+    pub name: String,
+    /// Free text.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// `traces`, `spans` or `query`.
+    #[arg(long)]
+    pub data: String,
+    /// The BTQL of a `query` export.
+    #[arg(long)]
+    pub btql: Option<String>,
+    /// Destination: `s3://bucket/prefix`, `file:///abs/path` or a local folder.
+    #[arg(long = "to", value_name = "URL")]
+    pub to: String,
+    #[command(flatten)]
+    pub sink: SinkArgs,
+    /// How often it runs (e.g. `5m`, `1h`, `24h`).
+    #[arg(long)]
+    pub interval: Option<String>,
+    /// Rows after which a run stops (at a commit boundary) and reports `behind`.
+    #[arg(long)]
+    pub max_rows_per_run: Option<u64>,
+    /// For `traces`: export a trace only after it has been idle this long.
+    #[arg(long)]
+    pub trace_idle: Option<String>,
+    /// IAM role to assume (external id `spanlake:<org>:<project>:<automation>`).
+    #[arg(long)]
+    pub role_arn: Option<String>,
+    /// Endpoint of an S3-compatible server.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+}
+
+/// How files are written.
+#[derive(Debug, clap::Args)]
+pub struct SinkArgs {
+    /// `parquet` (default) or `jsonl`.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Parquet: `zstd` (default), `snappy`, `none`; JSON Lines: `none`, `gzip`.
+    #[arg(long)]
+    pub compression: Option<String>,
+    /// Rows read, encoded and flushed together (bounds memory).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// `day` (default), `hour` or `none`.
+    #[arg(long)]
+    pub partitioning: Option<String>,
+    /// A file is closed past this size, e.g. `256MiB`.
+    #[arg(long)]
+    pub max_file_bytes: Option<String>,
+}
+
+/// `spanlake export QUERY --to URL`
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The BTQL query whose rows to export.
+    pub query: String,
+    /// Destination: `s3://bucket/prefix`, `file:///abs/path` or a local folder.
+    #[arg(long = "to", value_name = "URL")]
+    pub to: String,
+    #[command(flatten)]
+    pub sink: SinkArgs,
+    /// Endpoint of an S3-compatible server.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+}
+
+fn state_db(store: &Store) -> anyhow::Result<StateDb> {
+    Ok(StateDb::open(&store.data_dir().join(STATE_DB))?)
+}
+
+/// A local folder becomes a `file://` URL (created if missing); URLs pass.
+fn destination_url(to: &str) -> anyhow::Result<String> {
+    if to.contains("://") {
+        return Ok(to.to_string());
+    }
+    let path = Path::new(to);
+    std::fs::create_dir_all(path).with_context(|| format!("cannot create `{to}`"))?;
+    let absolute = path
+        .canonicalize()
+        .with_context(|| format!("cannot resolve `{to}`"))?;
+    Ok(format!("file://{}", absolute.display()))
+}
+
+fn find(store: &Store, state: &StateDb, selector: &Selector) -> anyhow::Result<Automation> {
+    if let Some(found) = state.get(&selector.automation)? {
+        return Ok(found);
+    }
+    let Some(project) = &selector.project else {
+        bail!(
+            "no automation with id `{}`; to find one by name, add --project",
+            selector.automation
+        );
+    };
+    let project = store.registry().resolve(project)?;
+    state
+        .find_by_name(&project.id, &selector.automation)?
+        .with_context(|| {
+            format!(
+                "no automation named `{}` in project `{}`; see `spanlake automation list`",
+                selector.automation, project.name
+            )
+        })
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Run an automation subcommand.
+pub async fn automation_command(store: &Store, command: AutomationCommand) -> anyhow::Result<()> {
+    let state = state_db(store)?;
+    match command {
+        AutomationCommand::CreateExport(args) => {
+            let project = store.registry().resolve(&args.project)?;
+            let raw = RawExportConfig {
+                data: args.data,
+                btql: args.btql,
+                export_path: destination_url(&args.to)?,
+                format: args.sink.format,
+                compression: args.sink.compression,
+                interval: args.interval,
+                batch_size: args.sink.batch_size,
+                partitioning: args.sink.partitioning,
+                max_file_bytes: args.sink.max_file_bytes,
+                max_rows_per_run: args.max_rows_per_run,
+                trace_idle: args.trace_idle,
+                role_arn: args.role_arn,
+                endpoint: args.endpoint,
+            };
+            raw.validate()?;
+            let automation = state.create(
+                &project.id,
+                &args.name,
+                &args.description,
+                Kind::Export,
+                &serde_json::to_value(&raw)?,
+            )?;
+            println!("{}", automation.id);
+            eprintln!(
+                "created export `{}` of project `{}` to {}",
+                automation.name, project.name, raw.export_path
+            );
+        }
+        AutomationCommand::List { project, json } => {
+            let project_id = match project {
+                Some(p) => Some(store.registry().resolve(&p)?.id),
+                None => None,
+            };
+            let automations = state.list(project_id.as_deref())?;
+            if json {
+                return print_json(&automations);
+            }
+            println!("{:<36}  {:<9}  {:<7}  name", "id", "kind", "status");
+            for a in &automations {
+                let kind = serde_json::to_value(a.kind)?;
+                println!(
+                    "{:<36}  {:<9}  {:<7}  {}",
+                    a.id,
+                    kind.as_str().unwrap_or_default(),
+                    a.status,
+                    a.name
+                );
+            }
+        }
+        AutomationCommand::Show(selector) => {
+            let automation = find(store, &state, &selector)?;
+            print_json(&automation)?;
+        }
+        AutomationCommand::Status(selector) => {
+            let automation = find(store, &state, &selector)?;
+            let runs = state.runs(&automation.id, 10_000)?;
+            let cursor = state.cursor(&automation.id)?;
+            let status = serde_json::json!({
+                "automation": automation.name,
+                "status": automation.status,
+                "cursor": cursor.map(|c| c.to_string()),
+                "last_run": runs.first(),
+                "totals": {
+                    "runs": runs.len(),
+                    "rows": runs.iter().map(|r| r.rows).sum::<u64>(),
+                    "bytes": runs.iter().map(|r| r.bytes).sum::<u64>(),
+                    "files": runs.iter().map(|r| r.files).sum::<u64>(),
+                },
+                "keeping_up": runs.first().map(|r| r.status != spanlake_engine::automation::state::RunStatus::Behind),
+            });
+            print_json(&status)?;
+        }
+        AutomationCommand::History { selector, limit } => {
+            let automation = find(store, &state, &selector)?;
+            let runs = state.runs(&automation.id, limit)?;
+            if selector.json {
+                return print_json(&runs);
+            }
+            println!(
+                "{:<36}  {:<8}  {:<9}  {:>9}  {:>11}  {:>5}  started",
+                "run", "trigger", "status", "rows", "bytes", "files"
+            );
+            for r in &runs {
+                let status = serde_json::to_value(r.status)?;
+                println!(
+                    "{:<36}  {:<8}  {:<9}  {:>9}  {:>11}  {:>5}  {}{}",
+                    r.run_id,
+                    r.trigger,
+                    status.as_str().unwrap_or_default(),
+                    r.rows,
+                    r.bytes,
+                    r.files,
+                    r.started,
+                    r.error
+                        .as_deref()
+                        .map_or_else(String::new, |e| format!("  error: {e}"))
+                );
+            }
+        }
+        AutomationCommand::Run(selector) => {
+            let automation = find(store, &state, &selector)?;
+            let report = run_export(store, &state, &automation, Trigger::Manual).await?;
+            for note in &report.recovered {
+                eprintln!("recovered: {note}");
+            }
+            if selector.json {
+                return print_json(&report);
+            }
+            match &report.manifest {
+                Some(manifest) => eprintln!(
+                    "exported {} row(s) in {} file(s), {} bytes; manifest `{manifest}`{}",
+                    report.rows,
+                    report.files,
+                    report.bytes,
+                    if report.status == spanlake_engine::automation::state::RunStatus::Behind {
+                        "; behind: more data waits, run again"
+                    } else {
+                        ""
+                    }
+                ),
+                None => eprintln!("nothing new to export"),
+            }
+        }
+        AutomationCommand::Test(selector) => {
+            let automation = find(store, &state, &selector)?;
+            let raw: RawExportConfig = serde_json::from_value(automation.config.clone())?;
+            let steps = test_export_target(&raw.validate()?).await;
+            if selector.json {
+                print_json(&steps)?;
+            } else {
+                for step in &steps {
+                    println!(
+                        "{} {:<7} {}",
+                        if step.ok { "ok  " } else { "FAIL" },
+                        step.step,
+                        step.message
+                    );
+                }
+            }
+            if let Some(failed) = steps.iter().find(|s| !s.ok) {
+                bail!("test failed at step `{}`", failed.step);
+            }
+        }
+        AutomationCommand::Reset(selector) => {
+            let automation = find(store, &state, &selector)?;
+            state.reset(&automation.id)?;
+            eprintln!(
+                "reset `{}`: the next run exports from the beginning",
+                automation.name
+            );
+        }
+        AutomationCommand::Pause(selector) => {
+            let automation = find(store, &state, &selector)?;
+            state.set_status(&automation.id, "paused")?;
+            eprintln!("paused `{}`", automation.name);
+        }
+        AutomationCommand::Resume(selector) => {
+            let automation = find(store, &state, &selector)?;
+            state.set_status(&automation.id, "active")?;
+            eprintln!("resumed `{}`", automation.name);
+        }
+        AutomationCommand::Delete(selector) => {
+            let automation = find(store, &state, &selector)?;
+            state.delete(&automation.id)?;
+            eprintln!(
+                "deleted `{}` (exported files stay where they are)",
+                automation.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `spanlake export QUERY --to URL`: one-shot, through the same sink.
+pub async fn export_command(store: &Store, args: ExportArgs) -> anyhow::Result<()> {
+    let raw = RawExportConfig {
+        data: "query".to_string(),
+        btql: Some(args.query.clone()),
+        export_path: destination_url(&args.to)?,
+        format: args.sink.format,
+        compression: args.sink.compression,
+        batch_size: args.sink.batch_size,
+        partitioning: args.sink.partitioning,
+        max_file_bytes: args.sink.max_file_bytes,
+        endpoint: args.endpoint,
+        ..RawExportConfig::default()
+    };
+    let config = raw.validate()?;
+    let manifest = export_query(store, &args.query, &config, &QueryOptions::default()).await?;
+    eprintln!(
+        "exported {} row(s) in {} file(s) to {}; manifest `_manifests/{}.json`",
+        manifest.rows,
+        manifest.files.len(),
+        raw.export_path,
+        manifest.run_id
+    );
+    Ok(())
+}

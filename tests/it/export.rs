@@ -1,0 +1,290 @@
+//! Export automations end to end through the CLI, with the files read back
+//! by an independent reader (DuckDB, `$SPANLAKE_DUCKDB_PYTHON`) and, for S3,
+//! a real S3-compatible server (`$SPANLAKE_S3_ENDPOINT`, moto). Both are
+//! started by `scripts/test`; without them these tests skip with a notice,
+//! unless `SPANLAKE_REQUIRE_SERVICES` is set, when they fail.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::{Spanlake, fixtures_dir};
+
+fn service(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(value) => Some(value),
+        Err(_) => {
+            assert!(
+                std::env::var_os("SPANLAKE_REQUIRE_SERVICES").is_none(),
+                "SPANLAKE_REQUIRE_SERVICES is set but {name} is not: run the tests with scripts/test"
+            );
+            eprintln!("skipped: {name} is unset (scripts/test sets it)");
+            None
+        }
+    }
+}
+
+/// Run `sql` in DuckDB and return the rows as JSON.
+fn duckdb(python: &str, sql: &str) -> serde_json::Value {
+    let script = r#"
+import json, sys, duckdb
+rows = duckdb.connect().execute(sys.argv[1]).fetchall()
+print(json.dumps(rows, default=str))
+"#;
+    let output = Command::new(python)
+        .args(["-c", script, sql])
+        .output()
+        .expect("run python with duckdb");
+    assert!(
+        output.status.success(),
+        "duckdb failed on {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("duckdb printed JSON")
+}
+
+fn manifests(folder: &Path) -> Vec<serde_json::Value> {
+    let dir = folder.join("_manifests");
+    let mut found: Vec<_> = std::fs::read_dir(&dir)
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    found.sort();
+    found
+        .iter()
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn spans_export_is_incremental_and_duckdb_reads_exactly_the_manifest_rows() {
+    let spanlake = Spanlake::new();
+    spanlake.ingest("p", &fixtures_dir().join("basic.jsonl"));
+    let out = spanlake.root().join("exports");
+    spanlake
+        .run([
+            "automation",
+            "create-export",
+            "--project",
+            "p",
+            "--name",
+            "spans",
+            "--data",
+            "spans",
+            "--to",
+            out.to_str().unwrap(),
+        ])
+        .ok();
+    spanlake
+        .run(["automation", "run", "spans", "--project", "p"])
+        .ok();
+
+    let first = manifests(&out);
+    assert_eq!(first.len(), 1, "one committed run");
+    assert_eq!(first[0]["rows"], 13, "every span of the fixture");
+    assert_eq!(first[0]["schema_version"], 1);
+    let file_rows: u64 = first[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(file_rows, 13);
+    // Day partitions of `created` (UTC): the fixture spans 2024-11-09 and 2024-11-10.
+    assert!(
+        out.join("date=2024-11-09").is_dir(),
+        "{:?}",
+        std::fs::read_dir(&out).unwrap().collect::<Vec<_>>()
+    );
+
+    // Nothing new: no second manifest.
+    spanlake
+        .run(["automation", "run", "spans", "--project", "p"])
+        .ok();
+    assert_eq!(manifests(&out).len(), 1);
+
+    // An update of an exported span is exported again with its new state.
+    let update = spanlake.write_file(
+        "update.jsonl",
+        r#"{"id":"t1","_is_merge":true,"output":"Rainy, 12°C","metadata":{"reviewed":true}}"#,
+    );
+    spanlake.ingest("p", &update);
+    spanlake
+        .run(["automation", "run", "spans", "--project", "p"])
+        .ok();
+    let all = manifests(&out);
+    assert_eq!(all.len(), 2);
+    let second = all
+        .iter()
+        .find(|m| m["run_id"] != first[0]["run_id"])
+        .unwrap();
+    assert_eq!(second["rows"], 1);
+    assert_eq!(second["cursor_from"], first[0]["cursor_to"]);
+
+    let history = spanlake
+        .run(["automation", "history", "spans", "--project", "p", "--json"])
+        .ok();
+    let runs: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+
+    let Some(python) = service("SPANLAKE_DUCKDB_PYTHON") else {
+        return;
+    };
+    let glob = format!("{}/*/*.parquet", out.display());
+    let counts = duckdb(
+        &python,
+        &format!(
+            "select count(*), count(distinct id) from read_parquet('{glob}', hive_partitioning = true)"
+        ),
+    );
+    assert_eq!(counts, serde_json::json!([[14, 13]]), "13 spans, t1 twice");
+    // A consumer keeps, per id, the row with the largest _xact_id: t1 has its new output.
+    let latest = duckdb(
+        &python,
+        &format!(
+            "select output, json_extract_string(metadata, '$.reviewed') from read_parquet('{glob}') \
+             where id = 't1' order by _xact_id desc limit 1"
+        ),
+    );
+    assert_eq!(latest, serde_json::json!([["\"Rainy, 12°C\"", "true"]]));
+    let types = duckdb(
+        &python,
+        &format!(
+            "select name, logical_type from parquet_schema('{glob}') where name in ('metadata', 'created') order by name"
+        ),
+    );
+    let text = types.to_string();
+    assert!(
+        text.contains("JsonType") && text.contains("isAdjustedToUTC=1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn one_shot_export_of_a_query_as_jsonl() {
+    let spanlake = Spanlake::new();
+    spanlake.ingest("p", &fixtures_dir().join("basic.jsonl"));
+    let out = spanlake.root().join("llm");
+    spanlake
+        .run([
+            "export",
+            "select: id, metadata.model as model, created | from: project_logs('p') | filter: span_attributes.type = 'llm'",
+            "--to",
+            out.to_str().unwrap(),
+            "--format",
+            "jsonl",
+            "--partitioning",
+            "none",
+        ])
+        .ok();
+    let manifest = &manifests(&out)[0];
+    let files = manifest["files"].as_array().unwrap();
+    let mut lines = 0;
+    for file in files {
+        let name = Path::new(file["key"].as_str().unwrap())
+            .file_name()
+            .unwrap()
+            .to_owned();
+        let text = std::fs::read_to_string(out.join(name)).unwrap();
+        for line in text.lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(row["model"].is_string() || row["model"].is_null(), "{row}");
+            lines += 1;
+        }
+    }
+    assert_eq!(manifest["rows"].as_u64().unwrap(), lines);
+    assert!(lines > 0);
+
+    // A bad query is refused before anything is written, with a caret.
+    let bad = spanlake.run([
+        "export",
+        "select: id | from: project_logs('p') | filter: nme = 1",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    assert!(bad.stderr.contains("^^^"), "{}", bad.stderr);
+}
+
+/// Create a bucket on the S3-compatible test server (moto accepts an
+/// unsigned `PUT /bucket`).
+fn create_bucket(endpoint: &str, bucket: &str) {
+    let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the S3 server");
+    write!(
+        stream,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[test]
+fn spans_export_to_s3_and_its_test() {
+    let Some(endpoint) = service("SPANLAKE_S3_ENDPOINT") else {
+        return;
+    };
+    let bucket = format!("it-{}", std::process::id());
+    create_bucket(&endpoint, &bucket);
+    let spanlake = Spanlake::new();
+    spanlake.ingest("p", &fixtures_dir().join("basic.jsonl"));
+    let url = format!("s3://{bucket}/logs/spans");
+    spanlake
+        .run([
+            "automation",
+            "create-export",
+            "--project",
+            "p",
+            "--name",
+            "s3",
+            "--data",
+            "spans",
+            "--to",
+            &url,
+            "--format",
+            "jsonl",
+            "--compression",
+            "gzip",
+            "--endpoint",
+            &endpoint,
+        ])
+        .ok();
+    let test = spanlake
+        .run(["automation", "test", "s3", "--project", "p"])
+        .ok();
+    assert_eq!(test.stdout.matches("ok ").count(), 4, "{}", test.stdout);
+    let run = spanlake
+        .run(["automation", "run", "s3", "--project", "p", "--json"])
+        .ok();
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["rows"], 13);
+    assert!(
+        report["manifest"]
+            .as_str()
+            .unwrap()
+            .contains("logs/spans/_manifests/")
+    );
+
+    // A missing bucket: `test` names the failing step and the fix.
+    spanlake
+        .run([
+            "automation",
+            "create-export",
+            "--project",
+            "p",
+            "--name",
+            "nobucket",
+            "--data",
+            "spans",
+            "--to",
+            "s3://no-such-bucket-spanlake/x",
+            "--endpoint",
+            &endpoint,
+        ])
+        .ok();
+    let failed = spanlake.run(["automation", "test", "nobucket", "--project", "p"]);
+    assert_eq!(failed.code, 2, "{}{}", failed.stdout, failed.stderr);
+    assert!(failed.stdout.contains("FAIL write"), "{}", failed.stdout);
+    assert!(failed.stdout.contains("bucket"), "{}", failed.stdout);
+}
