@@ -18,6 +18,7 @@ pub const JSON_METADATA_KEY: &str = "spanlake.json";
 pub const SCALAR_COLUMNS: &[&str] = &[
     "id",
     "_xact_id",
+    "_pagination_key",
     "created",
     "org_id",
     "project_id",
@@ -73,6 +74,9 @@ static SPANS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         // Decimal string of the u64 transaction id (as Braintrust returns it); all
         // ids have the same number of digits, so string order is numeric order.
         Field::new("_xact_id", DataType::Utf8, false),
+        // Stable and sortable: the `_xact_id` and position of the row's first
+        // version, so it never changes when the row is updated.
+        Field::new("_pagination_key", DataType::Utf8, false),
         Field::new("created", timestamp_type(), true),
         Field::new("org_id", DataType::Utf8, true),
         Field::new("project_id", DataType::Utf8, false),

@@ -44,7 +44,7 @@
 //!   its first line.
 //! - The expected block is every line up to a line `====`. An empty block
 //!   means no output (no rows).
-//! - Top-level `"_xact_id"`, `"org_id"` and `"project_id"` string values are
+//! - Top-level `"_xact_id"`, `"_pagination_key"`, `"org_id"` and `"project_id"` string values are
 //!   replaced by `"<redacted>"` in query output, as they differ per run.
 //!
 //! `SPANLAKE_BLESS=1` rewrites the expected blocks from the actual output.
@@ -60,7 +60,7 @@ use crate::support::{Spanlake, fixtures_dir, tests_dir};
 
 /// The project every fixture is ingested into.
 const PROJECT: &str = "fixture";
-const REDACTED_KEYS: [&str; 3] = ["_xact_id", "org_id", "project_id"];
+const REDACTED_KEYS: [&str; 4] = ["_xact_id", "_pagination_key", "org_id", "project_id"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -412,6 +412,11 @@ golden_tests! {
     golden_errors => "errors.test",
     golden_merge => "merge.test",
     golden_replace => "replace.test",
+    golden_shapes => "shapes.test",
+    golden_aggregate => "aggregate.test",
+    golden_sql => "sql.test",
+    golden_json_ast => "json_ast.test",
+    golden_pivot => "pivot.test",
 }
 
 mod format_tests {

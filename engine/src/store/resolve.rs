@@ -48,6 +48,25 @@ use crate::merge::{self, EventOp};
 /// The `log_id` of project logs.
 pub const PROJECT_LOGS_LOG_ID: &str = "g";
 
+/// `_pagination_key`: the 19 digits of the first version's `_xact_id` then its
+/// `_seq` zero-padded to 10 digits, so that string order is (xact, seq) order.
+pub const PAGINATION_KEY: &str = "_pagination_key";
+
+fn pagination_key(xact: Expr, seq: Expr) -> Expr {
+    datafusion::functions::string::expr_fn::concat(vec![
+        cast(xact, DataType::Utf8),
+        datafusion::functions::unicode::expr_fn::lpad(vec![
+            cast(seq, DataType::Utf8),
+            lit(10i64),
+            lit("0"),
+        ]),
+    ])
+}
+
+fn pagination_key_text(xact: i64, seq: i64) -> String {
+    format!("{xact:019}{seq:010}")
+}
+
 /// Expressions that turn physical row versions into rows of the spans view.
 fn logical_projection() -> Vec<Expr> {
     let json = FieldMetadata::from(BTreeMap::from([(
@@ -57,6 +76,7 @@ fn logical_projection() -> Vec<Expr> {
     let mut exprs = vec![
         col("id"),
         cast(col(XACT_ID), DataType::Utf8).alias(XACT_ID),
+        pagination_key(col(XACT_ID), col(SEQ)).alias(PAGINATION_KEY),
         col("created"),
         col("org_id"),
         col("project_id"),
@@ -275,31 +295,59 @@ impl PartitionStream for FoldStream {
     }
 }
 
-/// The fold in progress: the id being folded, its last `_xact_id` and state.
+/// The fold of one id in progress.
+#[derive(Debug)]
+struct Pending {
+    id: String,
+    /// `_pagination_key` of its first version.
+    pagination_key: String,
+    /// `_xact_id` of its latest version so far.
+    xact: i64,
+    state: Option<Map<String, Value>>,
+}
+
+/// The fold in progress over a sorted stream of versions.
 struct FoldState {
     versions: SendableRecordBatchStream,
-    pending: Option<(String, i64, Option<Map<String, Value>>)>,
+    pending: Option<Pending>,
     project_id: String,
     finished: bool,
 }
 
 impl FoldState {
+    fn emit(&mut self, rows: &mut SpansBatchBuilder) -> datafusion::error::Result<()> {
+        if let Some(Pending {
+            pagination_key,
+            xact,
+            state: Some(row),
+            ..
+        }) = self.pending.take()
+        {
+            rows.push(&row, xact, &pagination_key, &self.project_id)
+                .map_err(to_df)?;
+        }
+        Ok(())
+    }
+
     fn fold_batch(&mut self, batch: &RecordBatch) -> datafusion::error::Result<RecordBatch> {
         let mut decoded = Vec::with_capacity(batch.num_rows());
         decode_versions(batch, &mut decoded).map_err(to_df)?;
         let mut rows = SpansBatchBuilder::new(decoded.len());
         for version in decoded {
             match &mut self.pending {
-                Some((id, xact, state)) if *id == version.id => {
-                    *xact = version.xact;
-                    *state = merge::apply_event(state.take(), &version.op, version.fields);
+                Some(pending) if pending.id == version.id => {
+                    pending.xact = version.xact;
+                    pending.state =
+                        merge::apply_event(pending.state.take(), &version.op, version.fields);
                 }
                 _ => {
-                    if let Some((_, xact, Some(row))) = self.pending.take() {
-                        rows.push(&row, xact, &self.project_id).map_err(to_df)?;
-                    }
-                    let state = merge::apply_event(None, &version.op, version.fields);
-                    self.pending = Some((version.id, version.xact, state));
+                    self.emit(&mut rows)?;
+                    self.pending = Some(Pending {
+                        pagination_key: pagination_key_text(version.xact, version.seq),
+                        xact: version.xact,
+                        state: merge::apply_event(None, &version.op, version.fields),
+                        id: version.id,
+                    });
                 }
             }
         }
@@ -308,9 +356,7 @@ impl FoldState {
 
     fn flush(&mut self) -> datafusion::error::Result<RecordBatch> {
         let mut rows = SpansBatchBuilder::new(1);
-        if let Some((_, xact, Some(row))) = self.pending.take() {
-            rows.push(&row, xact, &self.project_id).map_err(to_df)?;
-        }
+        self.emit(&mut rows)?;
         rows.finish().map_err(to_df)
     }
 }
@@ -324,6 +370,7 @@ fn to_df(error: Error) -> DataFusionError {
 struct Version {
     id: String,
     xact: i64,
+    seq: i64,
     op: EventOp,
     fields: Map<String, Value>,
 }
@@ -361,6 +408,10 @@ fn decode_versions(batch: &RecordBatch, out: &mut Vec<Version>) -> Result<()> {
         .column_by_name(XACT_ID)
         .and_then(|c| c.as_primitive_opt::<Int64Type>())
         .ok_or_else(|| missing(XACT_ID))?;
+    let seq = batch
+        .column_by_name(SEQ)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .ok_or_else(|| missing(SEQ))?;
     let op = batch
         .column_by_name(OP)
         .and_then(|c| c.as_primitive_opt::<Int32Type>())
@@ -429,6 +480,7 @@ fn decode_versions(batch: &RecordBatch, out: &mut Vec<Version>) -> Result<()> {
         out.push(Version {
             id,
             xact: xact.value(row),
+            seq: seq.value(row),
             op,
             fields,
         });
@@ -450,6 +502,7 @@ pub fn is_root_from_parents(span_parents: Option<&Value>) -> bool {
 struct SpansBatchBuilder {
     id: StringBuilder,
     xact: StringBuilder,
+    pagination_key: StringBuilder,
     created: TimestampMicrosecondBuilder,
     org_id: StringBuilder,
     project_id: StringBuilder,
@@ -465,6 +518,7 @@ impl SpansBatchBuilder {
         Self {
             id: StringBuilder::with_capacity(capacity, capacity * 36),
             xact: StringBuilder::with_capacity(capacity, capacity * 19),
+            pagination_key: StringBuilder::with_capacity(capacity, capacity * 29),
             created: TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
             org_id: StringBuilder::new(),
             project_id: StringBuilder::new(),
@@ -476,11 +530,18 @@ impl SpansBatchBuilder {
         }
     }
 
-    fn push(&mut self, row: &Map<String, Value>, xact: i64, project_id: &str) -> Result<()> {
+    fn push(
+        &mut self,
+        row: &Map<String, Value>,
+        xact: i64,
+        pagination_key: &str,
+        project_id: &str,
+    ) -> Result<()> {
         let text = |name: &str| row.get(name).and_then(Value::as_str);
         let id = text("id").ok_or_else(|| Error::Internal("resolved row without `id`".into()))?;
         self.id.append_value(id);
         self.xact.append_value(xact.to_string());
+        self.pagination_key.append_value(pagination_key);
         self.created
             .append_option(row.get("created").and_then(Value::as_i64));
         self.org_id.append_option(text("org_id"));
@@ -508,6 +569,7 @@ impl SpansBatchBuilder {
         let mut columns: Vec<Arc<dyn Array>> = vec![
             Arc::new(self.id.finish()),
             Arc::new(self.xact.finish()),
+            Arc::new(self.pagination_key.finish()),
             Arc::new(self.created.finish()),
             Arc::new(self.org_id.finish()),
             Arc::new(self.project_id.finish()),
