@@ -132,6 +132,15 @@ pub struct QueryArgs {
     /// Memory for sorts and other blocking operators before they spill to disk, in MiB.
     #[arg(long, default_value_t = 512, value_name = "MIB")]
     pub memory_limit_mib: usize,
+    /// Read the result in pages of N rows: with `--format json` the output is
+    /// `{"data": [...], "cursor": "..."}` (no `cursor` on the last page);
+    /// other formats print the next cursor on stderr.
+    #[arg(long, value_name = "N")]
+    pub page_size: Option<u64>,
+    /// Continue after the page that returned this cursor. Pages read the
+    /// snapshot of the first page, so they stay consistent while ingest goes on.
+    #[arg(long, value_name = "TOKEN", requires = "page_size")]
+    pub cursor: Option<String>,
 }
 
 /// Exit code for success.
@@ -388,6 +397,10 @@ async fn query_command(store: &Store, args: QueryArgs) -> u8 {
     let options = QueryOptions {
         tz_offset_minutes: args.tz_offset,
         memory_limit_bytes: args.memory_limit_mib.saturating_mul(1024 * 1024),
+        page: args.page_size.map(|size| spanlake_engine::query::Paging {
+            size,
+            cursor: args.cursor.clone(),
+        }),
         ..QueryOptions::default()
     };
     let stream = match run_query(store, &text, &options).await {
@@ -414,7 +427,14 @@ async fn query_command(store: &Store, args: QueryArgs) -> u8 {
     }
     .await;
     match result {
-        Ok(_) => EXIT_OK,
+        Ok(written) => {
+            if args.format != render::Format::Json {
+                if let Some(cursor) = &written.next_cursor {
+                    eprintln!("next page: --cursor {cursor}");
+                }
+            }
+            EXIT_OK
+        }
         Err(e) => {
             // A closed pipe (`| head`) is not an error.
             if e.chain().any(|c| {

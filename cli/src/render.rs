@@ -35,23 +35,42 @@ pub enum Format {
     Parquet,
 }
 
-/// Write every row of `query` to `out` in `format`; returns the row count.
+/// What [`write_rows`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Rows written.
+    pub rows: u64,
+    /// With paging, the cursor of the next page (none on the last page).
+    pub next_cursor: Option<String>,
+}
+
+/// Write the rows of `query` to `out` in `format`. With paging, at most one
+/// page is written, and with `json` it is wrapped as `{"data": [...],
+/// "cursor": "..."}` (no `cursor` on the last page).
 pub async fn write_rows(
     query: QueryStream,
     format: Format,
     out: &mut (dyn Write + Send),
-) -> Result<u64> {
+) -> Result<Written> {
     if format == Format::Parquet {
-        return write_parquet(query, out).await;
+        let rows = write_parquet(query, out).await?;
+        return Ok(Written {
+            rows,
+            next_cursor: None,
+        });
     }
     let QueryStream {
         columns,
         mut stream,
+        page,
     } = query;
+    let limit = page.as_ref().map_or(u64::MAX, |(size, _)| *size);
+    let mut more = false;
     let mut rows = 0u64;
     let mut table = TableBuffer::new(&columns);
     let mut line = Vec::with_capacity(4096);
     match format {
+        Format::Json if page.is_some() => out.write_all(b"{\"data\": [")?,
         Format::Json => out.write_all(b"[")?,
         Format::Csv => {
             let header: Vec<String> = columns.iter().map(|c| csv_field(&c.name)).collect();
@@ -61,6 +80,11 @@ pub async fn write_rows(
     }
     while let Some(batch) = stream.next().await {
         let batch = batch.context("query execution failed")?;
+        let room = usize::try_from(limit - rows).unwrap_or(usize::MAX);
+        if batch.num_rows() > room {
+            more = true;
+        }
+        let batch = batch.slice(0, batch.num_rows().min(room));
         match format {
             Format::Json | Format::Jsonl => {
                 for row in 0..batch.num_rows() {
@@ -94,18 +118,34 @@ pub async fn write_rows(
             Format::Parquet => unreachable!("handled above"),
         }
     }
+    let next_cursor = page.filter(|_| more).map(|(_, cursor)| cursor);
     match format {
+        Format::Json if limit != u64::MAX => {
+            out.write_all(if rows == 0 { b"]" } else { b"\n]" })?;
+            if let Some(cursor) = &next_cursor {
+                out.write_all(b", \"cursor\": ")?;
+                serde_json::to_writer(&mut *out, cursor)?;
+            }
+            out.write_all(b"}\n")?;
+        }
         Format::Json => out.write_all(if rows == 0 { b"]\n" } else { b"\n]\n" })?,
         Format::Table => table.print(out)?,
         _ => {}
     }
     out.flush()?;
-    Ok(rows)
+    Ok(Written { rows, next_cursor })
 }
 
 /// Parquet (zstd 3) of the query's rows, JSON columns as strings.
 async fn write_parquet(query: QueryStream, out: &mut (dyn Write + Send)) -> Result<u64> {
-    let QueryStream { mut stream, .. } = query;
+    let QueryStream {
+        mut stream, page, ..
+    } = query;
+    if page.is_some() {
+        anyhow::bail!(
+            "paging is not available with --format parquet; export the whole result instead"
+        );
+    }
     let props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::ZSTD(
             parquet::basic::ZstdLevel::try_new(3)?,

@@ -34,6 +34,67 @@ pub struct QueryOptions {
     pub batch_rows: usize,
     /// The time `now()` means (taken once per query).
     pub now: chrono::DateTime<chrono::Utc>,
+    /// Read one page of the result (see [`Paging`]).
+    pub page: Option<Paging>,
+}
+
+/// Reading a result in pages: `size` rows per page, starting after
+/// `cursor` (the token of the previous page), or at the first row.
+#[derive(Debug, Clone)]
+pub struct Paging {
+    /// Rows per page, at least 1.
+    pub size: u64,
+    /// The cursor of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// What a cursor pins: the query it belongs to, the snapshot (table version
+/// per project) and how many rows earlier pages returned. Encoded as
+/// URL-safe base64 of JSON: opaque to clients.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct CursorState {
+    /// Format version.
+    v: u32,
+    /// Fingerprint of the query text and time zone offset.
+    q: String,
+    /// Table version per project id (absent: the project had no data).
+    s: std::collections::BTreeMap<String, Option<i64>>,
+    /// Rows returned by earlier pages.
+    o: u64,
+}
+
+impl CursorState {
+    fn encode(&self) -> String {
+        use base64::Engine;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    fn decode(token: &str) -> Result<Self> {
+        use base64::Engine;
+        let invalid = || {
+            Error::InvalidArgument(
+                "the cursor is not valid: pass the `cursor` of a previous page unchanged"
+                    .to_string(),
+            )
+        };
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.trim())
+            .map_err(|_| invalid())?;
+        let state: Self = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+        if state.v != 1 {
+            return Err(invalid());
+        }
+        Ok(state)
+    }
+}
+
+fn query_fingerprint(text: &str, tz_offset_minutes: i32) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.trim().hash(&mut hasher);
+    tz_offset_minutes.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 impl Default for QueryOptions {
@@ -43,6 +104,7 @@ impl Default for QueryOptions {
             memory_limit_bytes: 512 * 1024 * 1024,
             batch_rows: 8192,
             now: chrono::Utc::now(),
+            page: None,
         }
     }
 }
@@ -53,6 +115,11 @@ pub struct QueryStream {
     pub columns: Vec<OutputColumn>,
     /// The rows, streamed.
     pub stream: SendableRecordBatchStream,
+    /// With paging: the page size, and the cursor of the next page. The
+    /// stream then yields up to `size + 1` rows: a row past `size` means
+    /// there is a next page (show `size` rows and the cursor); otherwise
+    /// this is the last page.
+    pub page: Option<(u64, String)>,
 }
 
 impl std::fmt::Debug for QueryStream {
@@ -115,10 +182,25 @@ impl Catalog for PreparedCatalog {
 pub async fn run_query(store: &Store, text: &str, options: &QueryOptions) -> Result<QueryStream> {
     let query = spanlake_dsl::parse_query(text)?;
     let ctx = session(options)?;
+    let fingerprint = query_fingerprint(text, options.tz_offset_minutes);
+    let resumed = match options.page.as_ref().and_then(|p| p.cursor.as_deref()) {
+        Some(token) => {
+            let state = CursorState::decode(token)?;
+            if state.q != fingerprint {
+                return Err(Error::InvalidArgument(
+                    "this cursor belongs to another query (or another --tz-offset); run the same query with it".to_string(),
+                ));
+            }
+            Some(state)
+        }
+        None => None,
+    };
     let mut catalog = PreparedCatalog::default();
+    let mut snapshot = std::collections::BTreeMap::new();
     if let Some(source) = query.source() {
         if source.function.eq_ignore_ascii_case("project_logs") && !source.args.is_empty() {
-            let view = prepare_view(store, &ctx, &source.args).await?;
+            let pinned = resumed.as_ref().map(|state| &state.s);
+            let view = prepare_view(store, &ctx, &source.args, pinned, &mut snapshot).await?;
             catalog.views.insert(source.args.clone(), view);
         }
     }
@@ -127,15 +209,76 @@ pub async fn run_query(store: &Store, text: &str, options: &QueryOptions) -> Res
         now: options.now,
     };
     let compiled = spanlake_dsl::plan_query(&query, &catalog, &plan_options)?;
-    let stream = ctx
-        .execute_logical_plan(compiled.plan)
-        .await?
-        .execute_stream()
-        .await?;
+    let mut frame = ctx.execute_logical_plan(compiled.plan).await?;
+    let mut page = None;
+    if let Some(paging) = &options.page {
+        if paging.size == 0 {
+            return Err(Error::InvalidArgument(
+                "the page size must be at least 1".into(),
+            ));
+        }
+        let offset = resumed.as_ref().map_or(0, |state| state.o);
+        frame = in_total_order(frame)?.limit(
+            usize::try_from(offset).unwrap_or(usize::MAX),
+            Some(usize::try_from(paging.size + 1).unwrap_or(usize::MAX)),
+        )?;
+        let next = CursorState {
+            v: 1,
+            q: fingerprint,
+            s: resumed.map_or(snapshot, |state| state.s),
+            o: offset + paging.size,
+        };
+        page = Some((paging.size, next.encode()));
+    }
+    let stream = frame.execute_stream().await?;
     Ok(QueryStream {
         columns: compiled.columns,
         stream,
+        page,
     })
+}
+
+/// `frame` with a total order, so that pages of one snapshot never overlap
+/// or skip: every sort gets the columns of its input as tie-breakers
+/// (`_pagination_key` alone where the input has it), and an unsorted result
+/// is sorted by `_pagination_key`, or by all its columns.
+fn in_total_order(
+    frame: datafusion::dataframe::DataFrame,
+) -> Result<datafusion::dataframe::DataFrame> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::{LogicalPlan, SortExpr};
+
+    fn tie_breakers(schema: &datafusion::common::DFSchema) -> Vec<SortExpr> {
+        let key = crate::store::resolve::PAGINATION_KEY;
+        if let Ok(column) = schema.qualified_field_with_unqualified_name(key) {
+            return vec![datafusion::logical_expr::Expr::Column(column.into()).sort(true, false)];
+        }
+        schema
+            .columns()
+            .into_iter()
+            .map(|c| datafusion::logical_expr::Expr::Column(c).sort(true, false))
+            .collect()
+    }
+
+    let (state, plan) = frame.into_parts();
+    let mut sorted = false;
+    let plan = plan
+        .transform_down(|node| {
+            if let LogicalPlan::Sort(mut sort) = node {
+                sorted = true;
+                let extra = tie_breakers(sort.input.schema());
+                sort.expr.extend(extra);
+                return Ok(Transformed::yes(LogicalPlan::Sort(sort)));
+            }
+            Ok(Transformed::no(node))
+        })?
+        .data;
+    let frame = datafusion::dataframe::DataFrame::new(state, plan);
+    if sorted {
+        return Ok(frame);
+    }
+    let order = tie_breakers(frame.schema());
+    Ok(frame.sort(order)?)
 }
 
 /// Plan and start `text` in `ctx` with every `project_logs(...)` source
@@ -164,6 +307,7 @@ pub async fn run_query_over_view(
     Ok(QueryStream {
         columns: compiled.columns,
         stream,
+        page: None,
     })
 }
 
@@ -178,6 +322,8 @@ async fn prepare_view(
     store: &Store,
     ctx: &SessionContext,
     args: &[String],
+    pinned: Option<&std::collections::BTreeMap<String, Option<i64>>>,
+    snapshot: &mut std::collections::BTreeMap<String, Option<i64>>,
 ) -> Result<std::result::Result<Arc<dyn TableSource>, String>> {
     let mut projects = Vec::with_capacity(args.len());
     for arg in args {
@@ -203,7 +349,20 @@ async fn prepare_view(
     }
     let mut view: Option<datafusion::dataframe::DataFrame> = None;
     for project in &projects {
-        let logs = store.logs(project).await?;
+        let version = match pinned {
+            Some(pinned) => *pinned.get(&project.id).ok_or_else(|| {
+                Error::InvalidArgument(
+                    "this cursor belongs to another query; run the same query with it".to_string(),
+                )
+            })?,
+            None => None,
+        };
+        let logs = match (pinned, version) {
+            // The project had no data when the first page was read.
+            (Some(_), None) => crate::store::ProjectLogs::empty(project),
+            _ => store.logs_at(project, version).await?,
+        };
+        snapshot.insert(project.id.clone(), logs.version());
         let frame = logs.resolved_view(ctx).await?;
         view = Some(match view {
             None => frame,

@@ -2,9 +2,11 @@
 //!
 //! - `golden`: the BTQL behaviour suite over `tests/btql/*.test`;
 //! - `cli`: exit codes, ingest atomicity, output formats, configuration;
-//! - `export`: export automations, read back with DuckDB, on disk and S3.
+//! - `export`: export automations, read back with DuckDB, on disk and S3;
+//! - `paging`: cursors over a pinned snapshot.
 
 mod cli;
 mod export;
 mod golden;
+mod paging;
 mod support;

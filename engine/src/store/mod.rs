@@ -179,6 +179,14 @@ pub struct ProjectLogs {
 }
 
 impl ProjectLogs {
+    /// The logs of a project read as empty (no data at that snapshot).
+    pub fn empty(project: &Project) -> Self {
+        Self {
+            project: project.clone(),
+            table: None,
+        }
+    }
+
     /// The project.
     pub fn project(&self) -> &Project {
         &self.project
