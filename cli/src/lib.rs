@@ -57,6 +57,13 @@ pub enum Command {
     Automation(automation::AutomationCommand),
     /// Export the rows of a BTQL query once, as partitioned Parquet or JSON Lines.
     Export(automation::ExportArgs),
+    /// Run every active automation at its interval until SIGINT or SIGTERM
+    /// (the current run finishes first; a second signal exits at once).
+    Serve {
+        /// One pass over the due automations, then exit (for cron and tests).
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 /// `spanlake project ...`
@@ -189,6 +196,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Ingest(args) => ingest_command(&store, args).await,
         Command::Query(args) => return query_command(&store, args).await,
         Command::Automation(command) => automation::automation_command(&store, command).await,
+        Command::Serve { once } => serve_command(&store, once).await,
         Command::Export(args) => {
             let text = args.query.clone();
             let result = automation::export_command(&store, args).await;
@@ -246,6 +254,42 @@ fn report_error(error: &anyhow::Error) -> u8 {
     }
     eprintln!("{text}");
     exit_code_of(error)
+}
+
+async fn serve_command(store: &Store, once: bool) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let next_signal = async {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async {
+                    match terminate.as_mut() {
+                        Some(signal) => { signal.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+            }
+        };
+        next_signal.await;
+        eprintln!("stopping: the current run finishes first (signal again to exit now)");
+        let _ = stop_tx.send(true);
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
+    let options = spanlake_engine::scheduler::SchedulerOptions {
+        once,
+        ..Default::default()
+    };
+    if !once {
+        eprintln!(
+            "serving automations of `{}`; Ctrl-C to stop",
+            store.data_dir().display()
+        );
+    }
+    spanlake_engine::scheduler::serve(store, &options, stop_rx).await?;
+    Ok(())
 }
 
 /// Print query diagnostics with carets; returns the exit code of a rejected query.

@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod merge;
 pub mod projects;
 pub mod query;
+pub mod scheduler;
 pub mod sink;
 pub mod store;
 

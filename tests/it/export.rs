@@ -288,3 +288,83 @@ fn spans_export_to_s3_and_its_test() {
     assert!(failed.stdout.contains("FAIL write"), "{}", failed.stdout);
     assert!(failed.stdout.contains("bucket"), "{}", failed.stdout);
 }
+
+#[test]
+fn serve_runs_due_exports_and_stops_cleanly_on_sigterm() {
+    let spanlake = Spanlake::new();
+    spanlake.ingest("p", &fixtures_dir().join("basic.jsonl"));
+    let out = spanlake.root().join("served");
+    spanlake
+        .run([
+            "automation",
+            "create-export",
+            "--project",
+            "p",
+            "--name",
+            "hourly",
+            "--data",
+            "spans",
+            "--to",
+            out.to_str().unwrap(),
+            "--interval",
+            "1h",
+        ])
+        .ok();
+    // One pass: the never-run export is due.
+    spanlake.run(["serve", "--once"]).ok();
+    assert_eq!(manifests(&out).len(), 1);
+    // Not due again within its interval.
+    spanlake.run(["serve", "--once"]).ok();
+    assert_eq!(manifests(&out).len(), 1);
+
+    // A paused export is not run; a resumed one is (after a reset it is due again).
+    spanlake
+        .run(["automation", "pause", "hourly", "-p", "p"])
+        .ok();
+    spanlake
+        .run(["automation", "reset", "hourly", "-p", "p"])
+        .ok();
+    spanlake.run(["serve", "--once"]).ok();
+    assert_eq!(manifests(&out).len(), 1);
+    spanlake
+        .run(["automation", "resume", "hourly", "-p", "p"])
+        .ok();
+
+    // The long-running form exports, then exits 0 on SIGTERM.
+    let mut child = spanlake
+        .command(["serve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while manifests(&out).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not export in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not stop on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    // Both manifests together hold every span exactly twice (a reset exports again).
+    let rows: u64 = manifests(&out)
+        .iter()
+        .map(|m| m["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rows, 26);
+}
