@@ -294,6 +294,24 @@ fn object_error(operation: &str, key: &Path, error: object_store::Error) -> Erro
     Error::InvalidArgument(format!("{operation} `{key}` failed: {error}"))
 }
 
+/// Write `manifest` create-only (a committed manifest is never rewritten):
+/// the commit of its run. Returns its key.
+async fn write_manifest(target: &ExportTarget, manifest: &Manifest) -> Result<Path> {
+    let path = manifest_path(target, &manifest.run_id);
+    let body = serde_json::to_vec_pretty(manifest)
+        .map_err(|e| Error::Internal(format!("manifest encoding: {e}")))?;
+    let put = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    target
+        .store
+        .put_opts(&path, PutPayload::from(body), put)
+        .await
+        .map_err(|e| object_error("write manifest", &path, e))?;
+    Ok(path)
+}
+
 /// Delete every object under the export prefix whose name carries `run_id`
 /// (the data files of a run that never committed). Returns their keys.
 async fn delete_run_files(target: &ExportTarget, run_id: &str) -> Result<Vec<String>> {
@@ -531,25 +549,16 @@ async fn run_export_leased(
         rows: written.iter().map(|f| f.rows).sum(),
         files: written,
     };
-    let path = manifest_path(target, run_id);
-    let body = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| Error::Internal(format!("manifest encoding: {e}")))?;
-    let put = PutOptions {
-        mode: PutMode::Create,
-        ..PutOptions::default()
-    };
-    if let Err(e) = target
-        .store
-        .put_opts(&path, PutPayload::from(body), put)
-        .await
-    {
-        for file in &manifest.files {
-            let _ = target.store.delete(&Path::from(file.key.as_str())).await;
+    let path = match write_manifest(target, &manifest).await {
+        Ok(path) => path,
+        Err(error) => {
+            for file in &manifest.files {
+                let _ = target.store.delete(&Path::from(file.key.as_str())).await;
+            }
+            state.fail_run(run_id, &error.to_string())?;
+            return Err(error);
         }
-        let error = object_error("write manifest", &path, e);
-        state.fail_run(run_id, &error.to_string())?;
-        return Err(error);
-    }
+    };
     let status = if behind {
         RunStatus::Behind
     } else {
@@ -774,17 +783,6 @@ pub async fn export_query(
         rows: files.iter().map(|f| f.rows).sum(),
         files,
     };
-    let path = manifest_path(&target, &run_id);
-    let body = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| Error::Internal(format!("manifest encoding: {e}")))?;
-    let put = PutOptions {
-        mode: PutMode::Create,
-        ..PutOptions::default()
-    };
-    target
-        .store
-        .put_opts(&path, PutPayload::from(body), put)
-        .await
-        .map_err(|e| object_error("write manifest", &path, e))?;
+    write_manifest(&target, &manifest).await?;
     Ok(manifest)
 }
