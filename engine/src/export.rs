@@ -267,6 +267,19 @@ pub struct RunReport {
     pub recovered: Vec<String>,
 }
 
+/// Test hook: with `SPANLAKE_TEST_KILL_AT=<point>`, the process kills itself
+/// with SIGKILL at that point of a run (`after_files`: data files written, no
+/// manifest; `after_manifest`: manifest written, cursor not moved), as a
+/// crash there would. Used by the crash tests; inert otherwise.
+fn kill_point(point: &str) {
+    if std::env::var("SPANLAKE_TEST_KILL_AT").is_ok_and(|at| at == point) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &std::process::id().to_string()])
+            .status();
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
@@ -465,7 +478,8 @@ pub async fn run_export(
     let config = raw.validate()?;
     let target = export_target(&config)?;
     let run_id = uuid::Uuid::now_v7().to_string();
-    if !state.try_lease(&automation.id, &run_id, Duration::from_secs(3600))? {
+    let holder = crate::automation::state::lease_holder(&run_id);
+    if !state.try_lease(&automation.id, &holder, Duration::from_secs(3600))? {
         return Err(Error::InvalidArgument(format!(
             "automation `{}` is running already (another process holds its lease); try again when it finishes",
             automation.name
@@ -473,7 +487,7 @@ pub async fn run_export(
     }
     let result =
         run_export_leased(store, state, automation, &config, &target, &run_id, trigger).await;
-    state.release_lease(&automation.id, &run_id)?;
+    state.release_lease(&automation.id, &holder)?;
     result
 }
 
@@ -535,6 +549,7 @@ async fn run_export_leased(
             return Err(error);
         }
     };
+    kill_point("after_files");
     let manifest = Manifest {
         run_id: run_id.to_string(),
         automation_id: automation.id.clone(),
@@ -559,6 +574,7 @@ async fn run_export_leased(
             return Err(error);
         }
     };
+    kill_point("after_manifest");
     let status = if behind {
         RunStatus::Behind
     } else {

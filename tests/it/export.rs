@@ -368,3 +368,114 @@ fn serve_runs_due_exports_and_stops_cleanly_on_sigterm() {
         .sum();
     assert_eq!(rows, 26);
 }
+
+/// Every data file under `folder` (recursively), as paths relative to it.
+fn data_files(folder: &Path) -> std::collections::BTreeSet<String> {
+    let mut found = std::collections::BTreeSet::new();
+    let mut stack = vec![folder.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("_manifests") {
+                    stack.push(path);
+                }
+            } else {
+                found.insert(path.strip_prefix(folder).unwrap().display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// The data files the committed manifests name, relative to `folder`.
+fn committed_files(folder: &Path) -> std::collections::BTreeSet<String> {
+    manifests(folder)
+        .iter()
+        .flat_map(|m| m["files"].as_array().unwrap().clone())
+        .map(|f| {
+            let key = f["key"].as_str().unwrap().to_owned();
+            let marker = format!("{}/", folder.file_name().unwrap().to_str().unwrap());
+            key.split_once(&marker).unwrap().1.to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_killed_before_or_after_its_manifest_is_recovered_exactly_once() {
+    let spanlake = Spanlake::new();
+    spanlake.ingest("p", &fixtures_dir().join("basic.jsonl"));
+    let out = spanlake.root().join("crash");
+    spanlake
+        .run([
+            "automation",
+            "create-export",
+            "--project",
+            "p",
+            "--name",
+            "c",
+            "--data",
+            "spans",
+            "--to",
+            out.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ])
+        .ok();
+    let run_killed_at = |point: &str| {
+        let status = spanlake
+            .command(["automation", "run", "c", "-p", "p"])
+            .env("SPANLAKE_TEST_KILL_AT", point)
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the run was killed at {point}");
+    };
+
+    // Killed after its data files, before the manifest: orphans, no commit.
+    run_killed_at("after_files");
+    assert!(manifests(&out).is_empty());
+    assert!(!data_files(&out).is_empty(), "the killed run left files");
+    // The next run deletes them and exports everything under new names.
+    spanlake.run(["automation", "run", "c", "-p", "p"]).ok();
+    assert_eq!(manifests(&out).len(), 1);
+    assert_eq!(manifests(&out)[0]["rows"], 13);
+    assert_eq!(
+        data_files(&out),
+        committed_files(&out),
+        "no orphan file remains"
+    );
+
+    // Killed after the manifest, before the cursor moved.
+    let update = spanlake.write_file("u.jsonl", r#"{"id":"t2","_is_merge":true,"output":"late"}"#);
+    spanlake.ingest("p", &update);
+    run_killed_at("after_manifest");
+    assert_eq!(manifests(&out).len(), 2);
+    // The next run commits that manifest's cursor instead of exporting again.
+    let run = spanlake.run(["automation", "run", "c", "-p", "p"]).ok();
+    assert!(
+        run.stderr.contains("its cursor is now committed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("nothing new to export"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(manifests(&out).len(), 2);
+    assert_eq!(data_files(&out), committed_files(&out));
+
+    // Across committed manifests every row appears once per change: 13 + 1.
+    let mut ids = Vec::new();
+    for file in committed_files(&out) {
+        for line in std::fs::read_to_string(out.join(&file)).unwrap().lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            ids.push(row["id"].as_str().unwrap().to_owned());
+        }
+    }
+    ids.sort();
+    assert_eq!(ids.len(), 14);
+    assert_eq!(ids.iter().filter(|id| *id == "t2").count(), 2);
+    ids.dedup();
+    assert_eq!(ids.len(), 13);
+}

@@ -511,8 +511,12 @@ impl StateDb {
     }
 
     /// Take the lease of `automation_id` for `holder` until `ttl` from now.
-    /// Succeeds when the lease is free, expired, or already held by `holder`
-    /// (a renewal); returns false when someone else holds it.
+    /// Succeeds when the lease is free, expired, already held by `holder`
+    /// (a renewal), or held by a process of this machine that no longer
+    /// exists (a crashed run); returns false when someone else holds it.
+    ///
+    /// Holders are written as `<host>:<pid>:<name>` (see [`lease_holder`]) so
+    /// that a crashed holder on the same machine is recognised at once.
     pub fn try_lease(&self, automation_id: &str, holder: &str, ttl: Duration) -> Result<bool> {
         let now = chrono::Utc::now().timestamp_micros();
         let expires = now + i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX / 2);
@@ -521,6 +525,26 @@ impl StateDb {
              ON CONFLICT (automation_id) DO UPDATE SET holder = excluded.holder, expires_micros = excluded.expires_micros
              WHERE leases.holder = excluded.holder OR leases.expires_micros < ?4",
             params![automation_id, holder, expires, now],
+        )?;
+        if changed == 1 {
+            return Ok(true);
+        }
+        let current: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT holder FROM leases WHERE automation_id = ?1",
+                params![automation_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(current) = current.filter(|h| holder_is_dead(h)) else {
+            return Ok(false);
+        };
+        // Take it over only from that same dead holder (another process may
+        // be doing the same).
+        let changed = self.conn.execute(
+            "UPDATE leases SET holder = ?2, expires_micros = ?3 WHERE automation_id = ?1 AND holder = ?4",
+            params![automation_id, holder, expires, current],
         )?;
         Ok(changed == 1)
     }
@@ -533,6 +557,32 @@ impl StateDb {
         )?;
         Ok(())
     }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+/// A lease holder name for this process: `<host>:<pid>:<name>`.
+pub fn lease_holder(name: &str) -> String {
+    format!("{}:{}:{name}", host_name(), std::process::id())
+}
+
+/// Whether `holder` names a process of this machine that has exited.
+fn holder_is_dead(holder: &str) -> bool {
+    let mut parts = holder.splitn(3, ':');
+    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    host == host_name()
+        && pid != std::process::id()
+        && std::path::Path::new("/proc/self").exists()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[cfg(test)]
@@ -628,6 +678,21 @@ mod tests {
         assert!(
             other
                 .try_lease("a", "two", Duration::from_secs(60))
+                .unwrap()
+        );
+        // A lease of a process of this machine that has exited can be taken over.
+        let host = super::host_name();
+        assert!(
+            db.try_lease(
+                "c",
+                &format!("{host}:999999999:run"),
+                Duration::from_secs(60)
+            )
+            .unwrap()
+        );
+        assert!(
+            other
+                .try_lease("c", "two", Duration::from_secs(60))
                 .unwrap()
         );
         // An expired lease can be taken over.
