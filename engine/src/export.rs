@@ -178,6 +178,12 @@ impl RawExportConfig {
             .map_err(|e| problems.push(format!("max_file_bytes: {e}")))
             .ok()
             .flatten();
+        if trace_idle.is_some_and(|idle| !idle.is_zero()) {
+            problems.push(
+                "trace_idle: not supported yet (it needs the commit time of each span); leave it at 0"
+                    .to_string(),
+            );
+        }
         let max_rows_per_run = self.max_rows_per_run.unwrap_or(100_000);
         if max_rows_per_run == 0 {
             problems.push("max_rows_per_run: must be at least 1".to_string());
@@ -625,16 +631,37 @@ async fn write_run(
         .resolved_view_after(&ctx, cursor_from)
         .await
         .map_err(failed)?;
-    let query = match config.data {
-        ExportData::Spans => "select: * | from: project_logs('export') spans".to_string(),
-        ExportData::Query => config.btql.clone().unwrap_or_default(),
+    let (query, rows) = match config.data {
+        ExportData::Spans => (
+            "select: * | from: project_logs('export') spans".to_string(),
+            changed,
+        ),
+        ExportData::Query => (config.btql.clone().unwrap_or_default(), changed),
         ExportData::Traces => {
-            return Err(failed(Error::InvalidArgument(
-                "`traces` exports need the summary shape of BTQL, which is not built yet; use `spans` or `query`".into(),
-            )));
+            // A trace is exported again, whole, when any of its spans changed:
+            // every span (at the pinned snapshot) of the traces touched.
+            let touched = changed
+                .select(vec![col("root_span_id")])
+                .and_then(|f| f.distinct())
+                .map_err(|e| failed(e.into()))?;
+            let all = logs.resolved_view(&ctx).await.map_err(failed)?;
+            let spans = all
+                .join(
+                    touched,
+                    datafusion::common::JoinType::LeftSemi,
+                    &["root_span_id"],
+                    &["root_span_id"],
+                    None,
+                )
+                .map_err(|e| failed(e.into()))?;
+            // Exports keep whole values: no preview truncation.
+            (
+                "select: * | from: project_logs('export') summary | preview_length: -1".to_string(),
+                spans,
+            )
         }
     };
-    let result = run_query_over_view(&ctx, &query, changed, &options)
+    let result = run_query_over_view(&ctx, &query, rows, &options)
         .await
         .map_err(failed)?;
     let json_columns: Vec<String> = result

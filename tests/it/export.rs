@@ -479,3 +479,53 @@ fn a_run_killed_before_or_after_its_manifest_is_recovered_exactly_once() {
     ids.dedup();
     assert_eq!(ids.len(), 13);
 }
+
+#[test]
+fn traces_export_writes_one_summary_row_per_trace_and_again_when_a_span_changes() {
+    let spanlake = Spanlake::new();
+    spanlake.ingest("p", &fixtures_dir().join("basic.jsonl"));
+    let traces = spanlake
+        .query_jsonl("select: root_span_id | from: project_logs('p') summary")
+        .ok()
+        .jsonl()
+        .len();
+    assert!(traces > 1);
+    let out = spanlake.root().join("traces");
+    spanlake
+        .run([
+            "automation",
+            "create-export",
+            "--project",
+            "p",
+            "--name",
+            "t",
+            "--data",
+            "traces",
+            "--to",
+            out.to_str().unwrap(),
+            "--format",
+            "jsonl",
+            "--partitioning",
+            "none",
+        ])
+        .ok();
+    spanlake.run(["automation", "run", "t", "-p", "p"]).ok();
+    assert_eq!(manifests(&out)[0]["rows"].as_u64().unwrap(), traces as u64);
+
+    // A child span of t1 changes: the whole trace t1 is exported again.
+    let update = spanlake.write_file(
+        "u.jsonl",
+        r#"{"id":"t1-llm","_is_merge":true,"metrics":{"prompt_tokens":1}}"#,
+    );
+    spanlake.ingest("p", &update);
+    spanlake.run(["automation", "run", "t", "-p", "p"]).ok();
+    let all = manifests(&out);
+    assert_eq!(all.len(), 2);
+    let second = all.iter().find(|m| m["rows"] == 1).expect("one trace row");
+    let key = second["files"][0]["key"].as_str().unwrap();
+    let name = Path::new(key).file_name().unwrap();
+    let row: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(out.join(name)).unwrap().trim()).unwrap();
+    assert_eq!(row["root_span_id"], "t1");
+    assert!(row["metrics"]["llm_calls"].as_u64().is_some(), "{row}");
+}

@@ -32,11 +32,11 @@ use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast,
     col, lit, not,
 };
+use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
-use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
 use datafusion::prelude::SessionContext;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
 use spanlake_dsl::schema::{JSON_COLUMNS, JSON_METADATA_KEY, spans_schema};
 
@@ -141,9 +141,7 @@ impl ProjectLogs {
                 col("id").sort(true, false),
                 col(XACT_ID).sort(true, false),
                 col(SEQ).sort(true, false),
-            ])?
-            .create_physical_plan()
-            .await?;
+            ])?;
         let folded = StreamingTable::try_new(
             spans_schema(),
             vec![Arc::new(FoldStream {
@@ -248,10 +246,21 @@ impl ScalarUDFImpl for IdInSet {
 
 /// Folds a stream of versions sorted by (id, _xact_id, _seq) into resolved
 /// rows, one batch out per batch in; a run of one id may span batches.
-#[derive(Debug)]
+///
+/// It keeps the (lazy) plan of its input, not a physical plan: a query may
+/// read the view more than once (the summary shape joins spans with their
+/// roots), and each read must execute a fresh physical plan.
 struct FoldStream {
-    input: Arc<dyn ExecutionPlan>,
+    input: DataFrame,
     project_id: String,
+}
+
+impl std::fmt::Debug for FoldStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FoldStream")
+            .field("project_id", &self.project_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PartitionStream for FoldStream {
@@ -260,38 +269,37 @@ impl PartitionStream for FoldStream {
         &SCHEMA
     }
 
-    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let versions = match execute_stream(Arc::clone(&self.input), ctx) {
-            Ok(versions) => versions,
-            Err(e) => {
-                let failed = futures::stream::once(async move { Err(e) });
-                return Box::pin(RecordBatchStreamAdapter::new(spans_schema(), failed));
-            }
-        };
-        let state = FoldState {
-            versions,
-            pending: None,
-            project_id: self.project_id.clone(),
-            finished: false,
-        };
-        let stream = futures::stream::unfold(state, |mut state| async move {
-            if state.finished {
-                return None;
-            }
-            let out = match state.versions.next().await {
-                Some(Ok(batch)) => state.fold_batch(&batch),
-                Some(Err(e)) => {
-                    state.finished = true;
-                    Err(e)
-                }
-                None => {
-                    state.finished = true;
-                    state.flush()
-                }
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let input = self.input.clone();
+        let project_id = self.project_id.clone();
+        let folded = futures::stream::once(async move {
+            let versions = input.execute_stream().await?;
+            let state = FoldState {
+                versions,
+                pending: None,
+                project_id,
+                finished: false,
             };
-            Some((out, state))
-        });
-        Box::pin(RecordBatchStreamAdapter::new(spans_schema(), stream))
+            Ok::<_, DataFusionError>(futures::stream::unfold(state, |mut state| async move {
+                if state.finished {
+                    return None;
+                }
+                let out = match state.versions.next().await {
+                    Some(Ok(batch)) => state.fold_batch(&batch),
+                    Some(Err(e)) => {
+                        state.finished = true;
+                        Err(e)
+                    }
+                    None => {
+                        state.finished = true;
+                        state.flush()
+                    }
+                };
+                Some((out, state))
+            }))
+        })
+        .try_flatten();
+        Box::pin(RecordBatchStreamAdapter::new(spans_schema(), folded))
     }
 }
 
