@@ -146,7 +146,7 @@ impl RawExportConfig {
                 problems.push("btql: a `query` export needs its BTQL query".to_string());
             }
             (Some(ExportData::Query), Some(text)) => {
-                if let Err(diagnostics) = spanlake_dsl::parse_query(text) {
+                if let Err(diagnostics) = spanlake_dsl::parse_any(text) {
                     let first = diagnostics.0.first().map_or_else(String::new, |d| {
                         format!("{} at byte {}", d.message, d.span.start)
                     });

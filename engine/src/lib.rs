@@ -3,10 +3,12 @@
 //! batches. See `DESIGN.md` at the repository root for the architecture.
 
 pub mod automation;
+pub mod credentials;
 pub mod error;
 pub mod export;
 pub mod ingest;
 pub mod merge;
+pub mod pivot;
 pub mod projects;
 pub mod query;
 pub mod scheduler;

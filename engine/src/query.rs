@@ -1,7 +1,7 @@
 //! Running BTQL queries over the log store.
 //!
 //! ```text
-//!  text ─► dsl::parse_query ─► sources (project ids or names) ─► snapshot + resolved view per project
+//!  text ─► dsl::parse_any (BTQL, SQL or JSON AST) ─► sources (project ids or names) ─► snapshot + resolved view per project
 //!       ─► dsl::plan_query (against those views) ─► DataFusion ─► SendableRecordBatchStream
 //! ```
 //!
@@ -183,7 +183,7 @@ impl Catalog for PreparedCatalog {
 
 /// Parse, plan and start `text` against `store`.
 pub async fn run_query(store: &Store, text: &str, options: &QueryOptions) -> Result<QueryStream> {
-    let query = spanlake_dsl::parse_query(text)?;
+    let query = spanlake_dsl::parse_any(text)?;
     let ctx = session(options)?;
     let fingerprint = query_fingerprint(text, options.tz_offset_minutes);
     let resumed = match options.page.as_ref().and_then(|p| p.cursor.as_deref()) {
@@ -212,6 +212,14 @@ pub async fn run_query(store: &Store, text: &str, options: &QueryOptions) -> Res
         now: options.now,
     };
     let compiled = spanlake_dsl::plan_query(&query, &catalog, &plan_options)?;
+    if let Some(spec) = &compiled.pivot {
+        if options.page.is_some() {
+            return Err(Error::InvalidArgument(
+                "paging is not available for pivoted results yet; add `limit:` instead".into(),
+            ));
+        }
+        return crate::pivot::pivot_stream(&ctx, compiled.plan, compiled.columns, spec).await;
+    }
     let mut frame = ctx.execute_logical_plan(compiled.plan).await?;
     let mut page = None;
     if let Some(paging) = &options.page {
@@ -292,7 +300,7 @@ pub async fn run_query_over_view(
     view: datafusion::dataframe::DataFrame,
     options: &QueryOptions,
 ) -> Result<QueryStream> {
-    let query = spanlake_dsl::parse_query(text)?;
+    let query = spanlake_dsl::parse_any(text)?;
     let catalog = PreparedCatalog {
         every: Some(view_source(view)),
         ..PreparedCatalog::default()
@@ -302,6 +310,9 @@ pub async fn run_query_over_view(
         now: options.now,
     };
     let compiled = spanlake_dsl::plan_query(&query, &catalog, &plan_options)?;
+    if let Some(spec) = &compiled.pivot {
+        return crate::pivot::pivot_stream(ctx, compiled.plan, compiled.columns, spec).await;
+    }
     let stream = ctx
         .execute_logical_plan(compiled.plan)
         .await?

@@ -7,6 +7,8 @@
 
 mod cli;
 mod export;
+mod faults;
 mod golden;
 mod paging;
+mod roles;
 mod support;

@@ -1,6 +1,6 @@
 //! [`ast::Query`] → DataFusion [`LogicalPlan`]: every shape (`spans`,
 //! `traces`, `summary`; see [`shapes`]), grouping ([`aggregate`]),
-//! `unpivot:` and `sample:` ([`planner`]).
+//! `unpivot:` and `sample:` ([`planner`]), `pivot:` ([`pivot`]).
 //!
 //! ```text
 //!  rows(shape) → Unpivot* → Filter(filter:) → Sample → [Aggregate → Filter(final_filter:)]
@@ -17,11 +17,13 @@
 //! output names are exactly [`CompiledQuery::columns`], in order.
 //!
 //! Every user error is a [`Diagnostic`]; independent clause errors are all
-//! reported. Only `project_logs` sources are planned; `pivot:`, `cursor:`
-//! and `span_filter:` are parsed and refused with `BTQL0103`.
+//! reported. Only `project_logs` sources are planned; `cursor:` and
+//! `span_filter:` are parsed and refused with `BTQL0103`. `pivot:` is
+//! planned up to its data-independent phase ([`pivot`], [`PivotSpec`]).
 
 mod aggregate;
 mod expr;
+mod pivot;
 mod planner;
 mod shapes;
 mod udf;
@@ -56,6 +58,8 @@ pub struct PlanOptions {
     pub now: chrono::DateTime<chrono::Utc>,
 }
 
+pub use pivot::{PivotSort, PivotSpec};
+
 /// A planned query.
 #[derive(Debug)]
 pub struct CompiledQuery {
@@ -63,6 +67,10 @@ pub struct CompiledQuery {
     pub plan: LogicalPlan,
     /// Output columns in order.
     pub columns: Vec<OutputColumn>,
+    /// With `pivot:`: `plan` and `columns` are only phase 1 (one row per
+    /// row keys and pivot key); the caller runs phase 2 as the spec says
+    /// (the output columns depend on the data).
+    pub pivot: Option<PivotSpec>,
 }
 
 /// One output column.
@@ -252,11 +260,6 @@ fn refuse_unsupported(query: &ast::Query, errors: &mut Vec<Diagnostic>) {
         "cursor",
         query.cursor.as_ref().map(|c| c.span),
         "paginate with a `filter:` on the sort key",
-    );
-    refuse(
-        "pivot",
-        query.pivot.as_ref().map(|c| c.span),
-        "group with `dimensions:` and `measures:` and keep the pivot key as a dimension",
     );
     refuse(
         "span_filter",

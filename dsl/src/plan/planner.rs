@@ -33,6 +33,7 @@ use datafusion_expr::{Expr, JoinType, LogicalPlanBuilder, SortExpr, lit};
 
 use super::aggregate::{Grouping, contains_aggregate, position};
 use super::expr::{Lowerer, Scope, Val, udf};
+use super::pivot::{self, PivotSpec};
 use super::shapes::{
     PREVIEW_COLUMNS, ShapeFilter, summary_rows, summary_schema, trace_set, trace_spans,
 };
@@ -150,12 +151,26 @@ fn plan_inner(
     }
 
     // 5. Grouping or not.
+    let mut pivot = None;
     let (builder, columns) = if grouped {
         match grouped_plan(ctx, builder, &schema, errors)? {
-            Some(done) => done,
+            Some((builder, columns, spec)) => {
+                pivot = spec;
+                (builder, columns)
+            }
             None => return Ok(None),
         }
     } else {
+        if let Some(clause) = &query.pivot {
+            errors.push(
+                Diagnostic::new(
+                    codes::NOT_AGGREGATE,
+                    "`pivot:` needs `measures:` to spread over the pivot values",
+                    clause.span,
+                )
+                .with_help("e.g. `dimensions: day(created) as day | measures: count(1) as n | pivot: metadata.model`"),
+            );
+        }
         if let Some(clause) = &query.final_filter {
             errors.push(
                 Diagnostic::new(
@@ -239,7 +254,11 @@ fn plan_inner(
         return Ok(None);
     }
     let plan = builder.build().map_err(internal)?;
-    Ok(Some(CompiledQuery { plan, columns }))
+    Ok(Some(CompiledQuery {
+        plan,
+        columns,
+        pivot,
+    }))
 }
 
 /// Keeps the rows whose hash passes the sample.
@@ -395,7 +414,7 @@ fn unpivot(
 }
 
 /// Output name of a dimension or measure item (spec §1.6.9).
-fn item_name(item: &ast::AliasedExpr) -> String {
+pub(super) fn item_name(item: &ast::AliasedExpr) -> String {
     if let Some((alias, _)) = &item.alias {
         return alias.clone();
     }
@@ -410,7 +429,7 @@ fn item_name(item: &ast::AliasedExpr) -> String {
     }
 }
 
-type Planned = (LogicalPlanBuilder, Vec<OutputColumn>);
+type Planned = (LogicalPlanBuilder, Vec<OutputColumn>, Option<PivotSpec>);
 
 /// `dimensions:` / `measures:` / `final_filter:` over `builder`.
 fn grouped_plan(
@@ -487,6 +506,15 @@ fn grouped_plan(
     if !errors.is_empty() {
         return Ok(None);
     }
+    let pivot = match &query.pivot {
+        Some(clause) => {
+            match pivot::resolve(ctx, clause, &mut grouping, &mut group_exprs, errors) {
+                Some(resolved) => Some(resolved),
+                None => return Ok(None),
+            }
+        }
+        None => None,
+    };
     let grouping = grouping;
     let post = Lowerer::new(ctx.options, schema, &[]).grouped(&grouping);
 
@@ -525,7 +553,12 @@ fn grouped_plan(
                 .dimensions
                 .as_ref()
                 .and_then(|c| c.value.get(i))
-                .map(|d| &d.expr);
+                .map(|d| &d.expr)
+                .or_else(|| {
+                    // A pivot key that is no dimension was added last.
+                    pivot.as_ref()?;
+                    query.pivot.as_ref()?.value.first().map(|p| &p.expr)
+                });
             if let Some(e) = expr {
                 lower_output(dim.name.clone(), e, errors);
             }
@@ -558,6 +591,23 @@ fn grouped_plan(
             .map_err(|d| errors.push(d))
             .ok()
     });
+    if let Some(resolved) = pivot {
+        if !errors.is_empty() {
+            return Ok(None);
+        }
+        return Ok(pivot::finish(
+            ctx,
+            builder,
+            group_exprs,
+            &grouping,
+            &post,
+            outputs,
+            having,
+            resolved,
+            errors,
+        )?
+        .map(|(builder, columns, spec)| (builder, columns, Some(spec))));
+    }
     let mut sorts: Vec<SortExpr> = Vec::new();
     for item in query.sort.iter().flat_map(|c| &c.value) {
         let keys = match position(&item.expr) {
@@ -617,5 +667,5 @@ fn grouped_plan(
         })
         .collect();
     let builder = builder.project(projection).map_err(internal)?;
-    Ok(Some((builder, columns)))
+    Ok(Some((builder, columns, None)))
 }

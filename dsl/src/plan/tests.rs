@@ -277,6 +277,180 @@ fn grouped_outputs_are_dimensions_then_measures() {
     assert_eq!(e.0[0].code, codes::NOT_GROUPED);
     let e = plan_err("select: id | unpivot: id as (x) | from: project_logs('p')");
     assert_eq!(e.0[0].code, codes::UNPIVOT_TYPE);
+    // `pivot:` needs measures (see the pivot tests below).
     let e = plan_err("select: id | from: project_logs('p') | pivot: n");
-    assert_eq!(e.0[0].code, codes::NOT_SUPPORTED);
+    assert_eq!(e.0[0].code, codes::NOT_AGGREGATE);
+}
+
+// ---- pivot ------------------------------------------------------------------
+
+fn pivot_of(q: &CompiledQuery) -> &PivotSpec {
+    q.pivot.as_ref().expect("a pivot spec")
+}
+
+#[test]
+fn pivot_key_form_adds_the_key_as_last_group_key() {
+    let q = plan(
+        "from: project_logs('p') | dimensions: day(created) as date | measures: avg(scores.Factuality) as f, count(1) as n \
+         | pivot: metadata.model | sort: date desc | limit: 5",
+    );
+    let cols = names(&q);
+    assert_eq!(
+        cols[..4],
+        [
+            ("date".to_string(), false),
+            ("model".to_string(), true),
+            ("f".to_string(), false),
+            ("n".to_string(), false)
+        ]
+    );
+    let spec = pivot_of(&q);
+    assert_eq!(spec.row_keys, vec!["date"]);
+    assert_eq!(spec.key, "model");
+    assert_eq!(spec.measures, vec!["f", "n"]);
+    assert_eq!(spec.limit, Some(5));
+    assert_eq!(spec.sort.len(), 1);
+    assert!(spec.sort[0].descending);
+    // A JSON key sorts by number then string: two hidden columns.
+    assert_eq!(spec.key_sort.len(), 2);
+    for c in spec
+        .key_sort
+        .iter()
+        .chain(spec.sort.iter().map(|s| &s.column))
+    {
+        assert!(cols.iter().any(|(n, j)| n == c && !j), "{c}");
+    }
+    // Phase 1 neither sorts nor limits.
+    let text = q.plan.display_indent().to_string();
+    assert!(
+        !text.contains("Limit:") && !text.contains("Sort:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn pivot_measure_form_takes_the_last_dimension() {
+    let q = plan(
+        "from: project_logs('p') | dimensions: metadata.model as model, span_attributes.type as type \
+         | measures: count(1) as n, count(error) as e | pivot: e, n",
+    );
+    let spec = pivot_of(&q);
+    assert_eq!(spec.row_keys, vec!["model"]);
+    assert_eq!(spec.key, "type");
+    assert_eq!(spec.measures, vec!["e", "n"]);
+    // Not sorted by the user: by every row key, ascending.
+    assert_eq!(spec.sort.len(), 2);
+    assert!(spec.sort.iter().all(|s| !s.descending));
+}
+
+#[test]
+fn pivot_key_named_by_dimension_name_or_text() {
+    for pivot in ["model", "metadata.model"] {
+        let q = plan(&format!(
+            "from: project_logs('p') | dimensions: metadata.model as model, day(created) as d \
+             | measures: count(1) as n | pivot: {pivot} | sort: 1 desc"
+        ));
+        let spec = pivot_of(&q);
+        assert_eq!(spec.key, "model", "{pivot}");
+        assert_eq!(spec.row_keys, vec!["d"], "{pivot}");
+        assert_eq!(q.columns.len(), 3 + 2 + 1, "{pivot}: {:?}", names(&q));
+    }
+}
+
+#[test]
+fn pivot_typed_key_and_no_row_keys() {
+    let q = plan("from: project_logs('p') | measures: sum(metrics.tokens) as t | pivot: is_root");
+    let spec = pivot_of(&q);
+    assert!(spec.row_keys.is_empty() && spec.sort.is_empty());
+    assert_eq!(spec.key, "is_root");
+    assert_eq!(spec.key_sort.len(), 1);
+}
+
+#[test]
+fn pivot_from_sql_has_the_same_spec() {
+    let sql = crate::parse_sql(
+        "SELECT day(created) AS date, metadata.model, AVG(scores.Factuality) AS f FROM project_logs('p') \
+         GROUP BY day(created), metadata.model PIVOT(AVG(scores.Factuality) AS f FOR metadata.model IN (ANY))",
+    )
+    .unwrap();
+    let q = plan_query(&sql, &TestCatalog, &options()).unwrap();
+    let btql = plan(
+        "from: project_logs('p') | dimensions: day(created) as date | measures: avg(scores.Factuality) as f | pivot: metadata.model",
+    );
+    assert_eq!(q.pivot, btql.pivot);
+    assert_eq!(names(&q), names(&btql));
+}
+
+#[test]
+fn pivot_errors() {
+    let cases = [
+        (
+            "from: project_logs('p') | dimensions: metadata.model as m | pivot: m",
+            "BTQL0207",
+            "needs `measures:`",
+        ),
+        (
+            "from: project_logs('p') | pivot: metadata.model",
+            "BTQL0207",
+            "needs `measures:`",
+        ),
+        (
+            "from: project_logs('p') | measures: count(1) as n | pivot: n",
+            "BTQL0113",
+            "no dimension to pivot on",
+        ),
+        (
+            "from: project_logs('p') | dimensions: id | measures: count(1) as n, count(error) as e | pivot: n",
+            "BTQL0103",
+            "measure `e` is not pivoted",
+        ),
+        (
+            "from: project_logs('p') | measures: count(1) as n | pivot: n, metadata.model",
+            "BTQL0103",
+            "mixes measure names and pivot keys",
+        ),
+        (
+            "from: project_logs('p') | measures: count(1) as n | pivot: metadata.model, id",
+            "BTQL0103",
+            "more than one key",
+        ),
+        (
+            "from: project_logs('p') | measures: count(1) as n | pivot: count(1)",
+            "BTQL0202",
+            "cannot be an aggregate",
+        ),
+        (
+            "select: id | from: project_logs('p') | measures: count(1) as n | pivot: metadata.model",
+            "BTQL0103",
+            "`select:` together with `pivot:`",
+        ),
+        (
+            "from: project_logs('p') | dimensions: id | measures: count(1) as n | pivot: metadata.model | sort: n",
+            "BTQL0113",
+            "not a row key",
+        ),
+        (
+            "from: project_logs('p') | dimensions: id | measures: count(1) as n | pivot: metadata.model | sort: 2",
+            "BTQL0114",
+            "names no row key",
+        ),
+        (
+            "from: project_logs('p') | dimensions: metadata.id as model | measures: count(1) as n | pivot: metadata.model",
+            "BTQL0112",
+            "like the dimension",
+        ),
+        (
+            "from: project_logs('p') | measures: count(1) as n | pivot: nope",
+            "BTQL0110",
+            "unknown field",
+        ),
+    ];
+    for (text, code, message) in cases {
+        let e = plan_err(text);
+        assert!(
+            e.0.iter()
+                .any(|d| d.code == code && d.message.contains(message)),
+            "{text}: {e:?}"
+        );
+    }
 }

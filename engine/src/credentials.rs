@@ -1,0 +1,1 @@
+//! Credentials for exports (in progress).

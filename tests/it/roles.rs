@@ -1,0 +1,1 @@
+//! Role assumption (in progress).
