@@ -216,6 +216,16 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                 "created export `{}` of project `{}` to {}",
                 automation.name, project.name, raw.export_path
             );
+            if raw.role_arn.is_some() {
+                eprintln!(
+                    "the role's trust policy must require sts:ExternalId = {}",
+                    spanlake_engine::credentials::external_id(
+                        &project.org_id,
+                        &project.id,
+                        &automation.id
+                    )
+                );
+            }
         }
         AutomationCommand::List { project, json } => {
             let project_id = match project {
@@ -315,7 +325,12 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
         AutomationCommand::Test(selector) => {
             let automation = find(store, &state, &selector)?;
             let raw: RawExportConfig = serde_json::from_value(automation.config.clone())?;
-            let steps = test_export_target(&raw.validate()?).await;
+            let external_id = spanlake_engine::credentials::external_id(
+                store.registry().org_id(),
+                &automation.project_id,
+                &automation.id,
+            );
+            let steps = test_export_target(&raw.validate()?, Some(&external_id)).await;
             if selector.json {
                 print_json(&steps)?;
             } else {

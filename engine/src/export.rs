@@ -26,6 +26,7 @@ use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use datafusion::logical_expr::{col, lit};
 use futures::StreamExt;
+use object_store::aws::AwsCredentialProvider;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,7 @@ use spanlake_dsl::schema::JSON_COLUMNS;
 
 use crate::automation::config::{parse_bytes, parse_duration};
 use crate::automation::state::{Automation, RunOutcome, RunStatus, StateDb, Trigger};
+use crate::credentials::{AssumeRoleOptions, AssumeRoleProvider};
 use crate::error::{Error, Result};
 use crate::query::{QueryOptions, run_query_over_view, session};
 use crate::sink::{ExportTarget, RawSinkConfig, SinkConfig, TargetOptions, WrittenFile};
@@ -273,6 +275,19 @@ pub struct RunReport {
     pub recovered: Vec<String>,
 }
 
+/// `error` and its causes, joined with `: ` (the sink's messages cover their
+/// own layer only; a run's history must say what failed underneath).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Test hook: with `SPANLAKE_TEST_KILL_AT=<point>`, the process kills itself
 /// with SIGKILL at that point of a run (`after_files`: data files written, no
 /// manifest; `after_manifest`: manifest written, cursor not moved), as a
@@ -290,10 +305,66 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// The object store and prefix of an export.
-pub fn export_target(config: &ExportConfig) -> Result<ExportTarget> {
+/// The object store and prefix of an export. With a `role_arn` (and an S3
+/// path), its credentials come from STS AssumeRole with `external_id` (see
+/// [`crate::credentials::external_id`]; none for one-shot exports), renewed
+/// before they expire.
+pub fn export_target(config: &ExportConfig, external_id: Option<&str>) -> Result<ExportTarget> {
+    let credentials = match role_provider(config, external_id) {
+        Some(provider) => Some(provider.map_err(|e| Error::InvalidArgument(e.to_string()))?),
+        None => None,
+    };
+    target_with_credentials(config, credentials.map(|p| p as AwsCredentialProvider))
+}
+
+/// [`export_target`], with the role (if any) assumed at once: a refused role
+/// fails here, with its likely fix, rather than as a failed write.
+async fn export_target_assumed(
+    config: &ExportConfig,
+    external_id: Option<&str>,
+) -> Result<ExportTarget> {
+    let credentials = match role_provider(config, external_id) {
+        Some(provider) => {
+            let provider = provider.map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            provider
+                .credential()
+                .await
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            Some(provider as AwsCredentialProvider)
+        }
+        None => None,
+    };
+    target_with_credentials(config, credentials)
+}
+
+/// The role provider of an export with a `role_arn` and an S3 path.
+fn role_provider(
+    config: &ExportConfig,
+    external_id: Option<&str>,
+) -> Option<std::result::Result<Arc<AssumeRoleProvider>, crate::credentials::AssumeRoleError>> {
+    let role_arn = config.role_arn.as_deref()?;
+    let scheme = config.export_path.split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("s3" | "s3a")) {
+        return None;
+    }
+    Some(
+        AssumeRoleProvider::new(AssumeRoleOptions {
+            role_arn: role_arn.to_string(),
+            external_id: external_id.map(str::to_string),
+            endpoint: config.endpoint.clone(),
+            ..AssumeRoleOptions::default()
+        })
+        .map(Arc::new),
+    )
+}
+
+fn target_with_credentials(
+    config: &ExportConfig,
+    credentials: Option<AwsCredentialProvider>,
+) -> Result<ExportTarget> {
     let options = TargetOptions {
         endpoint: config.endpoint.clone(),
+        credentials,
         ..TargetOptions::default()
     };
     crate::sink::target_from_url(&config.export_path, &options)
@@ -482,7 +553,12 @@ pub async fn run_export(
     let raw: RawExportConfig = serde_json::from_value(automation.config.clone())
         .map_err(|e| Error::Internal(format!("stored export config: {e}")))?;
     let config = raw.validate()?;
-    let target = export_target(&config)?;
+    let external_id = crate::credentials::external_id(
+        store.registry().org_id(),
+        &automation.project_id,
+        &automation.id,
+    );
+    let target = export_target_assumed(&config, Some(&external_id)).await?;
     let run_id = uuid::Uuid::now_v7().to_string();
     let holder = crate::automation::state::lease_holder(&run_id);
     if !state.try_lease(&automation.id, &holder, Duration::from_secs(3600))? {
@@ -676,7 +752,7 @@ async fn write_run(
         .map_err(|e| {
             let completed = e.completed.clone();
             (
-                Error::InvalidArgument(format!("export write failed: {e}")),
+                Error::InvalidArgument(format!("export failed: {}", error_chain(&e))),
                 completed,
             )
         })
@@ -685,7 +761,7 @@ async fn write_run(
 /// One step of `test`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TestStep {
-    /// `connect`, `write`, `read`, `delete`.
+    /// `assume` (with a role), `connect`, `write`, `read`, `delete`.
     pub step: &'static str,
     /// Whether it worked.
     pub ok: bool,
@@ -706,12 +782,44 @@ fn likely_fix(error: &object_store::Error) -> &'static str {
     }
 }
 
-/// Check that an export can write to its destination: write a small probe
-/// object under the export path, read it back, delete it. Each step is
-/// reported; a failure names the step, the key and the likely fix.
-pub async fn test_export_target(config: &ExportConfig) -> Vec<TestStep> {
+/// Check that an export can write to its destination: assume its role
+/// (with `external_id`, when a `role_arn` is set), write a small probe object
+/// under the export path, read it back, delete it. Each step is reported; a
+/// failure names the step, the key and the likely fix.
+pub async fn test_export_target(config: &ExportConfig, external_id: Option<&str>) -> Vec<TestStep> {
     let mut steps = Vec::new();
-    let target = match export_target(config) {
+    let mut credentials: Option<AwsCredentialProvider> = None;
+    if let Some(provider) = role_provider(config, external_id) {
+        let assumed = match provider {
+            Ok(provider) => provider.credential().await.map(|_| provider),
+            Err(e) => Err(e),
+        };
+        match assumed {
+            Ok(provider) => {
+                steps.push(TestStep {
+                    step: "assume",
+                    ok: true,
+                    message: match provider.external_id() {
+                        Some(id) => format!(
+                            "assumed role `{}` with external id `{id}`",
+                            provider.role_arn()
+                        ),
+                        None => format!("assumed role `{}`", provider.role_arn()),
+                    },
+                });
+                credentials = Some(provider as AwsCredentialProvider);
+            }
+            Err(e) => {
+                steps.push(TestStep {
+                    step: "assume",
+                    ok: false,
+                    message: e.to_string(),
+                });
+                return steps;
+            }
+        }
+    }
+    let target = match target_with_credentials(config, credentials) {
         Ok(target) => {
             steps.push(TestStep {
                 step: "connect",
@@ -785,7 +893,7 @@ pub async fn export_query(
     config: &ExportConfig,
     options: &QueryOptions,
 ) -> Result<Manifest> {
-    let target = export_target(config)?;
+    let target = export_target_assumed(config, None).await?;
     let run_id = uuid::Uuid::now_v7().to_string();
     let started = now_rfc3339();
     let result = crate::query::run_query(store, text, options).await?;
@@ -809,7 +917,10 @@ pub async fn export_query(
             for file in &e.completed {
                 let _ = target.store.delete(&Path::from(file.key.as_str())).await;
             }
-            return Err(Error::InvalidArgument(format!("export write failed: {e}")));
+            return Err(Error::InvalidArgument(format!(
+                "export failed: {}",
+                error_chain(&e)
+            )));
         }
     };
     let manifest = Manifest {
