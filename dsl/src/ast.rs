@@ -563,3 +563,65 @@ fn write_list(f: &mut fmt::Formatter<'_>, items: &[Expr]) -> fmt::Result {
     }
     Ok(())
 }
+
+impl Expr {
+    /// Nesting depth of the expression tree (a leaf is 1).
+    pub fn depth(&self) -> usize {
+        let children: Vec<&Expr> = match &self.kind {
+            ExprKind::Literal(_)
+            | ExprKind::Interval { .. }
+            | ExprKind::Ident(_)
+            | ExprKind::Star => Vec::new(),
+            ExprKind::Array(items) => items.iter().collect(),
+            ExprKind::Access { base, .. } => vec![base],
+            ExprKind::Function { args, .. } => args.iter().collect(),
+            ExprKind::Unary { expr, .. } | ExprKind::IsNull { expr, .. } => vec![expr],
+            ExprKind::Binary { left, right, .. } => vec![left, right],
+            ExprKind::InList { expr, list } => std::iter::once(&**expr).chain(list).collect(),
+            ExprKind::Ternary {
+                cond,
+                then,
+                otherwise,
+            } => vec![cond, then, otherwise],
+        };
+        1 + children.into_iter().map(Expr::depth).max().unwrap_or(0)
+    }
+}
+
+impl Query {
+    /// Every expression of the query, clause by clause.
+    pub fn expressions(&self) -> Vec<&Expr> {
+        let mut out: Vec<&Expr> = Vec::new();
+        if let Some(Clause {
+            value: SelectList::Items(items),
+            ..
+        }) = &self.select
+        {
+            out.extend(items.iter().map(|i| &i.expr));
+        }
+        for clause in [
+            &self.filter,
+            &self.final_filter,
+            &self.trace_filter,
+            &self.span_filter,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            out.push(&clause.value);
+        }
+        for clause in [&self.dimensions, &self.measures, &self.pivot]
+            .into_iter()
+            .flatten()
+        {
+            out.extend(clause.value.iter().map(|i| &i.expr));
+        }
+        if let Some(clause) = &self.unpivot {
+            out.extend(clause.value.iter().map(|i| &i.expr));
+        }
+        if let Some(clause) = &self.sort {
+            out.extend(clause.value.iter().map(|i| &i.expr));
+        }
+        out
+    }
+}

@@ -40,6 +40,7 @@ pub(crate) mod codes {
     pub(crate) const SYNTAX: &str = "BTQL0001";
     pub(crate) const DUPLICATE_CLAUSE: &str = "BTQL0002";
     pub(crate) const NUMBER_RANGE: &str = "BTQL0003";
+    pub(crate) const TOO_DEEP: &str = "BTQL0004";
     pub(crate) const MISSING_FROM: &str = "BTQL0100";
     pub(crate) const UNKNOWN_SOURCE: &str = "BTQL0101";
     pub(crate) const SOURCE_ERROR: &str = "BTQL0102";

@@ -22,7 +22,8 @@ mod syntax;
 pub use error::{Diagnostic, Diagnostics, Span};
 pub use json_ast::parse_json_ast;
 pub use plan::{
-    Catalog, CompiledQuery, OutputColumn, PivotSort, PivotSpec, PlanOptions, plan_query,
+    Catalog, CompiledQuery, MAX_EXPRESSION_DEPTH, OutputColumn, PivotSort, PivotSpec, PlanOptions,
+    plan_query,
 };
 pub use sql::parse_sql;
 pub use syntax::{parse_expr, parse_query};

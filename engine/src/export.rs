@@ -386,20 +386,69 @@ fn object_error(operation: &str, key: &Path, error: object_store::Error) -> Erro
 
 /// Write `manifest` create-only (a committed manifest is never rewritten):
 /// the commit of its run. Returns its key.
-async fn write_manifest(target: &ExportTarget, manifest: &Manifest) -> Result<Path> {
+async fn write_manifest(
+    target: &ExportTarget,
+    manifest: &Manifest,
+) -> std::result::Result<Path, ManifestError> {
     let path = manifest_path(target, &manifest.run_id);
-    let body = serde_json::to_vec_pretty(manifest)
-        .map_err(|e| Error::Internal(format!("manifest encoding: {e}")))?;
+    let body = serde_json::to_vec_pretty(manifest).map_err(|e| {
+        ManifestError::NotWritten(Error::Internal(format!("manifest encoding: {e}")))
+    })?;
     let put = PutOptions {
         mode: PutMode::Create,
         ..PutOptions::default()
     };
-    target
+    match target
         .store
         .put_opts(&path, PutPayload::from(body), put)
         .await
-        .map_err(|e| object_error("write manifest", &path, e))?;
-    Ok(path)
+    {
+        Ok(_) => Ok(path),
+        Err(error) => {
+            // The put may have been applied with its reply lost (a retry then
+            // finds the object): read it back before calling it a failure.
+            match target.store.get(&path).await {
+                Ok(found) => match found.bytes().await {
+                    Ok(bytes)
+                        if serde_json::from_slice::<Manifest>(&bytes)
+                            .is_ok_and(|m| m.run_id == manifest.run_id) =>
+                    {
+                        Ok(path)
+                    }
+                    _ => Err(ManifestError::Unknown(object_error(
+                        "write manifest",
+                        &path,
+                        error,
+                    ))),
+                },
+                Err(object_store::Error::NotFound { .. }) => Err(ManifestError::NotWritten(
+                    object_error("write manifest", &path, error),
+                )),
+                Err(_) => Err(ManifestError::Unknown(object_error(
+                    "write manifest",
+                    &path,
+                    error,
+                ))),
+            }
+        }
+    }
+}
+
+/// Why a manifest write failed.
+#[derive(Debug)]
+enum ManifestError {
+    /// It is certainly not there: the run did not commit.
+    NotWritten(Error),
+    /// It may be there: only `recover` can tell, by looking again.
+    Unknown(Error),
+}
+
+impl From<ManifestError> for Error {
+    fn from(error: ManifestError) -> Self {
+        match error {
+            ManifestError::NotWritten(e) | ManifestError::Unknown(e) => e,
+        }
+    }
 }
 
 /// Delete every object under the export prefix whose name carries `run_id`
@@ -425,6 +474,31 @@ async fn delete_run_files(target: &ExportTarget, run_id: &str) -> Result<Vec<Str
         deleted.push(path.to_string());
     }
     Ok(deleted)
+}
+
+/// A run failed before its manifest: delete every file carrying its run id
+/// (listing, so that a file whose upload reply was lost goes too) and mark
+/// it failed. When the store cannot be cleaned now, the run stays `running`
+/// with its error, and the next run's recovery deletes the files.
+async fn cleanup_failed_run(
+    state: &StateDb,
+    target: &ExportTarget,
+    run_id: &str,
+    error: &Error,
+) -> Result<()> {
+    match delete_run_files(target, run_id).await {
+        Ok(_) => state.fail_run(run_id, &error.to_string()),
+        Err(cleanup) => {
+            state.update_run_details(
+                run_id,
+                &serde_json::json!({
+                    "error": error.to_string(),
+                    "cleanup_pending": cleanup.to_string(),
+                }),
+            )?;
+            Ok(())
+        }
+    }
 }
 
 /// Finish runs that an earlier process left `running`: commit the cursor of
@@ -621,13 +695,8 @@ async fn run_export_leased(
     .await
     {
         Ok(written) => written,
-        Err((error, completed)) => {
-            // The files of a failed run are referenced by no manifest: remove
-            // them now (a crash here is cleaned up by the next run instead).
-            for file in &completed {
-                let _ = target.store.delete(&Path::from(file.key.as_str())).await;
-            }
-            state.fail_run(run_id, &error.to_string())?;
+        Err((error, _completed)) => {
+            cleanup_failed_run(state, target, run_id, &error).await?;
             return Err(error);
         }
     };
@@ -648,11 +717,13 @@ async fn run_export_leased(
     };
     let path = match write_manifest(target, &manifest).await {
         Ok(path) => path,
-        Err(error) => {
-            for file in &manifest.files {
-                let _ = target.store.delete(&Path::from(file.key.as_str())).await;
-            }
-            state.fail_run(run_id, &error.to_string())?;
+        Err(ManifestError::NotWritten(error)) => {
+            cleanup_failed_run(state, target, run_id, &error).await?;
+            return Err(error);
+        }
+        Err(ManifestError::Unknown(error)) => {
+            // Leave the run `running`: the next run's recovery looks for the
+            // manifest and either commits it or deletes the files.
             return Err(error);
         }
     };
@@ -914,9 +985,7 @@ pub async fn export_query(
     {
         Ok((files, _)) => files,
         Err(e) => {
-            for file in &e.completed {
-                let _ = target.store.delete(&Path::from(file.key.as_str())).await;
-            }
+            let _ = delete_run_files(&target, &run_id).await;
             return Err(Error::InvalidArgument(format!(
                 "export failed: {}",
                 error_chain(&e)
@@ -937,6 +1006,8 @@ pub async fn export_query(
         rows: files.iter().map(|f| f.rows).sum(),
         files,
     };
-    write_manifest(&target, &manifest).await?;
+    write_manifest(&target, &manifest)
+        .await
+        .map_err(Error::from)?;
     Ok(manifest)
 }

@@ -101,12 +101,30 @@ pub(crate) struct SelectItem<'q> {
     pub(crate) span: Span,
 }
 
+/// Deepest expression the planner accepts.
+pub const MAX_EXPRESSION_DEPTH: usize = 64;
+
 /// Plans a parsed query against `catalog`.
 pub fn plan_query(
     query: &ast::Query,
     catalog: &dyn Catalog,
     options: &PlanOptions,
 ) -> Result<CompiledQuery, Diagnostics> {
+    // The planner recurses once per level: refuse absurd nesting up front
+    // rather than overflow the stack.
+    if let Some(deep) = query
+        .expressions()
+        .into_iter()
+        .find(|e| e.depth() > MAX_EXPRESSION_DEPTH)
+    {
+        return Err(Diagnostic::new(
+            codes::TOO_DEEP,
+            format!("expression nested more than {MAX_EXPRESSION_DEPTH} levels deep"),
+            deep.span,
+        )
+        .with_help("split it, or use `in [...]` instead of long chains of `or`")
+        .into());
+    }
     let mut errors = Vec::new();
     refuse_unsupported(query, &mut errors);
 

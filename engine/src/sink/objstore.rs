@@ -117,7 +117,15 @@ pub fn target_from_url(url: &str, options: &TargetOptions) -> Result<ExportTarge
             } else {
                 AmazonS3Builder::from_env()
             };
-            builder = builder.with_url(parsed.as_str());
+            builder = builder
+                .with_url(parsed.as_str())
+                .with_retry(object_store::RetryConfig {
+                    // Bounded: a server that stays down fails the run within
+                    // about two minutes rather than hanging it.
+                    max_retries: 10,
+                    retry_timeout: std::time::Duration::from_secs(120),
+                    ..object_store::RetryConfig::default()
+                });
             if let Some(endpoint) = &options.endpoint {
                 builder = builder.with_endpoint(endpoint);
             }

@@ -162,9 +162,12 @@ impl Upload {
         match &mut self.state {
             State::Buffer(buffer) => {
                 let payload = std::mem::take(buffer).freeze();
-                // Names are never reused: refuse to overwrite.
+                // Names carry the run id and are never reused, so an
+                // overwrite can only be this upload's own retry: a put whose
+                // reply was lost is then retried instead of failing with
+                // `AlreadyExists` (create-only would make it not idempotent).
                 let options = PutOptions {
-                    mode: PutMode::Create,
+                    mode: PutMode::Overwrite,
                     ..PutOptions::default()
                 };
                 self.store
