@@ -478,8 +478,8 @@ async fn delete_run_files(target: &ExportTarget, run_id: &str) -> Result<Vec<Str
 
 /// A run failed before its manifest: delete every file carrying its run id
 /// (listing, so that a file whose upload reply was lost goes too) and mark
-/// it failed. When the store cannot be cleaned now, the run stays `running`
-/// with its error, and the next run's recovery deletes the files.
+/// it failed. When the store cannot be cleaned now, the run is marked
+/// `cleanup_pending`, and the next run's recovery deletes the files.
 async fn cleanup_failed_run(
     state: &StateDb,
     target: &ExportTarget,
@@ -489,17 +489,17 @@ async fn cleanup_failed_run(
     match delete_run_files(target, run_id).await {
         Ok(_) => state.fail_run(run_id, &error.to_string()),
         Err(cleanup) => {
-            state.update_run_details(
+            state.fail_run(
                 run_id,
-                &serde_json::json!({
-                    "error": error.to_string(),
-                    "cleanup_pending": cleanup.to_string(),
-                }),
+                &format!("{error}; its files could not be deleted yet ({cleanup}): the next run deletes them"),
             )?;
-            Ok(())
+            state.update_run_details(run_id, &serde_json::json!({ CLEANUP_PENDING: true }))
         }
     }
 }
+
+/// Run detail of a failed run whose files are still to be deleted.
+const CLEANUP_PENDING: &str = "cleanup_pending";
 
 /// Finish runs that an earlier process left `running`: commit the cursor of
 /// one whose manifest exists, delete the files of one whose manifest does not.
@@ -510,6 +510,17 @@ async fn recover(
 ) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     for run in state.runs(&automation.id, 1000)? {
+        if run.status == RunStatus::Failed && run.details[CLEANUP_PENDING] == true {
+            let deleted = delete_run_files(target, &run.run_id).await?;
+            state
+                .update_run_details(&run.run_id, &serde_json::json!({ CLEANUP_PENDING: false }))?;
+            notes.push(format!(
+                "deleted {} file(s) left by failed run {}",
+                deleted.len(),
+                run.run_id
+            ));
+            continue;
+        }
         if run.status != RunStatus::Running {
             continue;
         }
