@@ -108,23 +108,31 @@ def log(msg: str) -> None:
 
 
 def measure(cmd: list[str], stdout_path: Path | None = None) -> Run:
-    """Run cmd as a child, reap it with wait4, return its wall/CPU/RSS.
+    """Run cmd under export.py's small launcher and return its wall/CPU/RSS.
 
-    stderr goes to a temporary file (not a pipe) so the child never blocks on
-    it while we wait; it is returned in Run.stderr.
+    Linux carries the peak RSS a process had before execve into the new
+    program's ru_maxrss, so a command forked straight from this script would
+    report at least this script's RSS (which grows with duckdb imported);
+    the launcher is a fresh `python -S` that forks, execs and reaps it.
+    stdout goes to stdout_path (or nowhere), stderr to a temporary file.
     """
+    from export import LAUNCHER  # benches/export.py: stdlib only at import
+
     with tempfile.TemporaryFile("w+") as err, \
-            open(stdout_path or os.devnull, "wb") as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        _, status, ru = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped
+            open(stdout_path or os.devnull, "wb") as out, \
+            tempfile.NamedTemporaryFile("r", suffix=".json") as fig:
+        proc = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, fig.name, *cmd],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc.wait()
         err.seek(0)
         stderr = err.read()
-    return Run(wall_s=wall, cpu_s=ru.ru_utime + ru.ru_stime,
-               peak_rss_mib=ru.ru_maxrss / 1024.0,  # Linux: KiB
-               returncode=proc.returncode, stderr=stderr)
+        try:
+            f = json.loads(fig.read())
+        except ValueError:
+            f = {"wall_s": 0.0, "cpu_s": 0.0, "maxrss_kib": 0, "rc": proc.returncode or 2}
+    return Run(wall_s=f["wall_s"], cpu_s=f["cpu_s"],
+               peak_rss_mib=f["maxrss_kib"] / 1024.0,  # Linux: KiB
+               returncode=f["rc"], stderr=stderr)
 
 
 def check(run: Run, what: str) -> Run:
