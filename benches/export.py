@@ -118,19 +118,11 @@ GOALS = {  # name: (comparison, threshold)
 # --------------------------------------------------------------------------- venv
 
 def ensure_venv() -> None:
-    """Re-exec this script under the bench venv (creating/updating it first)."""
-    venv_python = VENV / "bin" / "python"
-    if Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    stamp = VENV / ".requirements-installed"
-    wanted = REQUIREMENTS.read_text()
-    if not venv_python.exists() or not stamp.exists() or stamp.read_text() != wanted:
-        log(f"setting up bench venv {VENV} ...")
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(venv_python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
-                       check=True)
-        stamp.write_text(wanted)
-    os.execv(str(venv_python), [str(venv_python), str(Path(__file__).resolve()), *sys.argv[1:]])
+    """Re-exec this script under the bench venv (benches/ingest_query.py sets it up)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import ingest_query
+
+    ingest_query.ensure_venv(Path(__file__))
 
 
 # --------------------------------------------------------------------- measuring

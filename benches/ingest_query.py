@@ -75,8 +75,10 @@ BUILD_HINT = "build it with: cargo build --release -p spanlake"
 
 # --------------------------------------------------------------------------- venv
 
-def ensure_venv() -> None:
-    """Re-exec this script under the bench venv (creating/updating it first)."""
+def ensure_venv(script: Path | None = None) -> None:
+    """Re-exec `script` (default: this one) under the bench venv, creating or
+    updating the venv first."""
+    script = script or Path(__file__)
     venv_python = VENV / "bin" / "python"
     if Path(sys.prefix).resolve() == VENV.resolve():
         return
@@ -88,7 +90,7 @@ def ensure_venv() -> None:
         subprocess.run([str(venv_python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
                        check=True)
         stamp.write_text(wanted)
-    os.execv(str(venv_python), [str(venv_python), str(Path(__file__).resolve()), *sys.argv[1:]])
+    os.execv(str(venv_python), [str(venv_python), str(script.resolve()), *sys.argv[1:]])
 
 
 # --------------------------------------------------------------------- measuring

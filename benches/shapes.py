@@ -94,21 +94,8 @@ def duckdb_measures_sql(parquet: Path, out: Path) -> str:
 ) TO {iq.sql_str(out)} (FORMAT json)"""
 
 
-def ensure_venv() -> None:
-    """Re-exec this script under the bench venv (set up by ingest_query's helper)."""
-    venv_python = iq.VENV / "bin" / "python"
-    if Path(sys.prefix).resolve() == iq.VENV.resolve():
-        return
-    if not venv_python.exists():
-        import subprocess
-        subprocess.run([sys.executable, "-m", "venv", str(iq.VENV)], check=True)
-        subprocess.run([str(venv_python), "-m", "pip", "install", "-q", "-r", str(iq.REQUIREMENTS)], check=True)
-    import os
-    os.execv(str(venv_python), [str(venv_python), str(Path(__file__).resolve()), *sys.argv[1:]])
-
-
 def main() -> int:
-    ensure_venv()
+    iq.ensure_venv(Path(__file__))
     args = parse_args()
     if not args.bin.exists():
         iq.log(f"error: missing {args.bin}: {iq.BUILD_HINT}")
