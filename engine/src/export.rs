@@ -290,9 +290,11 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Test hook: with `SPANLAKE_TEST_KILL_AT=<point>`, the process kills itself
 /// with SIGKILL at that point of a run (`after_files`: data files written, no
-/// manifest; `after_manifest`: manifest written, cursor not moved), as a
-/// crash there would. Used by the crash tests; inert otherwise.
-fn kill_point(point: &str) {
+/// manifest; `after_manifest`: manifest written, cursor not moved;
+/// `mid_upload`: in the sink, once the first data file is complete and the
+/// others are not), as a crash there would. Used by the crash tests; inert
+/// otherwise.
+pub(crate) fn kill_point(point: &str) {
     if std::env::var("SPANLAKE_TEST_KILL_AT").is_ok_and(|at| at == point) {
         let _ = std::process::Command::new("kill")
             .args(["-9", &std::process::id().to_string()])

@@ -431,7 +431,15 @@ fn a_run_killed_before_or_after_its_manifest_is_recovered_exactly_once() {
         assert!(!status.success(), "the run was killed at {point}");
     };
 
-    // Killed after its data files, before the manifest: orphans, no commit.
+    // Killed mid-upload (one data file complete, the others not yet), then
+    // after all its data files but before the manifest: orphans, no commit.
+    run_killed_at("mid_upload");
+    assert!(manifests(&out).is_empty());
+    assert_eq!(
+        data_files(&out).len(),
+        1,
+        "one file was complete when it died"
+    );
     run_killed_at("after_files");
     assert!(manifests(&out).is_empty());
     assert!(!data_files(&out).is_empty(), "the killed run left files");

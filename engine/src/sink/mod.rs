@@ -375,6 +375,9 @@ impl FilePool<'_> {
         partition.bytes += written.bytes;
         partition.files += 1;
         self.completed.push(written);
+        if self.completed.len() == 1 {
+            crate::export::kill_point("mid_upload");
+        }
         Ok(())
     }
 
