@@ -180,11 +180,8 @@ impl RawExportConfig {
             .map_err(|e| problems.push(format!("max_file_bytes: {e}")))
             .ok()
             .flatten();
-        if trace_idle.is_some_and(|idle| !idle.is_zero()) {
-            problems.push(
-                "trace_idle: not supported yet (it needs the commit time of each span); leave it at 0"
-                    .to_string(),
-            );
+        if trace_idle.is_some_and(|idle| !idle.is_zero()) && data != Some(ExportData::Traces) {
+            problems.push("trace_idle: only a `traces` export waits for idle traces".to_string());
         }
         let max_rows_per_run = self.max_rows_per_run.unwrap_or(100_000);
         if max_rows_per_run == 0 {
@@ -582,8 +579,18 @@ async fn choose_cursor_to(
     automation: &Automation,
     cursor_from: Option<i64>,
     max_rows: u64,
+    trace_idle: Duration,
 ) -> Result<Option<(i64, bool)>> {
     let project = store.registry().resolve(&automation.project_id)?;
+    // With `trace_idle`, the run stops before the first commit that landed
+    // within the idle period: traces touched since are not idle yet.
+    let not_before = if trace_idle.is_zero() {
+        None
+    } else {
+        let cutoff = chrono::Utc::now().timestamp_micros()
+            - i64::try_from(trace_idle.as_micros()).unwrap_or(i64::MAX / 2);
+        store.registry().first_commit_after(&project.id, cutoff)?
+    };
     let logs = store.logs(&project).await?;
     let Some(table) = logs.table() else {
         return Ok(None);
@@ -597,6 +604,9 @@ async fn choose_cursor_to(
     let mut counts = ctx.read_table(provider)?;
     if let Some(from) = cursor_from {
         counts = counts.filter(col(XACT_ID).gt(lit(from)))?;
+    }
+    if let Some(recent) = not_before {
+        counts = counts.filter(col(XACT_ID).lt(lit(recent)))?;
     }
     let batches = counts
         .aggregate(
@@ -682,8 +692,14 @@ async fn run_export_leased(
         manifest: None,
         recovered,
     };
-    let Some((cursor_to, behind)) =
-        choose_cursor_to(store, automation, cursor_from, config.max_rows_per_run).await?
+    let Some((cursor_to, behind)) = choose_cursor_to(
+        store,
+        automation,
+        cursor_from,
+        config.max_rows_per_run,
+        config.trace_idle,
+    )
+    .await?
     else {
         return Ok(report);
     };
@@ -800,10 +816,30 @@ async fn write_run(
         ExportData::Traces => {
             // A trace is exported again, whole, when any of its spans changed:
             // every span (at the pinned snapshot) of the traces touched.
-            let touched = changed
+            let mut touched = changed
                 .select(vec![col("root_span_id")])
                 .and_then(|f| f.distinct())
                 .map_err(|e| failed(e.into()))?;
+            if !config.trace_idle.is_zero() {
+                // Traces touched after this run's range are still active:
+                // they go out in a later run, with their later changes.
+                let latest = store.logs(&project).await.map_err(failed)?;
+                let active = latest
+                    .resolved_view_after(&ctx, Some(cursor_to))
+                    .await
+                    .map_err(failed)?
+                    .select(vec![col("root_span_id")])
+                    .map_err(|e| failed(e.into()))?;
+                touched = touched
+                    .join(
+                        active,
+                        datafusion::common::JoinType::LeftAnti,
+                        &["root_span_id"],
+                        &["root_span_id"],
+                        None,
+                    )
+                    .map_err(|e| failed(e.into()))?;
+            }
             let all = logs.resolved_view(&ctx).await.map_err(failed)?;
             let spans = all
                 .join(

@@ -190,6 +190,17 @@ pub async fn ingest(
     drop(lock);
 
     report.commits = written.commits;
+    // When each commit landed, for exports that wait until traces are idle.
+    // Approximate (after the fact) and best effort: a missing record only
+    // makes a commit count as old.
+    let committed = chrono::Utc::now().timestamp_micros();
+    for commit in &report.commits {
+        if let Ok(xact) = commit.xact_id.parse::<i64>() {
+            store
+                .registry()
+                .record_commit(&project.id, xact, committed)?;
+        }
+    }
     report.rows = report.commits.iter().map(|c| c.rows).sum();
     if strict_failed {
         delete_uncommitted(&logs, &written.uncommitted).await;

@@ -38,6 +38,12 @@ CREATE TABLE IF NOT EXISTS projects (
     org_id TEXT NOT NULL,
     created TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS commits (
+    project_id TEXT NOT NULL,
+    xact_id INTEGER NOT NULL,
+    committed_micros INTEGER NOT NULL,
+    PRIMARY KEY (project_id, xact_id)
+);
 ";
 
 impl ProjectRegistry {
@@ -155,6 +161,33 @@ impl ProjectRegistry {
             },
             Err(e) => Err(e),
         }
+    }
+}
+
+impl ProjectRegistry {
+    /// Record when a commit of `project_id` landed (for `trace_idle`).
+    pub fn record_commit(
+        &self,
+        project_id: &str,
+        xact_id: i64,
+        committed_micros: i64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO commits (project_id, xact_id, committed_micros) VALUES (?1, ?2, ?3)",
+            params![project_id, xact_id, committed_micros],
+        )?;
+        Ok(())
+    }
+
+    /// The first commit of `project_id` that landed after `micros`, if any.
+    /// (A commit with no record, e.g. one whose process died right after
+    /// committing, counts as old.)
+    pub fn first_commit_after(&self, project_id: &str, micros: i64) -> Result<Option<i64>> {
+        Ok(self.conn.query_row(
+            "SELECT min(xact_id) FROM commits WHERE project_id = ?1 AND committed_micros > ?2",
+            params![project_id, micros],
+            |r| r.get(0),
+        )?)
     }
 }
 

@@ -537,3 +537,69 @@ fn traces_export_writes_one_summary_row_per_trace_and_again_when_a_span_changes(
     assert_eq!(row["root_span_id"], "t1");
     assert!(row["metrics"]["llm_calls"].as_u64().is_some(), "{row}");
 }
+
+#[test]
+fn traces_export_with_trace_idle_waits_until_traces_are_idle() {
+    let spanlake = Spanlake::new();
+    spanlake.ingest("p", &fixtures_dir().join("basic.jsonl"));
+    let out = spanlake.root().join("idle");
+    spanlake
+        .run([
+            "automation",
+            "create-export",
+            "--project",
+            "p",
+            "--name",
+            "idle",
+            "--data",
+            "traces",
+            "--to",
+            out.to_str().unwrap(),
+            "--format",
+            "jsonl",
+            "--partitioning",
+            "none",
+            "--trace-idle",
+            "3s",
+        ])
+        .ok();
+    let rows = |out: &Path| -> u64 {
+        manifests(out)
+            .iter()
+            .map(|m| m["rows"].as_u64().unwrap())
+            .sum()
+    };
+    // Just ingested: not idle yet, nothing goes out.
+    let run = spanlake.run(["automation", "run", "idle", "-p", "p"]).ok();
+    assert!(run.stderr.contains("nothing new"), "{}", run.stderr);
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    spanlake.run(["automation", "run", "idle", "-p", "p"]).ok();
+    let traces = rows(&out);
+    assert!(traces > 1);
+
+    // t1 changes, and 3 s later t2 changes: t1 is idle and goes out alone;
+    // t2 follows once it is idle too.
+    spanlake.ingest(
+        "p",
+        &spanlake.write_file("a.jsonl", r#"{"id":"t1","_is_merge":true,"output":"a"}"#),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    spanlake.ingest(
+        "p",
+        &spanlake.write_file("b.jsonl", r#"{"id":"t2","_is_merge":true,"output":"b"}"#),
+    );
+    spanlake.run(["automation", "run", "idle", "-p", "p"]).ok();
+    assert_eq!(rows(&out), traces + 1, "only t1, which is idle");
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    spanlake.run(["automation", "run", "idle", "-p", "p"]).ok();
+    assert_eq!(rows(&out), traces + 2, "then t2");
+    let mut exported = Vec::new();
+    for file in committed_files(&out) {
+        for line in std::fs::read_to_string(out.join(&file)).unwrap().lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            exported.push(row["root_span_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(exported.iter().filter(|r| *r == "t1").count(), 2);
+    assert_eq!(exported.iter().filter(|r| *r == "t2").count(), 2);
+}
