@@ -1,12 +1,15 @@
 //! `spanlake automation ...` and `spanlake export ...`: argument parsing and
 //! printing around `spanlake_engine::export` and the automation state.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use spanlake_engine::automation::state::{Automation, Kind, StateDb, Trigger};
-use spanlake_engine::export::{RawExportConfig, export_query, run_export, test_export_target};
+use spanlake_engine::export::{
+    ExportProgress, RawExportConfig, export_query, run_export, test_export_target,
+};
 use spanlake_engine::query::QueryOptions;
 use spanlake_engine::store::{STATE_DB, Store};
 
@@ -137,6 +140,30 @@ pub struct ExportArgs {
     /// Endpoint of an S3-compatible server.
     #[arg(long)]
     pub endpoint: Option<String>,
+}
+
+/// A progress bar on stderr, fed from `progress` until the task is aborted.
+fn show_progress(
+    progress: std::sync::Arc<ExportProgress>,
+) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} exporting {human_pos}/{human_len} rows [{bar:30}] {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let shown = bar.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            shown.set_length(progress.total.load(Relaxed));
+            shown.set_position(progress.rows.load(Relaxed));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    (bar, task)
 }
 
 fn state_db(store: &Store) -> anyhow::Result<StateDb> {
@@ -300,7 +327,23 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
         }
         AutomationCommand::Run(selector) => {
             let automation = find(store, &state, &selector)?;
-            let report = run_export(store, &state, &automation, Trigger::Manual).await?;
+            let progress = std::sync::Arc::new(ExportProgress::default());
+            let bar = std::io::stderr()
+                .is_terminal()
+                .then(|| show_progress(std::sync::Arc::clone(&progress)));
+            let result = run_export(
+                store,
+                &state,
+                &automation,
+                Trigger::Manual,
+                Some(std::sync::Arc::clone(&progress)),
+            )
+            .await;
+            if let Some((bar, task)) = bar {
+                task.abort();
+                bar.finish_and_clear();
+            }
+            let report = result?;
             for note in &report.recovered {
                 eprintln!("recovered: {note}");
             }

@@ -249,6 +249,17 @@ pub struct Manifest {
     pub files: Vec<WrittenFile>,
 }
 
+/// Progress of a running export, for a progress bar: `rows` written so far
+/// out of about `total` (the row versions in the run's range; a row updated
+/// twice in the range counts twice, a `traces` export writes fewer rows).
+#[derive(Debug, Default)]
+pub struct ExportProgress {
+    /// Expected rows, set when the run has chosen its range.
+    pub total: std::sync::atomic::AtomicU64,
+    /// Rows handed to the sink so far.
+    pub rows: std::sync::atomic::AtomicU64,
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
@@ -572,15 +583,15 @@ async fn recover(
 
 /// Choose the end of this run: the last whole commit after `cursor_from`
 /// such that the rows of the commits up to it stay within `max_rows` (at
-/// least one commit). Returns `(cursor_to, behind)`, or `None` when nothing
-/// changed.
+/// least one commit). Returns `(cursor_to, behind, row versions in range)`,
+/// or `None` when nothing changed.
 async fn choose_cursor_to(
     store: &Store,
     automation: &Automation,
     cursor_from: Option<i64>,
     max_rows: u64,
     trace_idle: Duration,
-) -> Result<Option<(i64, bool)>> {
+) -> Result<Option<(i64, bool, u64)>> {
     let project = store.registry().resolve(&automation.project_id)?;
     // With `trace_idle`, the run stops before the first commit that landed
     // within the idle period: traces touched since are not idle yet.
@@ -636,7 +647,7 @@ async fn choose_cursor_to(
         total += rows;
         cursor_to = xact;
     }
-    Ok(Some((cursor_to, cursor_to < last)))
+    Ok(Some((cursor_to, cursor_to < last, total)))
 }
 
 /// Run an export automation once. Fails at once when another run of it holds
@@ -646,6 +657,7 @@ pub async fn run_export(
     state: &StateDb,
     automation: &Automation,
     trigger: Trigger,
+    progress: Option<Arc<ExportProgress>>,
 ) -> Result<RunReport> {
     let raw: RawExportConfig = serde_json::from_value(automation.config.clone())
         .map_err(|e| Error::Internal(format!("stored export config: {e}")))?;
@@ -664,21 +676,41 @@ pub async fn run_export(
             automation.name
         )));
     }
-    let result =
-        run_export_leased(store, state, automation, &config, &target, &run_id, trigger).await;
+    let run = RunContext {
+        automation,
+        config: &config,
+        target: &target,
+        run_id: &run_id,
+        progress: progress.as_ref(),
+    };
+    let result = run_export_leased(store, state, &run, trigger).await;
     state.release_lease(&automation.id, &holder)?;
     result
+}
+
+/// What one run works on.
+#[derive(Debug, Clone, Copy)]
+struct RunContext<'a> {
+    automation: &'a Automation,
+    config: &'a ExportConfig,
+    target: &'a ExportTarget,
+    run_id: &'a str,
+    progress: Option<&'a Arc<ExportProgress>>,
 }
 
 async fn run_export_leased(
     store: &Store,
     state: &StateDb,
-    automation: &Automation,
-    config: &ExportConfig,
-    target: &ExportTarget,
-    run_id: &str,
+    run: &RunContext<'_>,
     trigger: Trigger,
 ) -> Result<RunReport> {
+    let RunContext {
+        automation,
+        config,
+        target,
+        run_id,
+        progress,
+    } = *run;
     let recovered = recover(state, automation, target).await?;
     let cursor_from = state.cursor(&automation.id)?;
     let mut report = RunReport {
@@ -692,7 +724,7 @@ async fn run_export_leased(
         manifest: None,
         recovered,
     };
-    let Some((cursor_to, behind)) = choose_cursor_to(
+    let Some((cursor_to, behind, versions)) = choose_cursor_to(
         store,
         automation,
         cursor_from,
@@ -712,17 +744,12 @@ async fn run_export_leased(
         Some(cursor_to),
         &serde_json::json!({}),
     )?;
-    let written = match write_run(
-        store,
-        automation,
-        config,
-        target,
-        run_id,
-        cursor_from,
-        cursor_to,
-    )
-    .await
-    {
+    if let Some(progress) = progress {
+        progress
+            .total
+            .store(versions, std::sync::atomic::Ordering::Relaxed);
+    }
+    let written = match write_run(store, run, cursor_from, cursor_to).await {
         Ok(written) => written,
         Err((error, _completed)) => {
             cleanup_failed_run(state, target, run_id, &error).await?;
@@ -783,13 +810,17 @@ async fn run_export_leased(
 /// completed before it.
 async fn write_run(
     store: &Store,
-    automation: &Automation,
-    config: &ExportConfig,
-    target: &ExportTarget,
-    run_id: &str,
+    run: &RunContext<'_>,
     cursor_from: Option<i64>,
     cursor_to: i64,
 ) -> std::result::Result<Vec<WrittenFile>, (Error, Vec<WrittenFile>)> {
+    let RunContext {
+        automation,
+        config,
+        target,
+        run_id,
+        progress,
+    } = *run;
     let failed = |e: Error| (e, Vec::new());
     let project = store
         .registry()
@@ -866,7 +897,25 @@ async fn write_run(
         .filter(|c| c.json || JSON_COLUMNS.contains(&c.name.as_str()))
         .map(|c| c.name.clone())
         .collect();
-    crate::sink::write_stream(target, &config.sink, run_id, result.stream, &json_columns)
+    let stream = match progress {
+        None => result.stream,
+        Some(progress) => {
+            let progress = Arc::clone(progress);
+            let schema = result.stream.schema();
+            let counted = result.stream.inspect(move |batch| {
+                if let Ok(batch) = batch {
+                    progress.rows.fetch_add(
+                        batch.num_rows() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+            });
+            Box::pin(
+                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, counted),
+            )
+        }
+    };
+    crate::sink::write_stream(target, &config.sink, run_id, stream, &json_columns)
         .await
         .map(|(files, _metrics)| files)
         .map_err(|e| {

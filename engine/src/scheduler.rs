@@ -107,7 +107,7 @@ pub async fn run_due(
                 break;
             }
             summary.runs += 1;
-            match run_export(store, &state, &automation, Trigger::Schedule).await {
+            match run_export(store, &state, &automation, Trigger::Schedule, None).await {
                 Ok(report) => {
                     tracing::info!(
                         automation = %automation.name,
