@@ -192,6 +192,18 @@ fn one_shot_export_of_a_query_as_jsonl() {
         }
     }
     assert_eq!(manifest["rows"].as_u64().unwrap(), lines);
+    if let Some(python) = service("SPANLAKE_DUCKDB_PYTHON") {
+        let glob = format!("{}/*.jsonl", out.display());
+        let counted = duckdb(
+            &python,
+            &format!("select count(*) from read_json_auto('{glob}')"),
+        );
+        assert_eq!(
+            counted,
+            serde_json::json!([[lines]]),
+            "DuckDB reads the query export"
+        );
+    }
     assert!(lines > 0);
 
     // A bad query is refused before anything is written, with a caret.
@@ -259,6 +271,14 @@ fn spans_export_to_s3_and_its_test() {
         .ok();
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["rows"], 13);
+    // Day partitions of the UTC `created`, gzip JSON Lines.
+    let manifest_key = report["manifest"].as_str().unwrap();
+    assert!(
+        manifest_key.starts_with("logs/spans/_manifests/"),
+        "{manifest_key}"
+    );
+    let listing = spanlake.run(["automation", "show", "s3", "-p", "p"]).ok();
+    assert!(listing.stdout.contains("gzip"), "{}", listing.stdout);
     assert!(
         report["manifest"]
             .as_str()
@@ -536,6 +556,19 @@ fn traces_export_writes_one_summary_row_per_trace_and_again_when_a_span_changes(
         serde_json::from_str(std::fs::read_to_string(out.join(name)).unwrap().trim()).unwrap();
     assert_eq!(row["root_span_id"], "t1");
     assert!(row["metrics"]["llm_calls"].as_u64().is_some(), "{row}");
+    if let Some(python) = service("SPANLAKE_DUCKDB_PYTHON") {
+        let glob = format!("{}/*.jsonl", out.display());
+        let counted = duckdb(
+            &python,
+            &format!("select count(*), count(distinct root_span_id) from read_json_auto('{glob}')"),
+        );
+        let manifest_rows: u64 = all.iter().map(|m| m["rows"].as_u64().unwrap()).sum();
+        assert_eq!(
+            counted,
+            serde_json::json!([[manifest_rows, traces]]),
+            "DuckDB reads every trace row of the manifests"
+        );
+    }
 }
 
 #[test]
