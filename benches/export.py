@@ -216,21 +216,11 @@ def warm_page_cache(path: Path) -> None:
 # ------------------------------------------------------------------------- data
 
 def generate(gen: Path, spans: int, work: Path) -> Path:
-    """Return the cached JSONL for `spans` spans (same cache as ingest_query.py)."""
-    target = work / f"spans_{spans}.jsonl"
-    if target.exists():
-        log(f"reusing {target}")
-        return target
-    tmp = work / f".gen-{spans}-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    log(f"generating {spans} spans -> {target} ...")
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(gen), "--spans", str(spans), "--out", str(tmp),
-                    "--formats", "jsonl"], check=True)
-    (tmp / f"spans_{spans}.jsonl").rename(target)  # only complete files land
-    shutil.rmtree(tmp, ignore_errors=True)
-    log(f"generated in {time.perf_counter() - t0:.1f}s")
-    return target
+    """Return the cached JSONL for `spans` spans (ingest_query.py's cache)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import ingest_query
+
+    return ingest_query.generate(gen, spans, work)
 
 
 # ---------------------------------------------------------------------- spanlake

@@ -60,20 +60,7 @@ fn spans_export_is_incremental_and_duckdb_reads_exactly_the_manifest_rows() {
     let spanlake = Spanlake::new();
     spanlake.ingest("p", &fixtures_dir().join("basic.jsonl"));
     let out = spanlake.root().join("exports");
-    spanlake
-        .run([
-            "automation",
-            "create-export",
-            "--project",
-            "p",
-            "--name",
-            "spans",
-            "--data",
-            "spans",
-            "--to",
-            out.to_str().unwrap(),
-        ])
-        .ok();
+    spanlake.create_export("spans", "spans", out.to_str().unwrap(), &[]);
     spanlake
         .run(["automation", "run", "spans", "--project", "p"])
         .ok();
@@ -242,26 +229,19 @@ fn spans_export_to_s3_and_its_test() {
     let spanlake = Spanlake::new();
     spanlake.ingest("p", &fixtures_dir().join("basic.jsonl"));
     let url = format!("s3://{bucket}/logs/spans");
-    spanlake
-        .run([
-            "automation",
-            "create-export",
-            "--project",
-            "p",
-            "--name",
-            "s3",
-            "--data",
-            "spans",
-            "--to",
-            &url,
+    spanlake.create_export(
+        "s3",
+        "spans",
+        &url,
+        &[
             "--format",
             "jsonl",
             "--compression",
             "gzip",
             "--endpoint",
             &endpoint,
-        ])
-        .ok();
+        ],
+    );
     let test = spanlake
         .run(["automation", "test", "s3", "--project", "p"])
         .ok();
@@ -287,22 +267,12 @@ fn spans_export_to_s3_and_its_test() {
     );
 
     // A missing bucket: `test` names the failing step and the fix.
-    spanlake
-        .run([
-            "automation",
-            "create-export",
-            "--project",
-            "p",
-            "--name",
-            "nobucket",
-            "--data",
-            "spans",
-            "--to",
-            "s3://no-such-bucket-spanlake/x",
-            "--endpoint",
-            &endpoint,
-        ])
-        .ok();
+    spanlake.create_export(
+        "nobucket",
+        "spans",
+        "s3://no-such-bucket-spanlake/x",
+        &["--endpoint", &endpoint],
+    );
     let failed = spanlake.run(["automation", "test", "nobucket", "--project", "p"]);
     assert_eq!(failed.code, 2, "{}{}", failed.stdout, failed.stderr);
     assert!(failed.stdout.contains("FAIL write"), "{}", failed.stdout);
@@ -314,22 +284,12 @@ fn serve_runs_due_exports_and_stops_cleanly_on_sigterm() {
     let spanlake = Spanlake::new();
     spanlake.ingest("p", &fixtures_dir().join("basic.jsonl"));
     let out = spanlake.root().join("served");
-    spanlake
-        .run([
-            "automation",
-            "create-export",
-            "--project",
-            "p",
-            "--name",
-            "hourly",
-            "--data",
-            "spans",
-            "--to",
-            out.to_str().unwrap(),
-            "--interval",
-            "1h",
-        ])
-        .ok();
+    spanlake.create_export(
+        "hourly",
+        "spans",
+        out.to_str().unwrap(),
+        &["--interval", "1h"],
+    );
     // One pass: the never-run export is due.
     spanlake.run(["serve", "--once"]).ok();
     assert_eq!(manifests(&out).len(), 1);
@@ -426,22 +386,7 @@ fn a_run_killed_before_or_after_its_manifest_is_recovered_exactly_once() {
     let spanlake = Spanlake::new();
     spanlake.ingest("p", &fixtures_dir().join("basic.jsonl"));
     let out = spanlake.root().join("crash");
-    spanlake
-        .run([
-            "automation",
-            "create-export",
-            "--project",
-            "p",
-            "--name",
-            "c",
-            "--data",
-            "spans",
-            "--to",
-            out.to_str().unwrap(),
-            "--format",
-            "jsonl",
-        ])
-        .ok();
+    spanlake.create_export("c", "spans", out.to_str().unwrap(), &["--format", "jsonl"]);
     let run_killed_at = |point: &str| {
         let status = spanlake
             .command(["automation", "run", "c", "-p", "p"])
@@ -519,24 +464,12 @@ fn traces_export_writes_one_summary_row_per_trace_and_again_when_a_span_changes(
         .len();
     assert!(traces > 1);
     let out = spanlake.root().join("traces");
-    spanlake
-        .run([
-            "automation",
-            "create-export",
-            "--project",
-            "p",
-            "--name",
-            "t",
-            "--data",
-            "traces",
-            "--to",
-            out.to_str().unwrap(),
-            "--format",
-            "jsonl",
-            "--partitioning",
-            "none",
-        ])
-        .ok();
+    spanlake.create_export(
+        "t",
+        "traces",
+        out.to_str().unwrap(),
+        &["--format", "jsonl", "--partitioning", "none"],
+    );
     spanlake.run(["automation", "run", "t", "-p", "p"]).ok();
     assert_eq!(manifests(&out)[0]["rows"].as_u64().unwrap(), traces as u64);
 
@@ -576,26 +509,19 @@ fn traces_export_with_trace_idle_waits_until_traces_are_idle() {
     let spanlake = Spanlake::new();
     spanlake.ingest("p", &fixtures_dir().join("basic.jsonl"));
     let out = spanlake.root().join("idle");
-    spanlake
-        .run([
-            "automation",
-            "create-export",
-            "--project",
-            "p",
-            "--name",
-            "idle",
-            "--data",
-            "traces",
-            "--to",
-            out.to_str().unwrap(),
+    spanlake.create_export(
+        "idle",
+        "traces",
+        out.to_str().unwrap(),
+        &[
             "--format",
             "jsonl",
             "--partitioning",
             "none",
             "--trace-idle",
             "3s",
-        ])
-        .ok();
+        ],
+    );
     let rows = |out: &Path| -> u64 {
         manifests(out)
             .iter()

@@ -159,6 +159,26 @@ impl Spanlake {
         run
     }
 
+    /// `automation create-export --project p --name NAME --data DATA --to TO
+    /// <extra>`, asserting success.
+    #[track_caller]
+    pub(crate) fn create_export(&self, name: &str, data: &str, to: &str, extra: &[&str]) -> Run {
+        let mut args = vec![
+            "automation",
+            "create-export",
+            "--project",
+            "p",
+            "--name",
+            name,
+            "--data",
+            data,
+            "--to",
+            to,
+        ];
+        args.extend_from_slice(extra);
+        self.run(args).ok()
+    }
+
     /// Run a query with `--format jsonl`.
     pub(crate) fn query_jsonl(&self, query: &str) -> Run {
         self.run(["query", "--format", "jsonl", query])
