@@ -11,6 +11,7 @@ pub mod merge;
 pub mod pivot;
 pub mod projects;
 pub mod query;
+pub mod retention;
 pub mod scheduler;
 pub mod sink;
 pub mod store;
