@@ -18,6 +18,8 @@ use spanlake_engine::store::{STATE_DB, Store};
 pub enum AutomationCommand {
     /// Create an export automation (validated now, not at 3 a.m.).
     CreateExport(CreateExportArgs),
+    /// Create a retention automation: delete logs older than N days.
+    CreateRetention(CreateRetentionArgs),
     /// List automations.
     List {
         /// Only this project's (id or name).
@@ -105,6 +107,29 @@ pub struct CreateExportArgs {
     /// Endpoint of an S3-compatible server.
     #[arg(long)]
     pub endpoint: Option<String>,
+}
+
+/// Flags of `create-retention`.
+#[derive(Debug, clap::Args)]
+pub struct CreateRetentionArgs {
+    /// Project id or name.
+    #[arg(long, short)]
+    pub project: String,
+    /// Rows created more than this many days before a run are deleted.
+    #[arg(long)]
+    pub days: u32,
+    /// Unique name within the project (default `retention-<days>d`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Deleted rows' files are purged after this period.
+    #[arg(long, default_value = "24h")]
+    pub grace: String,
+    /// How often it runs.
+    #[arg(long, default_value = "24h")]
+    pub interval: String,
+    /// Allow `--days 0` (deletes everything up to now).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// How files are written.
@@ -254,6 +279,31 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                 );
             }
         }
+        AutomationCommand::CreateRetention(args) => {
+            let project = store.registry().resolve(&args.project)?;
+            let config = spanlake_engine::retention::RetentionConfig {
+                retention_days: args.days,
+                grace: args.grace,
+                interval: args.interval,
+                force: args.force,
+            };
+            config.validate()?;
+            let name = args
+                .name
+                .unwrap_or_else(|| format!("retention-{}d", args.days));
+            let automation = state.create(
+                &project.id,
+                &name,
+                "",
+                Kind::Retention,
+                &serde_json::to_value(&config)?,
+            )?;
+            println!("{}", automation.id);
+            eprintln!(
+                "created retention `{name}` of project `{}`: rows older than {} day(s) go; preview with `spanlake automation test {name} -p {}`",
+                project.name, args.days, project.name
+            );
+        }
         AutomationCommand::List { project, json } => {
             let project_id = match project {
                 Some(p) => Some(store.registry().resolve(&p)?.id),
@@ -327,6 +377,17 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
         }
         AutomationCommand::Run(selector) => {
             let automation = find(store, &state, &selector)?;
+            if automation.kind == Kind::Retention {
+                let report = spanlake_engine::retention::run_retention_automation(
+                    store,
+                    &state,
+                    &automation,
+                    Trigger::Manual,
+                    false,
+                )
+                .await?;
+                return print_json(&report);
+            }
             let progress = std::sync::Arc::new(ExportProgress::default());
             let bar = std::io::stderr()
                 .is_terminal()
@@ -367,6 +428,18 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
         }
         AutomationCommand::Test(selector) => {
             let automation = find(store, &state, &selector)?;
+            if automation.kind == Kind::Retention {
+                // The preview: the same plan as a dry run; nothing changes.
+                let preview = spanlake_engine::retention::run_retention_automation(
+                    store,
+                    &state,
+                    &automation,
+                    Trigger::Test,
+                    true,
+                )
+                .await?;
+                return print_json(&preview);
+            }
             let raw: RawExportConfig = serde_json::from_value(automation.config.clone())?;
             let external_id = spanlake_engine::credentials::external_id(
                 store.registry().org_id(),

@@ -752,3 +752,135 @@ mod tests {
         assert_eq!(v.files_deleted, 0);
     }
 }
+
+/// A retention automation's configuration, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Rows created more than this many days before a run are deleted.
+    pub retention_days: u32,
+    /// Deleted rows' files are purged after this period (e.g. `24h`).
+    pub grace: String,
+    /// How often it runs (e.g. `24h`).
+    pub interval: String,
+    /// Allow `retention_days = 0`.
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl RetentionConfig {
+    /// Check every field; returns `(grace, interval)`.
+    pub fn validate(&self) -> Result<(std::time::Duration, std::time::Duration)> {
+        let mut problems = Vec::new();
+        if self.retention_days == 0 && !self.force {
+            problems.push(
+                "retention_days: 0 deletes every row; use at least 1, or force it".to_string(),
+            );
+        }
+        let grace = crate::automation::config::parse_duration(&self.grace)
+            .map_err(|e| problems.push(format!("grace: {e}")))
+            .ok();
+        let interval = crate::automation::config::parse_duration(&self.interval)
+            .map_err(|e| problems.push(format!("interval: {e}")))
+            .ok();
+        if interval.is_some_and(|i| i < std::time::Duration::from_secs(60)) {
+            problems.push("interval: must be at least `1m`".to_string());
+        }
+        match (grace, interval) {
+            (Some(grace), Some(interval)) if problems.is_empty() => Ok((grace, interval)),
+            _ => Err(Error::InvalidArgument(format!(
+                "invalid retention configuration:\n  {}",
+                problems.join("\n  ")
+            ))),
+        }
+    }
+}
+
+fn plan_json(plan: &RetentionPlan) -> serde_json::Value {
+    serde_json::json!({
+        "cutoff": plan.cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "rows": plan.rows,
+        "traces": plan.traces,
+        "files_to_drop": plan.files_to_drop.len(),
+        "files_to_rewrite": plan.files_to_rewrite.len(),
+        "bytes_to_reclaim": plan.bytes_to_reclaim,
+    })
+}
+
+/// Run (or, with `dry_run`, preview) a retention automation: one cutoff,
+/// the planned delete in one commit, then a vacuum of files unreferenced for
+/// longer than the grace period; recorded in the run history.
+pub async fn run_retention_automation(
+    store: &Store,
+    state: &crate::automation::state::StateDb,
+    automation: &crate::automation::state::Automation,
+    trigger: crate::automation::state::Trigger,
+    dry_run: bool,
+) -> Result<serde_json::Value> {
+    use crate::automation::state::{RunOutcome, RunStatus};
+    let config: RetentionConfig = serde_json::from_value(automation.config.clone())
+        .map_err(|e| Error::Internal(format!("stored retention config: {e}")))?;
+    let (grace, _interval) = config.validate()?;
+    let project = store.registry().resolve(&automation.project_id)?;
+    let cutoff = cutoff_for(Utc::now(), config.retention_days, config.force)?;
+    if dry_run {
+        let (plan, _) = run_retention(store, &project, cutoff, true).await?;
+        let purge = vacuum(store, &project, grace, true).await?;
+        let mut preview = plan_json(&plan);
+        preview["files_purgeable_now"] = purge.files_deleted.into();
+        preview["bytes_purgeable_now"] = purge.bytes.into();
+        return Ok(preview);
+    }
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let holder = crate::automation::state::lease_holder(&run_id);
+    if !state.try_lease(
+        &automation.id,
+        &holder,
+        std::time::Duration::from_secs(3600),
+    )? {
+        return Err(Error::InvalidArgument(format!(
+            "automation `{}` is running already (another process holds its lease)",
+            automation.name
+        )));
+    }
+    let cutoff_text = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    state.start_run(
+        &automation.id,
+        &run_id,
+        trigger,
+        None,
+        None,
+        &serde_json::json!({ "cutoff": cutoff_text }),
+    )?;
+    let result = async {
+        let (plan, metrics) = run_retention(store, &project, cutoff, false).await?;
+        let purged = vacuum(store, &project, grace, false).await?;
+        Ok::<_, Error>((plan, metrics, purged))
+    }
+    .await;
+    let outcome = match result {
+        Ok((plan, metrics, purged)) => {
+            let mut details = plan_json(&plan);
+            details["rows_deleted"] = metrics.rows_deleted.into();
+            details["files_dropped"] = metrics.files_dropped.into();
+            details["files_rewritten"] = metrics.files_rewritten.into();
+            details["files_purged"] = purged.files_deleted.into();
+            details["bytes_purged"] = purged.bytes.into();
+            let outcome = RunOutcome {
+                rows: metrics.rows_deleted,
+                bytes: purged.bytes,
+                files: metrics.files_dropped + metrics.files_rewritten,
+                cursor_to: None,
+                details: details.clone(),
+            };
+            state.finish_run(&run_id, RunStatus::Succeeded, &outcome)?;
+            Ok(details)
+        }
+        Err(e) => {
+            state.fail_run(&run_id, &e.to_string())?;
+            Err(e)
+        }
+    };
+    state.release_lease(&automation.id, &holder)?;
+    outcome
+}

@@ -1,5 +1,5 @@
-//! The scheduler of `spanlake serve`: runs every active export automation at
-//! its interval, back to back while one is behind.
+//! The scheduler of `spanlake serve`: runs every active automation (export
+//! or retention) at its interval, exports back to back while one is behind.
 //!
 //! ```text
 //!  loop every `tick`:
@@ -69,14 +69,23 @@ pub async fn run_due(
     let state = StateDb::open(&store.data_dir().join(STATE_DB))?;
     let mut summary = PassSummary::default();
     for automation in state.list(None)? {
-        if automation.status != "active" || automation.kind != Kind::Export {
+        if automation.status != "active" {
             continue;
         }
-        let interval = match serde_json::from_value::<RawExportConfig>(automation.config.clone())
+        let interval = match automation.kind {
+            Kind::Export => serde_json::from_value::<RawExportConfig>(automation.config.clone())
+                .ok()
+                .and_then(|raw| raw.validate().ok())
+                .map(|config| config.interval),
+            Kind::Retention => serde_json::from_value::<crate::retention::RetentionConfig>(
+                automation.config.clone(),
+            )
             .ok()
-            .and_then(|raw| raw.validate().ok())
-        {
-            Some(config) => config.interval,
+            .and_then(|config| config.validate().ok())
+            .map(|(_, interval)| interval),
+        };
+        let interval = match interval {
+            Some(interval) => interval,
             None => {
                 tracing::warn!(automation = %automation.name, "invalid stored configuration; skipped");
                 continue;
@@ -107,6 +116,21 @@ pub async fn run_due(
                 break;
             }
             summary.runs += 1;
+            if automation.kind == Kind::Retention {
+                let result = crate::retention::run_retention_automation(
+                    store,
+                    &state,
+                    &automation,
+                    Trigger::Schedule,
+                    false,
+                )
+                .await;
+                if let Err(e) = result {
+                    summary.failures += 1;
+                    tracing::warn!(automation = %automation.name, error = %e, "retention run failed");
+                }
+                break;
+            }
             match run_export(store, &state, &automation, Trigger::Schedule, None).await {
                 Ok(report) => {
                     tracing::info!(

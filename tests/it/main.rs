@@ -3,12 +3,14 @@
 //! - `golden`: the BTQL behaviour suite over `tests/btql/*.test`;
 //! - `cli`: exit codes, ingest atomicity, output formats, configuration;
 //! - `export`: export automations, read back with DuckDB, on disk and S3;
-//! - `paging`: cursors over a pinned snapshot.
+//! - `paging`: cursors over a pinned snapshot;
+//! - `retention`: retention automations (preview, run, history).
 
 mod cli;
 mod export;
 mod faults;
 mod golden;
 mod paging;
+mod retention;
 mod roles;
 mod support;
