@@ -4,11 +4,10 @@
 //! started by `scripts/test`; without them these tests skip with a notice,
 //! unless `SPANLAKE_REQUIRE_SERVICES` is set, when they fail.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{Spanlake, fixtures_dir};
+use crate::support::{Spanlake, create_bucket, fixtures_dir};
 
 fn service(name: &str) -> Option<String> {
     match std::env::var(name) {
@@ -202,21 +201,6 @@ fn one_shot_export_of_a_query_as_jsonl() {
     ]);
     assert_eq!(bad.code, 1, "{}", bad.stderr);
     assert!(bad.stderr.contains("^^^"), "{}", bad.stderr);
-}
-
-/// Create a bucket on the S3-compatible test server (moto accepts an
-/// unsigned `PUT /bucket`).
-fn create_bucket(endpoint: &str, bucket: &str) {
-    let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = std::net::TcpStream::connect(address).expect("connect to the S3 server");
-    write!(
-        stream,
-        "PUT /{bucket} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }
 
 #[test]

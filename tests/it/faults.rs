@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::support::{Run, Spanlake, fixtures_dir};
+use crate::support::{Run, Spanlake, create_bucket, fixtures_dir};
 
 /// object_store's request timeout for runs through the proxy
 /// (`AWS_TIMEOUT`, read by `AmazonS3Builder::from_env`; the default is 30 s).
@@ -584,19 +584,6 @@ fn s3_get(endpoint: &str, target: &str) -> (u16, Vec<u8>) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, response.decoded_body())
-}
-
-fn create_bucket(endpoint: &str, bucket: &str) {
-    let address = host_port(endpoint);
-    let mut stream = TcpStream::connect(&address).expect("connect to the S3 server");
-    write!(
-        stream,
-        "PUT /{bucket} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }
 
 fn xml_values(xml: &str, tag: &str) -> Vec<String> {

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: a fresh data directory and a way
 //! to run the `spanlake` binary against it.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -202,4 +202,19 @@ pub(crate) fn run_command_with_stdin(mut command: Command, stdin: &str) -> Run {
     let output = child.wait_with_output().expect("wait for spanlake");
     writer.join().expect("stdin writer thread");
     Run::from_output(output)
+}
+
+/// Create a bucket on the S3-compatible test server (moto accepts an
+/// unsigned `PUT /bucket`).
+pub(crate) fn create_bucket(endpoint: &str, bucket: &str) {
+    let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the S3 server");
+    write!(
+        stream,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }
