@@ -35,7 +35,7 @@
 //! many rows; an invalid line then stops the input after the last commit.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::{BufRead, Write};
@@ -48,7 +48,7 @@ use arrow::array::{
 };
 use datafusion::logical_expr::col;
 use deltalake::kernel::Action;
-use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt;
@@ -77,6 +77,40 @@ pub struct IngestOptions {
     pub rejects: Option<PathBuf>,
     /// How many line errors to keep for the report.
     pub max_listed_errors: usize,
+    /// Entries added to the `commitInfo` of every commit (e.g. the request
+    /// digests of a server's group commit, to recognise a replay after a crash).
+    pub commit_metadata: HashMap<String, Value>,
+    /// Keep the set of known ids between ingests of one process (a server
+    /// commits many small batches; reading every id back each time would
+    /// cost as much as the table). Used only while the table has not moved.
+    pub id_cache: Option<Arc<IdCache>>,
+}
+
+/// The ids of a project's table at one version, kept between ingests of one
+/// process (see [`IngestOptions::id_cache`]).
+#[derive(Debug, Default)]
+pub struct IdCache {
+    cached: std::sync::Mutex<Option<(i64, HashSet<u64, IdHasher>)>>,
+}
+
+impl IdCache {
+    fn take(&self, version: i64) -> Option<HashSet<u64, IdHasher>> {
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match cached.take() {
+            Some((at, ids)) if at == version => Some(ids),
+            _ => None,
+        }
+    }
+
+    fn put(&self, version: i64, ids: HashSet<u64, IdHasher>) {
+        *self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((version, ids));
+    }
 }
 
 impl Default for IngestOptions {
@@ -87,6 +121,8 @@ impl Default for IngestOptions {
             commit_rows: None,
             rejects: None,
             max_listed_errors: 100,
+            commit_metadata: HashMap::new(),
+            id_cache: None,
         }
     }
 }
@@ -156,7 +192,11 @@ pub async fn ingest(
     let base_version = logs
         .version()
         .ok_or_else(|| Error::Internal("table has no version after creation".into()))?;
-    let known_ids = load_id_hashes(&logs).await?;
+    let cached = options.id_cache.as_ref().and_then(|c| c.take(base_version));
+    let known_ids = match cached {
+        Some(ids) => ids,
+        None => load_id_hashes(&logs).await?,
+    };
 
     let rejects = match &options.rejects {
         Some(path) => Some(std::io::BufWriter::new(
@@ -178,7 +218,13 @@ pub async fn ingest(
     };
     let decode_task = tokio::task::spawn_blocking(move || decoder.run(input));
 
-    let result = write_chunks(&mut logs, &mut receiver, base_version).await;
+    let result = write_chunks(
+        &mut logs,
+        &mut receiver,
+        base_version,
+        &options.commit_metadata,
+    )
+    .await;
     // Whatever happened to the writer, let the decoder finish (or see the
     // closed channel and stop) before reporting.
     drop(receiver);
@@ -186,8 +232,11 @@ pub async fn ingest(
         .await
         .map_err(|e| Error::Internal(format!("decode task failed: {e}")))?;
     let written = result?;
-    let (mut report, errors, error_count, strict_failed) = decoded?;
+    let (mut report, errors, error_count, strict_failed, known_ids) = decoded?;
     drop(lock);
+    if let (Some(cache), false) = (&options.id_cache, strict_failed) {
+        cache.put(base_version + written.commits.len() as i64, known_ids);
+    }
 
     report.commits = written.commits;
     // When each commit landed, for exports that wait until traces are idle.
@@ -283,6 +332,7 @@ async fn write_chunks(
     logs: &mut ProjectLogs,
     receiver: &mut tokio::sync::mpsc::Receiver<Chunk>,
     base_version: i64,
+    commit_metadata: &HashMap<String, Value>,
 ) -> Result<Written> {
     let table = logs
         .table_mut()
@@ -302,7 +352,7 @@ async fn write_chunks(
                     writer.flush().await?.into_iter().map(Action::Add).collect();
                 if rows_in_commit > 0 {
                     let expected = base_version + 1 + written.commits.len() as i64;
-                    let version = commit(table, adds).await?;
+                    let version = commit(table, adds, commit_metadata).await?;
                     if version != expected {
                         return Err(Error::Internal(format!(
                             "commit landed at version {version}, expected {expected}: another writer bypassed the lock"
@@ -324,7 +374,11 @@ async fn write_chunks(
     Ok(written)
 }
 
-async fn commit(table: &mut deltalake::DeltaTable, adds: Vec<Action>) -> Result<i64> {
+async fn commit(
+    table: &mut deltalake::DeltaTable,
+    adds: Vec<Action>,
+    metadata: &HashMap<String, Value>,
+) -> Result<i64> {
     let operation = DeltaOperation::Write {
         mode: SaveMode::Append,
         partition_by: None,
@@ -332,9 +386,16 @@ async fn commit(table: &mut deltalake::DeltaTable, adds: Vec<Action>) -> Result<
     };
     // No retries: the rows carry `_xact_id` of the version they were written
     // for, so a commit that would land elsewhere must fail instead.
-    let finalized = CommitBuilder::default()
+    // A checkpoint every 100 commits (the table's default interval) keeps
+    // opening the table cheap when a server commits many small batches; old
+    // log entries are kept, so pinned snapshots stay readable.
+    let properties = CommitProperties::default()
+        .with_create_checkpoint(true)
+        .with_cleanup_expired_logs(Some(false))
+        .with_max_retries(0);
+    let finalized = CommitBuilder::from(properties)
         .with_actions(adds)
-        .with_max_retries(0)
+        .with_app_metadata(metadata.clone())
         .build(Some(table.snapshot()?), table.log_store(), operation)
         .await?;
     let version = finalized.version();
@@ -376,7 +437,13 @@ impl fmt::Debug for Decoder {
     }
 }
 
-type Decoded = (IngestReport, Vec<LineError>, u64, bool);
+type Decoded = (
+    IngestReport,
+    Vec<LineError>,
+    u64,
+    bool,
+    HashSet<u64, IdHasher>,
+);
 
 impl Decoder {
     fn run(mut self, mut input: Box<dyn BufRead + Send>) -> Result<Decoded> {
@@ -470,7 +537,13 @@ impl Decoder {
             }
             self.send(Chunk::Commit)?;
         }
-        Ok((self.report, self.errors, self.error_count, stopped))
+        Ok((
+            self.report,
+            self.errors,
+            self.error_count,
+            stopped,
+            self.known_ids,
+        ))
     }
 
     fn send(&self, chunk: Chunk) -> Result<()> {

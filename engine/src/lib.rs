@@ -2,6 +2,7 @@
 //! ingest with merge semantics, and BTQL queries streamed as Arrow record
 //! batches. See `DESIGN.md` at the repository root for the architecture.
 
+pub mod apikeys;
 pub mod automation;
 pub mod credentials;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod pivot;
 pub mod projects;
 pub mod query;
 pub mod retention;
+pub mod rows;
 pub mod scheduler;
 pub mod sink;
 pub mod store;

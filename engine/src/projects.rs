@@ -1,7 +1,10 @@
 //! Project registry in the state database (`<data-dir>/state.db`, SQLite).
 //!
-//! A project has a UUID and a unique name, and belongs to the local org. The
-//! org id is generated once per data directory and kept in the `meta` table.
+//! A project has a UUID and a name unique within its org. The local org (the
+//! one the CLI works in) is generated once per data directory, kept in the
+//! `meta` table, and named `local`; the HTTP server adds orgs with their API
+//! keys (see [`crate::apikeys`]). The CLI sees every org: a name that two
+//! orgs use must then be given as the project id.
 
 use std::path::Path;
 
@@ -32,11 +35,17 @@ pub struct ProjectRegistry {
 
 const SCHEMA_SQL: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS projects (
+CREATE TABLE IF NOT EXISTS orgs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
-    org_id TEXT NOT NULL,
     created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS projects (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    org_id TEXT NOT NULL,
+    created TEXT NOT NULL,
+    UNIQUE (org_id, name)
 );
 CREATE TABLE IF NOT EXISTS commits (
     project_id TEXT NOT NULL,
@@ -52,6 +61,7 @@ impl ProjectRegistry {
         let conn = Connection::open(state_db)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        migrate_project_names(&conn)?;
         conn.execute_batch(SCHEMA_SQL)?;
         let org_id: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'org_id'", [], |r| {
@@ -71,7 +81,15 @@ impl ProjectRegistry {
                 })?
             }
         };
+        conn.execute(
+            "INSERT OR IGNORE INTO orgs (id, name, created) VALUES (?1, ?2, ?3)",
+            params![org_id, LOCAL_ORG_NAME, now_rfc3339()],
+        )?;
         Ok(Self { conn, org_id })
+    }
+
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// The local org id.
@@ -79,21 +97,78 @@ impl ProjectRegistry {
         &self.org_id
     }
 
-    /// Create a project named `name`; fails if the name is taken.
+    /// Create a project named `name` in the local org; fails if the name is taken.
     pub fn create(&self, name: &str) -> Result<Project> {
-        validate_name(name)?;
-        if self.by_name(name)?.is_some() {
-            return Err(Error::ProjectExists(name.to_string()));
-        }
-        self.insert(&Uuid::new_v4().to_string(), name)
+        self.create_in_org(&self.org_id.clone(), name)
     }
 
-    fn insert(&self, id: &str, name: &str) -> Result<Project> {
+    /// Create a project named `name` in `org_id`; fails if the org already
+    /// has a project of that name.
+    pub fn create_in_org(&self, org_id: &str, name: &str) -> Result<Project> {
+        validate_name(name)?;
+        if self.by_name_in_org(org_id, name)?.is_some() {
+            return Err(Error::ProjectExists(name.to_string()));
+        }
+        self.insert(&Uuid::new_v4().to_string(), name, org_id)
+    }
+
+    /// The project of `org_id` named `name`, created when missing
+    /// (`POST /v1/project`: get-or-create, idempotent).
+    pub fn get_or_create_in_org(&self, org_id: &str, name: &str) -> Result<Project> {
+        validate_name(name)?;
+        if let Some(project) = self.by_name_in_org(org_id, name)? {
+            return Ok(project);
+        }
+        match self.insert(&Uuid::new_v4().to_string(), name, org_id) {
+            Ok(project) => Ok(project),
+            // Created concurrently by another connection: return that one.
+            Err(Error::State(e)) if is_constraint(&e) => self
+                .by_name_in_org(org_id, name)?
+                .ok_or_else(|| Error::UnknownProject(name.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Find a project of `org_id` by UUID or by name (a UUID is tried first).
+    /// A project of another org is reported as unknown.
+    pub fn resolve_in_org(&self, org_id: &str, id_or_name: &str) -> Result<Project> {
+        if let Ok(uuid) = Uuid::parse_str(id_or_name) {
+            if let Some(p) = self.by_id(&uuid.hyphenated().to_string())? {
+                if p.org_id == org_id {
+                    return Ok(p);
+                }
+            }
+        }
+        self.by_name_in_org(org_id, id_or_name)?
+            .ok_or_else(|| Error::UnknownProject(id_or_name.to_string()))
+    }
+
+    /// The projects of `org_id`, by name.
+    pub fn list_in_org(&self, org_id: &str) -> Result<Vec<Project>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, org_id, created FROM projects WHERE org_id = ?1 ORDER BY name",
+        )?;
+        let rows = stmt.query_map(params![org_id], row_to_project)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn by_name_in_org(&self, org_id: &str, name: &str) -> Result<Option<Project>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, name, org_id, created FROM projects WHERE org_id = ?1 AND name = ?2",
+                params![org_id, name],
+                row_to_project,
+            )
+            .optional()?)
+    }
+
+    fn insert(&self, id: &str, name: &str, org_id: &str) -> Result<Project> {
         let project = Project {
             id: id.to_string(),
             name: name.to_string(),
-            org_id: self.org_id.clone(),
-            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            org_id: org_id.to_string(),
+            created: now_rfc3339(),
         };
         self.conn.execute(
             "INSERT INTO projects (id, name, org_id, created) VALUES (?1, ?2, ?3, ?4)",
@@ -111,15 +186,26 @@ impl ProjectRegistry {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The project named `name` in any org: the local org's first, else the
+    /// only one; a name several other orgs use is ambiguous.
     fn by_name(&self, name: &str) -> Result<Option<Project>> {
-        Ok(self
+        if let Some(local) = self.by_name_in_org(&self.org_id, name)? {
+            return Ok(Some(local));
+        }
+        let mut stmt = self
             .conn
-            .query_row(
-                "SELECT id, name, org_id, created FROM projects WHERE name = ?1",
-                params![name],
-                row_to_project,
-            )
-            .optional()?)
+            .prepare("SELECT id, name, org_id, created FROM projects WHERE name = ?1")?;
+        let mut found: Vec<Project> = stmt
+            .query_map(params![name], row_to_project)?
+            .collect::<Result<_, _>>()?;
+        if found.len() > 1 {
+            return Err(Error::InvalidArgument(format!(
+                "{} orgs have a project named `{name}`; give its id instead ({})",
+                found.len(),
+                found.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(found.pop())
     }
 
     fn by_id(&self, id: &str) -> Result<Option<Project>> {
@@ -155,7 +241,7 @@ impl ProjectRegistry {
             Err(Error::UnknownProject(_)) => match Uuid::parse_str(id_or_name) {
                 Ok(uuid) => {
                     let id = uuid.hyphenated().to_string();
-                    self.insert(&id, &id)
+                    self.insert(&id, &id, &self.org_id.clone())
                 }
                 Err(_) => self.create(id_or_name),
             },
@@ -198,6 +284,46 @@ fn row_to_project(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
         org_id: r.get(2)?,
         created: r.get(3)?,
     })
+}
+
+/// Name of the org a data directory starts with.
+pub const LOCAL_ORG_NAME: &str = "local";
+
+pub(crate) fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+pub(crate) fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::ConstraintViolation))
+}
+
+/// Registries written before orgs had their own projects kept names unique
+/// across the data directory; make them unique per org (one transaction).
+fn migrate_project_names(conn: &Connection) -> Result<()> {
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'projects'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if sql.is_some_and(|sql| sql.contains("name TEXT NOT NULL UNIQUE")) {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE projects_by_org (
+                 id TEXT PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 org_id TEXT NOT NULL,
+                 created TEXT NOT NULL,
+                 UNIQUE (org_id, name)
+             );
+             INSERT INTO projects_by_org SELECT id, name, org_id, created FROM projects;
+             DROP TABLE projects;
+             ALTER TABLE projects_by_org RENAME TO projects;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
 }
 
 fn validate_name(name: &str) -> Result<()> {

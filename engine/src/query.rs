@@ -36,6 +36,9 @@ pub struct QueryOptions {
     pub now: chrono::DateTime<chrono::Utc>,
     /// Read one page of the result (see [`Paging`]).
     pub page: Option<Paging>,
+    /// Resolve project names and ids only within this org (the org of an
+    /// API key); `None` (the CLI) sees every org.
+    pub org_id: Option<String>,
 }
 
 /// Reading a result in pages: `size` rows per page, starting after
@@ -105,6 +108,7 @@ impl Default for QueryOptions {
             batch_rows: 8192,
             now: chrono::Utc::now(),
             page: None,
+            org_id: None,
         }
     }
 }
@@ -184,8 +188,19 @@ impl Catalog for PreparedCatalog {
 /// Parse, plan and start `text` against `store`.
 pub async fn run_query(store: &Store, text: &str, options: &QueryOptions) -> Result<QueryStream> {
     let query = spanlake_dsl::parse_any(text)?;
+    run_parsed_query(store, query, text, options).await
+}
+
+/// Plan and start an already parsed `query` against `store`; `identity` is
+/// what a cursor is bound to (the query text, without its cursor).
+pub async fn run_parsed_query(
+    store: &Store,
+    query: spanlake_dsl::ast::Query,
+    identity: &str,
+    options: &QueryOptions,
+) -> Result<QueryStream> {
     let ctx = session(options)?;
-    let fingerprint = query_fingerprint(text, options.tz_offset_minutes);
+    let fingerprint = query_fingerprint(identity, options.tz_offset_minutes);
     let resumed = match options.page.as_ref().and_then(|p| p.cursor.as_deref()) {
         Some(token) => {
             let state = CursorState::decode(token)?;
@@ -203,7 +218,15 @@ pub async fn run_query(store: &Store, text: &str, options: &QueryOptions) -> Res
     if let Some(source) = query.source() {
         if source.function.eq_ignore_ascii_case("project_logs") && !source.args.is_empty() {
             let pinned = resumed.as_ref().map(|state| &state.s);
-            let view = prepare_view(store, &ctx, &source.args, pinned, &mut snapshot).await?;
+            let view = prepare_view(
+                store,
+                &ctx,
+                &source.args,
+                options.org_id.as_deref(),
+                pinned,
+                &mut snapshot,
+            )
+            .await?;
             catalog.views.insert(source.args.clone(), view);
         }
     }
@@ -336,18 +359,24 @@ async fn prepare_view(
     store: &Store,
     ctx: &SessionContext,
     args: &[String],
+    org_id: Option<&str>,
     pinned: Option<&std::collections::BTreeMap<String, Option<i64>>>,
     snapshot: &mut std::collections::BTreeMap<String, Option<i64>>,
 ) -> Result<std::result::Result<Arc<dyn TableSource>, String>> {
     let mut projects = Vec::with_capacity(args.len());
     for arg in args {
-        let resolved = store.registry().resolve(arg);
+        let resolved = match org_id {
+            Some(org) => store.registry().resolve_in_org(org, arg),
+            None => store.registry().resolve(arg),
+        };
         match resolved {
             Ok(project) => projects.push(project),
             Err(Error::UnknownProject(name)) => {
-                let known: Vec<String> = store
-                    .registry()
-                    .list()?
+                let known = match org_id {
+                    Some(org) => store.registry().list_in_org(org)?,
+                    None => store.registry().list()?,
+                };
+                let known: Vec<String> = known
                     .into_iter()
                     .map(|p| format!("`{}`", p.name))
                     .collect();
