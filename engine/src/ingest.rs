@@ -393,9 +393,17 @@ async fn commit(
         .with_create_checkpoint(true)
         .with_cleanup_expired_logs(Some(false))
         .with_max_retries(0);
+    // The transaction id goes into `commitInfo` too, so that what a commit
+    // was (e.g. which server requests) can be matched to its rows later.
+    let expected = table.snapshot()?.version() + 1;
+    let mut metadata = metadata.clone();
+    metadata.insert(
+        "spanlake.xact_id".to_string(),
+        Value::String(xact_id_for_version(i64::try_from(expected).unwrap_or(i64::MAX)).to_string()),
+    );
     let finalized = CommitBuilder::from(properties)
         .with_actions(adds)
-        .with_app_metadata(metadata.clone())
+        .with_app_metadata(metadata)
         .build(Some(table.snapshot()?), table.log_store(), operation)
         .await?;
     let version = finalized.version();

@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS projects (
     created TEXT NOT NULL,
     UNIQUE (org_id, name)
 );
+CREATE TABLE IF NOT EXISTS ingest_requests (
+    digest TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    xact_id INTEGER NOT NULL,
+    recorded_micros INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS commits (
     project_id TEXT NOT NULL,
     xact_id INTEGER NOT NULL,
@@ -263,6 +269,41 @@ impl ProjectRegistry {
             params![project_id, xact_id, committed_micros],
         )?;
         Ok(())
+    }
+
+    /// Remember that the requests with these digests were committed in
+    /// `xact_id` (a server answers their replays without committing again).
+    pub fn record_requests(&self, project_id: &str, digests: &[String], xact_id: i64) -> Result<()> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let tx = self.conn.unchecked_transaction()?;
+        for digest in digests {
+            tx.execute(
+                "INSERT OR IGNORE INTO ingest_requests (digest, project_id, xact_id, recorded_micros) VALUES (?1, ?2, ?3, ?4)",
+                params![digest, project_id, xact_id, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The transaction a request with this digest was committed in, if any.
+    pub fn request_xact(&self, digest: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT xact_id FROM ingest_requests WHERE digest = ?1",
+                params![digest],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Forget request digests recorded before `micros`.
+    pub fn forget_requests_before(&self, micros: i64) -> Result<usize> {
+        Ok(self.conn.execute(
+            "DELETE FROM ingest_requests WHERE recorded_micros < ?1",
+            params![micros],
+        )?)
     }
 
     /// The first commit of `project_id` that landed after `micros`, if any.
