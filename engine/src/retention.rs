@@ -1,63 +1,107 @@
-//! Retention of a project's log table: delete the row versions whose
-//! `created` is older than a cutoff, then, after a grace period, purge the
-//! data files that no version of the table references any more (vacuum).
+//! Retention of a project's log table: delete the rows whose `created` is
+//! older than a cutoff, then, after a grace period, purge the data files that
+//! no version of the table references any more (vacuum).
 //!
 //! ```text
 //!  now, retention_days ──cutoff_for──► cutoff (one absolute instant per run)
 //!
-//!  plan_retention (reads only):
-//!    add actions ──stats of `created` (min, max, nullCount)──► classify
-//!      max < cutoff, no nulls ............ drop      (rows from numRecords)
-//!      min >= cutoff ..................... untouched (never read)
-//!      otherwise ......................... candidate (scanned: per file count
-//!                                          of rows with created < cutoff;
-//!                                          all expired → drop, some → rewrite,
-//!                                          none → untouched)
-//!    drop ∪ candidate files, `created < cutoff` ──► count(distinct root_span_id)
+//!  plan_retention (reads only, never a whole row):
+//!    add actions ──stats of `created` (min, max, nullCount), `_op` (max)──► per file
+//!      max < cutoff, no nulls ......... old       min >= cutoff (or all null) ... new
+//!      otherwise ...................... straddle
+//!    ids with several versions (F) = DISTINCT id WHERE _op != 0   (only files whose `_op` max != 0)
+//!    F empty:  old ─► drop (never read)   new ─► untouched (never read)   straddle ─► counted
+//!    F not empty: `id, _xact_id, _seq, _op, created` of F's versions (every file but the
+//!      clean new ones) ─► per id: which versions go (see "Row versions") ─► files holding
+//!      versions whose fate differs from their file's side are counted too
+//!    counted files: per file, rows and expired rows ─► drop | rewrite | untouched
 //!
-//!  run_retention:  write lock ─► plan on snapshot V ─► DeleteBuilder
-//!                  (`created < cutoff`, on snapshot V) ─► one commit V+1
+//!  run_retention:  write lock ─► plan on snapshot V ─► rewrite the straddling files
+//!                  (read, drop expired rows, write new files) ─► ONE commit V+1:
+//!                  remove(dropped ∪ rewritten) + add(new files), operation DELETE
 //!
-//!  vacuum: files removed from the table more than `grace` ago ─► deleted
-//!          from storage (delta-rs VacuumBuilder, lite mode: tombstones only)
+//!  vacuum: tombstones older than the grace (and older than the oldest pinned
+//!          snapshot), and orphan files older than the grace ─► deleted, oldest first
 //! ```
 //!
-//! Guarantees:
+//! # Row versions
+//! The store keeps row versions: a replace, later merges (which keep the
+//! row's `created`), deletes. A row is deleted by its own `created`, which is
+//! the resolved row's: that of the version that started it (its replace, or
+//! a merge onto no row). An id's versions split into *incarnations*, each
+//! started by a replace or by the first version after a delete, and ended by
+//! the next one (a delete belongs to the incarnation it ends). Then:
+//! - if the last incarnation (the row queries see, or the deleted one) is
+//!   expired, every version of the id goes, in the same commit: a resolved
+//!   row never loses its first version while a later merge survives (which
+//!   would turn it into a half row);
+//! - otherwise the leading expired incarnations go (content superseded by a
+//!   later replace, or deleted), and no other version: what queries see
+//!   does not change;
+//! - rows whose `created` is null are kept.
+//!
+//! An id with a single version (`_op = 0` and nothing else) goes when its
+//! `created` is before the cutoff, as file statistics tell without reading.
+//!
+//! # Guarantees
 //! - The plan changes nothing; a dry run is the plan.
 //! - A run is one Delta commit (`DELETE` operation): a crash leaves the table
-//!   as before or as after. The plan is computed on the snapshot the delete
-//!   commits against, under the project's write lock, so its figures are the
-//!   ones the delete applies.
-//! - Rows are deleted by their own `created` (row versions), not by trace: a
-//!   trace may straddle the cutoff. Rows whose `created` is null are kept.
+//!   as before or as after. Files written before a crash are orphans, which a
+//!   later vacuum deletes once they are older than the grace period. The plan
+//!   is computed on the snapshot the commit applies to, under the project's
+//!   write lock, and the rewrite checks its row counts against it: the
+//!   figures of a run are those of its plan.
 //! - Deleted rows disappear from reads at once; their bytes stay in storage
 //!   (older table versions still reference them) until a vacuum whose grace
 //!   period has passed since the delete.
+//! - A snapshot pinned by a running export (its run's `cursor_to`, held with
+//!   its lease, see [`StateDb::pinned_versions`]) keeps every file it
+//!   references. A query cursor pins nothing: it reads its snapshot for as
+//!   long as the files of that snapshot are kept, i.e. up to the grace period
+//!   after a retention run; once a vacuum may have deleted some of them,
+//!   opening that snapshot fails with a clear error ([`check_snapshot_kept`])
+//!   instead of returning partial rows.
 //!
 //! Delta file statistics truncate timestamps to milliseconds, so a file whose
 //! statistics put the cutoff inside its `[min, max + 1ms)` range is scanned
 //! rather than classified from statistics alone: classification is exact.
+//!
+//! [`StateDb::pinned_versions`]: crate::automation::state::StateDb::pinned_versions
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Int64Type};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType};
 use chrono::{DateTime, TimeDelta, Utc};
 use datafusion::common::ScalarValue;
+use datafusion::error::DataFusionError;
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct, sum};
-use datafusion::logical_expr::{Expr, cast, col, lit};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast,
+    col, lit, not,
+};
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
+use deltalake::kernel::Action;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 
 use crate::error::{Error, Result};
 use crate::projects::Project;
-use crate::store::{ProjectLogs, Store, schema};
+use crate::store::schema::{OP, SEQ, VersionOp, XACT_ID};
+use crate::store::{ProjectLogs, STATE_DB, Store, schema};
 
-/// Name of the column holding each row's data file in the planning scan.
+/// Name of the column holding each row's data file in the planning scans.
 const FILE_COLUMN: &str = "__spanlake_file";
+
+/// Name of the record of purged snapshots, in the project's directory.
+const VACUUM_RECORD: &str = "vacuum.json";
 
 /// One data file of the table, as the plan sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +112,7 @@ pub struct FileInfo {
     pub bytes: u64,
     /// Rows in the file.
     pub rows: u64,
-    /// Rows of the file with `created < cutoff` (all of them for a dropped file).
+    /// Rows of the file that the run deletes (all of them for a dropped file).
     pub expired_rows: u64,
 }
 
@@ -80,18 +124,24 @@ pub struct RetentionPlan {
     pub cutoff: DateTime<Utc>,
     /// Table version the plan was computed on (`None`: no table).
     pub version: Option<i64>,
-    /// Row versions with `created < cutoff`.
+    /// Row versions deleted.
     pub rows: u64,
-    /// Distinct `root_span_id` among those rows.
-    pub traces: u64,
-    /// Files whose rows are all expired: removed from the table unchanged.
+    /// Distinct `root_span_id` among those rows; counted for a preview only
+    /// (`None` for a run: counting would read the dropped files).
+    pub traces: Option<u64>,
+    /// Files whose rows all go: removed from the table unread.
     pub files_to_drop: Vec<FileInfo>,
-    /// Files with expired and live rows: rewritten without the expired ones.
+    /// Files with rows that go and rows that stay: rewritten without the
+    /// former.
     pub files_to_rewrite: Vec<FileInfo>,
     /// Bytes that a vacuum after the run frees: the dropped files, plus the
     /// expired share (by rows) of the rewritten files. An estimate for the
     /// rewritten part, since the surviving rows are written to new files.
     pub bytes_to_reclaim: u64,
+    /// Files whose `id` (and version columns) were read to find the versions
+    /// of multi-version ids (0 when every id has a single version, e.g. after
+    /// compaction).
+    pub files_read_for_versions: u64,
 }
 
 impl RetentionPlan {
@@ -100,16 +150,28 @@ impl RetentionPlan {
             cutoff,
             version,
             rows: 0,
-            traces: 0,
+            traces: Some(0),
             files_to_drop: Vec::new(),
             files_to_rewrite: Vec::new(),
             bytes_to_reclaim: 0,
+            files_read_for_versions: 0,
         }
     }
 
     /// Whether the run would change nothing.
     pub fn is_empty(&self) -> bool {
         self.rows == 0
+    }
+
+    /// The figures a preview and its run must agree on (everything but the
+    /// trace count, which only a preview computes).
+    pub fn figures(&self) -> (u64, usize, usize, u64) {
+        (
+            self.rows,
+            self.files_to_drop.len(),
+            self.files_to_rewrite.len(),
+            self.bytes_to_reclaim,
+        )
     }
 }
 
@@ -120,15 +182,15 @@ pub struct RetentionMetrics {
     pub dry_run: bool,
     /// Table version of the delete commit (`None`: no commit was made).
     pub version: Option<i64>,
-    /// Row versions deleted (from the delete's metrics).
+    /// Row versions deleted.
     pub rows_deleted: u64,
     /// Data files removed from the table (dropped plus rewritten).
     pub files_removed: u64,
     /// Data files written with the surviving rows of the rewritten files.
     pub files_added: u64,
-    /// Files dropped whole (from the plan the delete ran on).
+    /// Files dropped whole, unread.
     pub files_dropped: u64,
-    /// Files rewritten (from the plan the delete ran on).
+    /// Files rewritten.
     pub files_rewritten: u64,
     /// Rows copied into the new files.
     pub rows_copied: u64,
@@ -141,12 +203,17 @@ pub struct RetentionMetrics {
 pub struct VacuumMetrics {
     /// Whether this was a dry run (nothing deleted).
     pub dry_run: bool,
-    /// Data files deleted from storage.
+    /// Data files deleted from storage (tombstoned and orphan).
     pub files_deleted: u64,
     /// Their total size in bytes.
     pub bytes: u64,
-    /// Their paths, relative to the table root.
+    /// Their paths, relative to the table root, in deletion order.
     pub paths: Vec<String>,
+    /// Of those, files that no commit ever referenced (left by a crashed
+    /// writer).
+    pub orphans: u64,
+    /// Table versions pinned by running exports, whose files were kept.
+    pub pinned_versions: Vec<i64>,
 }
 
 /// The retention cutoff for a run at `now` keeping `days` days: rows with
@@ -169,14 +236,23 @@ pub fn cutoff_for(now: DateTime<Utc>, days: u32, force: bool) -> Result<DateTime
         })
 }
 
-/// Statistics of `created` for one file, from its add action.
+/// Where a file's `created` statistics put it against the cutoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Every row is older than the cutoff.
+    Old,
+    /// No row is older than the cutoff (or all are null).
+    New,
+    /// Unknown from statistics alone.
+    Straddle,
+}
+
+/// Statistics of one file, from its add action.
 struct FileStats {
     info: FileInfo,
-    /// Minimum, truncated to milliseconds (µs since the epoch).
-    min: Option<i64>,
-    /// Maximum, truncated to milliseconds (µs since the epoch).
-    max: Option<i64>,
-    nulls: Option<u64>,
+    side: Side,
+    /// Whether every row has `_op = 0` (first versions only).
+    clean: bool,
 }
 
 fn parse_stats_timestamp(value: &serde_json::Value) -> Option<i64> {
@@ -187,14 +263,28 @@ fn parse_stats_timestamp(value: &serde_json::Value) -> Option<i64> {
         .or_else(|| crate::ingest::parse_datetime_micros(text))
 }
 
-fn file_stats(view: &deltalake::kernel::LogicalFileView) -> FileStats {
+fn file_stats(view: &deltalake::kernel::LogicalFileView, cut: i64) -> FileStats {
     let stats: Option<serde_json::Value> = view.stats().and_then(|s| serde_json::from_str(&s).ok());
-    let get = |section: &str| stats.as_ref().and_then(|s| s.get(section)?.get("created"));
+    let get =
+        |section: &str, column: &str| stats.as_ref().and_then(|s| s.get(section)?.get(column));
     let rows = view
         .num_records()
         .map(|n| n as u64)
         .or_else(|| stats.as_ref()?.get("numRecords")?.as_u64())
         .unwrap_or(0);
+    let min = get("minValues", "created").and_then(parse_stats_timestamp);
+    let max = get("maxValues", "created").and_then(parse_stats_timestamp);
+    let nulls = get("nullCount", "created").and_then(serde_json::Value::as_u64);
+    let side = match (min, max) {
+        // True min >= truncated min >= cutoff: nothing expired.
+        (Some(min), _) if min >= cut => Side::New,
+        // True max < truncated max + 1ms <= cutoff, and no nulls (kept).
+        (Some(_), Some(max)) if max + 1000 <= cut && nulls == Some(0) => Side::Old,
+        // All null with known counts: nothing expired by its own `created`.
+        (None, None) if nulls.is_some_and(|n| n == rows) => Side::New,
+        _ => Side::Straddle,
+    };
+    let clean = get("maxValues", OP).and_then(serde_json::Value::as_i64) == Some(0);
     FileStats {
         info: FileInfo {
             path: view.path().into_owned(),
@@ -202,9 +292,8 @@ fn file_stats(view: &deltalake::kernel::LogicalFileView) -> FileStats {
             rows,
             expired_rows: 0,
         },
-        min: get("minValues").and_then(parse_stats_timestamp),
-        max: get("maxValues").and_then(parse_stats_timestamp),
-        nulls: get("nullCount").and_then(serde_json::Value::as_u64),
+        side,
+        clean,
     }
 }
 
@@ -215,83 +304,508 @@ fn cutoff_literal(cutoff: DateTime<Utc>) -> Expr {
     ))
 }
 
-fn expired_predicate(cutoff: DateTime<Utc>) -> Expr {
-    col("created").lt(cutoff_literal(cutoff))
+/// Which rows a run deletes: rows of single-version ids by their `created`,
+/// versions of multi-version ids as decided per id (see the module docs).
+#[derive(Debug, Clone)]
+struct Deletion {
+    cutoff: DateTime<Utc>,
+    /// Ids with more than one version (some version has `_op != 0`).
+    multi: Arc<HashSet<String>>,
+    /// `(_xact_id, _seq)` of the versions of `multi` ids that go.
+    doomed: Arc<HashSet<(i64, i64)>>,
+}
+
+impl Deletion {
+    /// A boolean expression, never null: whether a stored row goes.
+    fn expired(&self) -> Expr {
+        if self.multi.is_empty() {
+            return col("created").lt(cutoff_literal(self.cutoff)).is_true();
+        }
+        ScalarUDF::from(ExpiredUdf {
+            deletion: self.clone(),
+            signature: Signature::any(4, Volatility::Immutable),
+        })
+        .call(vec![col("id"), col(XACT_ID), col(SEQ), col("created")])
+    }
+}
+
+/// `spanlake_retention_expired(id, _xact_id, _seq, created)`: the rows a
+/// [`Deletion`] removes, with the sets held in memory.
+#[derive(Debug)]
+struct ExpiredUdf {
+    deletion: Deletion,
+    signature: Signature,
+}
+
+impl PartialEq for ExpiredUdf {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.deletion.multi, &other.deletion.multi)
+            && Arc::ptr_eq(&self.deletion.doomed, &other.deletion.doomed)
+            && self.deletion.cutoff == other.deletion.cutoff
+    }
+}
+
+impl Eq for ExpiredUdf {}
+
+impl std::hash::Hash for ExpiredUdf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.deletion.multi).hash(state);
+        Arc::as_ptr(&self.deletion.doomed).hash(state);
+        self.deletion.cutoff.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for ExpiredUdf {
+    fn name(&self) -> &str {
+        "spanlake_retention_expired"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let n = args.number_rows;
+        let arrays = args
+            .args
+            .iter()
+            .map(|a| a.to_array(n))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let ids = arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+        let ids = ids.as_string::<i32>();
+        let xacts = arrays[1].as_primitive::<Int64Type>();
+        let seqs = arrays[2].as_primitive::<Int64Type>();
+        let created = arrays[3]
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| DataFusionError::Internal("`created` is not a timestamp".into()))?;
+        let cut = self.deletion.cutoff.timestamp_micros();
+        let result: BooleanArray = (0..n)
+            .map(|i| {
+                let multi = ids.is_valid(i) && self.deletion.multi.contains(ids.value(i));
+                Some(if multi {
+                    self.deletion
+                        .doomed
+                        .contains(&(xacts.value(i), seqs.value(i)))
+                } else {
+                    created.is_valid(i) && created.value(i) < cut
+                })
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(result)))
+    }
+}
+
+/// `id IN <set>`, with the set held in memory.
+#[derive(Debug)]
+struct InSetUdf {
+    ids: Arc<HashSet<String>>,
+    signature: Signature,
+}
+
+impl PartialEq for InSetUdf {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.ids, &other.ids)
+    }
+}
+
+impl Eq for InSetUdf {}
+
+impl std::hash::Hash for InSetUdf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.ids).hash(state);
+    }
+}
+
+impl ScalarUDFImpl for InSetUdf {
+    fn name(&self) -> &str {
+        "spanlake_retention_id_in_set"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let ids = args.args[0].to_array(args.number_rows)?;
+        let ids = arrow::compute::cast(&ids, &DataType::Utf8)?;
+        let result: BooleanArray = ids
+            .as_string::<i32>()
+            .iter()
+            .map(|id| Some(id.is_some_and(|id| self.ids.contains(id))))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(result)))
+    }
+}
+
+fn id_in(ids: &Arc<HashSet<String>>) -> Expr {
+    ScalarUDF::from(InSetUdf {
+        ids: Arc::clone(ids),
+        signature: Signature::any(1, Volatility::Immutable),
+    })
+    .call(vec![col("id")])
+}
+
+/// One stored version of a multi-version id, as the decision needs it.
+#[derive(Debug, Clone, Copy)]
+struct Version {
+    xact: i64,
+    seq: i64,
+    op: i32,
+    created: Option<i64>,
+    /// Index of its file in the plan's file list.
+    file: usize,
+}
+
+/// What the cutoff does to one id's versions.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    /// Nothing goes.
+    Keep,
+    /// The first `n` versions go (leading expired incarnations).
+    Prefix(usize),
+    /// Every version goes.
+    All,
+    /// Undecided: the id's first version may sit in a file not read yet.
+    NeedFirst,
+}
+
+/// Decide the fate of one id from its versions in `(_xact_id, _seq)` order.
+/// `complete`: every file that could hold a version of it was read.
+fn decide(versions: &[Version], cut: i64, complete: bool) -> Fate {
+    let Some(first) = versions.first() else {
+        return Fate::Keep;
+    };
+    let op = |v: &Version| VersionOp::from_i32(v.op);
+    // Incarnations start at the first version, at each replace, and after
+    // each delete.
+    let starts: Vec<usize> = (0..versions.len())
+        .filter(|&i| {
+            i == 0
+                || matches!(
+                    op(&versions[i]),
+                    Some(VersionOp::NewReplace | VersionOp::Replace)
+                )
+                || op(&versions[i - 1]) == Some(VersionOp::Delete)
+        })
+        .collect();
+    let expired = |start: usize| versions[start].created.is_some_and(|c| c < cut);
+    // A clean version is always an id's first; without it, the first may be
+    // in an unread file (a clean one whose rows are all at or after the
+    // cutoff) or gone.
+    let first_known = complete || op(first) == Some(VersionOp::NewReplace);
+    let last = *starts.last().expect("at least one incarnation");
+    if expired(last) {
+        return if first_known {
+            Fate::All
+        } else {
+            Fate::NeedFirst
+        };
+    }
+    let leading = starts.iter().take_while(|&&s| expired(s)).count();
+    if leading == 0 {
+        return Fate::Keep;
+    }
+    if !first_known {
+        // An unread first version would be an unexpired incarnation ahead of
+        // these: then nothing goes.
+        return Fate::NeedFirst;
+    }
+    Fate::Prefix(starts[leading])
 }
 
 /// Plan a retention run on the snapshot of `logs`: which files are dropped or
 /// rewritten, and how many rows and traces are deleted. Reads the table's
-/// statistics and the files that straddle the cutoff; changes nothing.
+/// statistics, the narrow version columns where ids have several versions,
+/// and the files that straddle the cutoff; changes nothing.
 pub async fn plan_retention(logs: &ProjectLogs, cutoff: DateTime<Utc>) -> Result<RetentionPlan> {
+    Ok(plan(logs, cutoff, true).await?.0)
+}
+
+/// A scan of only the given files of the table, optionally with a file column.
+async fn scan(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+    paths: impl IntoIterator<Item = String>,
+    with_file: bool,
+) -> Result<datafusion::dataframe::DataFrame> {
+    let mut builder = table
+        .table_provider()
+        .with_session(Arc::new(ctx.state()))
+        .with_file_paths(paths);
+    if with_file {
+        builder = builder.with_file_column(FILE_COLUMN);
+    }
+    Ok(ctx.read_table(builder.await?)?)
+}
+
+/// The index of the file a scan's file column value names.
+struct FileIndex {
+    by_path: HashMap<String, usize>,
+    seen: HashMap<String, usize>,
+}
+
+impl FileIndex {
+    fn new(files: &[FileStats]) -> Self {
+        Self {
+            by_path: files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.info.path.clone(), i))
+                .collect(),
+            seen: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, scanned: &str) -> Result<usize> {
+        if let Some(&i) = self.seen.get(scanned) {
+            return Ok(i);
+        }
+        let found = self.by_path.get(scanned).copied().or_else(|| {
+            self.by_path
+                .iter()
+                .find(|(path, _)| scanned.ends_with(&format!("/{path}")))
+                .map(|(_, &i)| i)
+        });
+        let i = found.ok_or_else(|| {
+            Error::Internal(format!(
+                "retention scan returned rows of `{scanned}`, which is not a file of the snapshot"
+            ))
+        })?;
+        self.seen.insert(scanned.to_string(), i);
+        Ok(i)
+    }
+}
+
+/// Read the versions of the ids in `ids` from `paths`.
+async fn read_versions(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+    paths: Vec<String>,
+    ids: &Arc<HashSet<String>>,
+    index: &mut FileIndex,
+    into: &mut HashMap<String, Vec<Version>>,
+) -> Result<()> {
+    if paths.is_empty() || ids.is_empty() {
+        return Ok(());
+    }
+    let mut stream = scan(ctx, table, paths, true)
+        .await?
+        .filter(id_in(ids))?
+        .select(vec![
+            cast(col("id"), DataType::Utf8).alias("id"),
+            col(XACT_ID),
+            col(SEQ),
+            col(OP),
+            col("created"),
+            cast(col(FILE_COLUMN), DataType::Utf8).alias("file"),
+        ])?
+        .execute_stream()
+        .await?;
+    while let Some(batch) = stream.try_next().await? {
+        let id = batch.column(0).as_string::<i32>();
+        let xact = batch.column(1).as_primitive::<Int64Type>();
+        let seq = batch.column(2).as_primitive::<Int64Type>();
+        let op = batch.column(3).as_primitive::<Int32Type>();
+        let created = batch
+            .column(4)
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| Error::Internal("stored `created` is not a timestamp".into()))?;
+        let file = batch.column(5).as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            into.entry(id.value(i).to_string())
+                .or_default()
+                .push(Version {
+                    xact: xact.value(i),
+                    seq: seq.value(i),
+                    op: op.value(i),
+                    created: created.is_valid(i).then(|| created.value(i)),
+                    file: index.get(file.value(i))?,
+                });
+        }
+    }
+    Ok(())
+}
+
+/// The plan, and the deletion it applies. `count_traces`: also count the
+/// distinct traces among the deleted rows (reads `root_span_id` of every
+/// file losing rows, dropped ones included: a preview only).
+async fn plan(
+    logs: &ProjectLogs,
+    cutoff: DateTime<Utc>,
+    count_traces: bool,
+) -> Result<(RetentionPlan, Deletion)> {
+    let mut deletion = Deletion {
+        cutoff,
+        multi: Arc::default(),
+        doomed: Arc::default(),
+    };
     let Some(table) = logs.table() else {
-        return Ok(RetentionPlan::empty(cutoff, None));
+        return Ok((RetentionPlan::empty(cutoff, None), deletion));
     };
     let cut = cutoff.timestamp_micros();
+    let files: Vec<FileStats> = table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|view| file_stats(&view, cut))
+        .collect();
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state())?;
+    let paths_where = |keep: &dyn Fn(&FileStats) -> bool| -> Vec<String> {
+        files
+            .iter()
+            .filter(|f| keep(f))
+            .map(|f| f.info.path.clone())
+            .collect()
+    };
+
+    // Ids with several versions: only files holding a version with `_op != 0`.
+    let mixed = paths_where(&|f| !f.clean);
+    let mut multi = HashSet::new();
+    if !mixed.is_empty() {
+        let batches = scan(&ctx, table, mixed, false)
+            .await?
+            .filter(col(OP).not_eq(lit(VersionOp::NewReplace as i32)))?
+            .select(vec![cast(col("id"), DataType::Utf8).alias("id")])?
+            .distinct()?
+            .collect()
+            .await?;
+        for batch in &batches {
+            multi.extend(
+                batch
+                    .column(0)
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_string),
+            );
+        }
+    }
+    let multi = Arc::new(multi);
+
+    // Their versions, and which go. Clean new files are read only for ids
+    // whose first version may be there.
+    let mut index = FileIndex::new(&files);
+    let mut versions: HashMap<String, Vec<Version>> = HashMap::new();
+    let mut files_read_for_versions = 0u64;
+    let mut doomed = HashSet::new();
+    // Per file: versions of multi-version ids that stay, and that go.
+    let mut multi_kept = vec![0u64; files.len()];
+    let mut multi_gone = vec![0u64; files.len()];
+    if !multi.is_empty() {
+        let first_pass = paths_where(&|f| !(f.clean && f.side == Side::New));
+        files_read_for_versions += first_pass.len() as u64;
+        read_versions(&ctx, table, first_pass, &multi, &mut index, &mut versions).await?;
+        let mut need_first = HashSet::new();
+        for (id, list) in &mut versions {
+            list.sort_by_key(|v| (v.xact, v.seq));
+            if decide(list, cut, false) == Fate::NeedFirst {
+                need_first.insert(id.clone());
+            }
+        }
+        if !need_first.is_empty() {
+            let need_first = Arc::new(need_first);
+            let second_pass = paths_where(&|f| f.clean && f.side == Side::New);
+            files_read_for_versions += second_pass.len() as u64;
+            let mut found = HashMap::new();
+            read_versions(
+                &ctx,
+                table,
+                second_pass,
+                &need_first,
+                &mut index,
+                &mut found,
+            )
+            .await?;
+            for (id, more) in found {
+                let list = versions.entry(id).or_default();
+                list.extend(more);
+                list.sort_by_key(|v| (v.xact, v.seq));
+            }
+        }
+        for list in versions.values() {
+            let gone = match decide(list, cut, true) {
+                Fate::Keep | Fate::NeedFirst => 0,
+                Fate::Prefix(n) => n,
+                Fate::All => list.len(),
+            };
+            for (i, v) in list.iter().enumerate() {
+                if i < gone {
+                    doomed.insert((v.xact, v.seq));
+                    multi_gone[v.file] += 1;
+                } else {
+                    multi_kept[v.file] += 1;
+                }
+            }
+        }
+    }
+    deletion.multi = multi;
+    deletion.doomed = Arc::new(doomed);
+
+    // Classify: old files without surviving versions drop unread, new files
+    // without doomed versions stay unread, the rest are counted.
     let mut drop = Vec::new();
-    let mut candidates = Vec::new();
-    for view in table.snapshot()?.log_data().iter() {
-        let stats = file_stats(&view);
-        match (stats.min, stats.max) {
-            // True min >= truncated min >= cutoff: nothing expired.
-            (Some(min), _) if min >= cut => {}
-            // True max < truncated max + 1ms <= cutoff, and no nulls (kept).
-            (Some(_), Some(max)) if max + 1000 <= cut && stats.nulls == Some(0) => {
-                let mut info = stats.info;
+    let mut counted = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        match f.side {
+            Side::Old if multi_kept[i] == 0 => {
+                let mut info = f.info.clone();
                 info.expired_rows = info.rows;
                 drop.push(info);
             }
-            // All null (no min) with known counts: nothing expired.
-            (None, None) if stats.nulls.is_some_and(|n| n == stats.info.rows) => {}
-            _ => candidates.push(stats.info),
+            Side::New if multi_gone[i] == 0 => {}
+            _ => counted.push(i),
         }
     }
-    if drop.is_empty() && candidates.is_empty() {
-        return Ok(RetentionPlan::empty(cutoff, logs.version()));
-    }
-
-    let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state())?;
-
-    // Per candidate file: its rows and its expired rows.
     let mut files_to_rewrite = Vec::new();
-    if !candidates.is_empty() {
-        let scanned = scan(&ctx, table, candidates.iter().map(|f| f.path.clone()))
-            .await?
-            .aggregate(
-                vec![cast(col(FILE_COLUMN), DataType::Utf8).alias("file")],
-                vec![
-                    count(lit(1)).alias("total"),
-                    sum(cast(expired_predicate(cutoff), DataType::Int64)).alias("expired"),
-                ],
-            )?
-            .collect()
-            .await?;
-        let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
+    if !counted.is_empty() {
+        let scanned = scan(
+            &ctx,
+            table,
+            counted.iter().map(|&i| files[i].info.path.clone()),
+            true,
+        )
+        .await?
+        .aggregate(
+            vec![cast(col(FILE_COLUMN), DataType::Utf8).alias("file")],
+            vec![
+                count(lit(1)).alias("total"),
+                sum(cast(deletion.expired(), DataType::Int64)).alias("expired"),
+            ],
+        )?
+        .collect()
+        .await?;
+        let mut counts: HashMap<usize, (u64, u64)> = HashMap::new();
         for batch in &scanned {
-            let files = batch.column(0).as_string::<i32>();
+            let names = batch.column(0).as_string::<i32>();
             let totals = batch.column(1).as_primitive::<Int64Type>();
             let expired = batch.column(2).as_primitive::<Int64Type>();
-            for i in 0..batch.num_rows() {
-                let e = if expired.is_null(i) {
+            for row in 0..batch.num_rows() {
+                let e = if expired.is_null(row) {
                     0
                 } else {
-                    expired.value(i)
+                    expired.value(row)
                 };
                 counts.insert(
-                    files.value(i).to_owned(),
-                    (totals.value(i) as u64, e as u64),
+                    index.get(names.value(row))?,
+                    (totals.value(row) as u64, e as u64),
                 );
             }
         }
-        for mut info in candidates {
-            let (total, expired) = counts
-                .iter()
-                .find(|(file, _)| same_file(file, &info.path))
-                .map(|(_, c)| *c)
-                .unwrap_or((0, 0));
+        for i in counted {
+            let (total, expired) = counts.get(&i).copied().unwrap_or((0, 0));
             if expired == 0 {
                 continue;
             }
+            let mut info = files[i].info.clone();
             info.rows = total;
             info.expired_rows = expired;
             if expired == total {
@@ -302,24 +816,30 @@ pub async fn plan_retention(logs: &ProjectLogs, cutoff: DateTime<Utc>) -> Result
         }
     }
     if drop.is_empty() && files_to_rewrite.is_empty() {
-        return Ok(RetentionPlan::empty(cutoff, logs.version()));
+        let mut empty = RetentionPlan::empty(cutoff, logs.version());
+        empty.files_read_for_versions = files_read_for_versions;
+        return Ok((empty, deletion));
     }
 
-    // Distinct traces among the expired rows (only `root_span_id` and
-    // `created` are read, and only from the files that lose rows).
-    let paths = drop.iter().chain(&files_to_rewrite).map(|f| f.path.clone());
-    let traces = scan(&ctx, table, paths)
-        .await?
-        .filter(expired_predicate(cutoff))?
-        .aggregate(
-            vec![],
-            vec![count_distinct(col("root_span_id")).alias("traces")],
-        )?
-        .collect()
-        .await?;
-    let traces = traces.iter().find(|b| b.num_rows() > 0).map_or(0, |b| {
-        b.column(0).as_primitive::<Int64Type>().value(0) as u64
-    });
+    let traces = if count_traces {
+        // Only `root_span_id` and the columns of the predicate are read, and
+        // only from the files that lose rows.
+        let paths = drop.iter().chain(&files_to_rewrite).map(|f| f.path.clone());
+        let batches = scan(&ctx, table, paths, false)
+            .await?
+            .filter(deletion.expired())?
+            .aggregate(
+                vec![],
+                vec![count_distinct(col("root_span_id")).alias("traces")],
+            )?
+            .collect()
+            .await?;
+        Some(batches.iter().find(|b| b.num_rows() > 0).map_or(0, |b| {
+            b.column(0).as_primitive::<Int64Type>().value(0) as u64
+        }))
+    } else {
+        None
+    };
 
     let rows = drop
         .iter()
@@ -336,40 +856,64 @@ pub async fn plan_retention(logs: &ProjectLogs, cutoff: DateTime<Utc>) -> Result
             .sum::<u64>();
     drop.sort_by(|a, b| a.path.cmp(&b.path));
     files_to_rewrite.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(RetentionPlan {
-        cutoff,
-        version: logs.version(),
-        rows,
-        traces,
-        files_to_drop: drop,
-        files_to_rewrite,
-        bytes_to_reclaim,
-    })
+    Ok((
+        RetentionPlan {
+            cutoff,
+            version: logs.version(),
+            rows,
+            traces,
+            files_to_drop: drop,
+            files_to_rewrite,
+            bytes_to_reclaim,
+            files_read_for_versions,
+        },
+        deletion,
+    ))
 }
 
-/// Whether a scan's file column value names the table-relative `path`.
-fn same_file(scanned: &str, path: &str) -> bool {
-    scanned == path || scanned.ends_with(&format!("/{path}"))
+/// `batch` with the columns and types of the stored schema (the scan may hand
+/// out string views).
+fn to_physical(batch: &RecordBatch) -> Result<RecordBatch> {
+    let schema = schema::physical_schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let column = batch.column_by_name(field.name()).ok_or_else(|| {
+                Error::Internal(format!("retention rewrite lost column `{}`", field.name()))
+            })?;
+            if column.data_type() == field.data_type() {
+                Ok(Arc::clone(column))
+            } else {
+                Ok(arrow::compute::cast(column, field.data_type())?)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-/// A scan of only the given files of the table, with a file column.
-async fn scan(
-    ctx: &SessionContext,
-    table: &DeltaTable,
-    paths: impl IntoIterator<Item = String>,
-) -> Result<datafusion::dataframe::DataFrame> {
-    let provider = table
-        .table_provider()
-        .with_session(Arc::new(ctx.state()))
-        .with_file_column(FILE_COLUMN)
-        .with_file_paths(paths)
-        .await?;
-    Ok(ctx.read_table(provider)?)
+/// Delete data files written for a commit that did not happen (best effort:
+/// a file left behind is an orphan that vacuum deletes after the grace).
+async fn delete_written(table: &DeltaTable, adds: &[Action]) {
+    let store = table.object_store();
+    for action in adds {
+        if let Action::Add(add) = action
+            && let Err(e) = store
+                .delete(&deltalake::Path::from(add.path.as_str()))
+                .await
+        {
+            tracing::warn!(path = %add.path, error = %e, "could not delete an uncommitted retention file; vacuum will remove it");
+        }
+    }
 }
 
 /// Run retention on `project` with `cutoff`: under the project's write lock,
-/// plan, then (unless `dry_run`) delete the rows with `created < cutoff` in
-/// one Delta commit. Returns the plan and what the delete did.
+/// plan, then (unless `dry_run`) rewrite the straddling files and commit, in
+/// one Delta commit, the removal of the dropped and rewritten files with the
+/// addition of the rewritten ones. Returns the plan and what the run did.
+///
+/// A preview (`dry_run`) counts traces; a run does not (`traces: None`), so
+/// that dropped files stay unread; every other figure is the same.
 pub async fn run_retention(
     store: &Store,
     project: &Project,
@@ -394,8 +938,9 @@ pub async fn run_retention(
             RetentionMetrics::default(),
         ));
     }
+    let started = Instant::now();
     let (logs, lock) = store.logs_for_write(project).await?;
-    let plan = plan_retention(&logs, cutoff).await?;
+    let (plan, deletion) = plan(&logs, cutoff, false).await?;
     let table = logs
         .table()
         .ok_or_else(|| Error::Internal("no table after opening it for write".into()))?;
@@ -403,54 +948,175 @@ pub async fn run_retention(
         drop(lock);
         return Ok((plan, RetentionMetrics::default()));
     }
-    let started = Instant::now();
-    // delta-rs' own session: its planner executes the delete's metric nodes.
-    let (after, delete) = table
-        .clone()
-        .delete()
-        .with_predicate(expired_predicate(cutoff))
-        .with_writer_properties(schema::writer_properties())
+
+    // Rewrite the straddling files without their expired rows.
+    let mut adds = Vec::new();
+    let mut rows_copied = 0u64;
+    if !plan.files_to_rewrite.is_empty() {
+        let ctx = SessionContext::new();
+        table.update_datafusion_session(&ctx.state())?;
+        let columns: Vec<Expr> = schema::physical_schema()
+            .fields()
+            .iter()
+            .map(|f| col(f.name().as_str()))
+            .collect();
+        let mut stream = scan(
+            &ctx,
+            table,
+            plan.files_to_rewrite.iter().map(|f| f.path.clone()),
+            false,
+        )
+        .await?
+        .filter(not(deletion.expired()))?
+        .select(columns)?
+        .execute_stream()
         .await?;
-    drop(lock);
-    let rows_deleted = delete.num_deleted_rows.map_or(plan.rows, |n| n as u64);
-    if rows_deleted != plan.rows
-        || delete.num_removed_files != plan.files_to_drop.len() + plan.files_to_rewrite.len()
-    {
-        tracing::warn!(
-            planned_rows = plan.rows,
-            rows_deleted,
-            planned_files = plan.files_to_drop.len() + plan.files_to_rewrite.len(),
-            files_removed = delete.num_removed_files,
-            "retention delete differs from its plan"
-        );
+        let mut writer = RecordBatchWriter::for_table(table)?
+            .with_writer_properties(schema::writer_properties());
+        let written = async {
+            while let Some(batch) = stream.next().await {
+                let batch = to_physical(&batch?)?;
+                rows_copied += batch.num_rows() as u64;
+                writer.write(batch).await?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        let flushed = writer.flush().await;
+        adds = flushed?.into_iter().map(Action::Add).collect();
+        if let Err(e) = written {
+            delete_written(table, &adds).await;
+            return Err(e);
+        }
+        let planned: u64 = plan
+            .files_to_rewrite
+            .iter()
+            .map(|f| f.rows - f.expired_rows)
+            .sum();
+        if rows_copied != planned {
+            delete_written(table, &adds).await;
+            return Err(Error::Internal(format!(
+                "retention rewrite copied {rows_copied} rows where its plan keeps {planned}; nothing was committed"
+            )));
+        }
     }
+    crate::export::kill_point("retention_after_files");
+
+    // One commit: remove dropped and rewritten files, add the new ones.
+    let gone: HashSet<&str> = plan
+        .files_to_drop
+        .iter()
+        .chain(&plan.files_to_rewrite)
+        .map(|f| f.path.as_str())
+        .collect();
+    let mut actions: Vec<Action> = table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .filter(|view| gone.contains(view.path().as_ref()))
+        .map(|view| Action::Remove(view.remove_action(true)))
+        .collect();
+    if actions.len() != gone.len() {
+        delete_written(table, &adds).await;
+        return Err(Error::Internal(format!(
+            "retention planned {} files to remove but the snapshot has {} of them",
+            gone.len(),
+            actions.len()
+        )));
+    }
+    let files_added = adds.len() as u64;
+    actions.extend(adds.iter().cloned());
+    let operation = DeltaOperation::Delete {
+        predicate: Some(format!(
+            "created < '{}'",
+            cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        )),
+    };
+    let properties = CommitProperties::default()
+        .with_create_checkpoint(true)
+        .with_cleanup_expired_logs(Some(false))
+        .with_max_retries(0);
+    let committed = CommitBuilder::from(properties)
+        .with_actions(actions)
+        .build(Some(table.snapshot()?), table.log_store(), operation)
+        .await;
+    let version = match committed {
+        Ok(finalized) => finalized.version(),
+        Err(e) => {
+            delete_written(table, &adds).await;
+            return Err(e.into());
+        }
+    };
+    drop(lock);
     let metrics = RetentionMetrics {
         dry_run: false,
-        version: after.version().and_then(|v| i64::try_from(v).ok()),
-        rows_deleted,
-        files_removed: delete.num_removed_files as u64,
-        files_added: delete.num_added_files as u64,
+        version: i64::try_from(version).ok(),
+        rows_deleted: plan.rows,
+        files_removed: gone.len() as u64,
+        files_added,
         files_dropped: plan.files_to_drop.len() as u64,
         files_rewritten: plan.files_to_rewrite.len() as u64,
-        rows_copied: delete.num_copied_rows as u64,
+        rows_copied,
         execution_time_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
     Ok((plan, metrics))
 }
 
-/// A fixed instant for delta-rs operations: the injected clock.
-#[derive(Debug)]
-struct FixedClock(i64);
+/// The record of what vacuums purged, in the project's directory.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct VacuumRecord {
+    /// Table versions below this one may have lost data files.
+    purged_before_version: i64,
+    /// When that vacuum ran (RFC 3339).
+    vacuumed_at: String,
+}
 
-impl deltalake::operations::vacuum::Clock for FixedClock {
-    fn current_timestamp_millis(&self) -> i64 {
-        self.0
+fn project_dir(store: &Store, project: &Project) -> std::path::PathBuf {
+    store.data_dir().join("projects").join(&project.id)
+}
+
+fn read_record(dir: &Path) -> Result<Option<VacuumRecord>> {
+    let path = dir.join(VACUUM_RECORD);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::Internal(format!("`{}` is not a vacuum record: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+fn write_record(dir: &Path, record: &VacuumRecord) -> Result<()> {
+    let path = dir.join(VACUUM_RECORD);
+    let temp = dir.join(format!("{VACUUM_RECORD}.tmp"));
+    let body = serde_json::to_vec_pretty(record)
+        .map_err(|e| Error::Internal(format!("vacuum record: {e}")))?;
+    std::fs::write(&temp, body).map_err(|e| Error::io(&temp, e))?;
+    std::fs::rename(&temp, &path).map_err(|e| Error::io(&path, e))
+}
+
+/// Fail with a clear error when table version `version` of the project in
+/// `project_dir` may have lost data files to a vacuum (a query cursor or a
+/// pinned read older than the grace period), instead of reading a partial
+/// snapshot.
+pub fn check_snapshot_kept(project_dir: &Path, project: &Project, version: i64) -> Result<()> {
+    match read_record(project_dir)? {
+        Some(record) if version < record.purged_before_version => {
+            Err(Error::InvalidArgument(format!(
+                "snapshot version {version} of project `{}` is no longer readable: a vacuum at {} \
+                 purged data files of versions before {} (retention keeps deleted files only for \
+                 its grace period); a query cursor lives at most that long: run the query again \
+                 without the cursor",
+                project.name, record.vacuumed_at, record.purged_before_version
+            )))
+        }
+        _ => Ok(()),
     }
 }
 
 /// Delete from storage the data files of `project` that the table stopped
-/// referencing more than `grace` ago (now from the system clock). See
-/// [`vacuum_at`].
+/// referencing more than `grace` ago, and orphan files older than `grace`
+/// (now from the system clock). See [`vacuum_at`].
 pub async fn vacuum(
     store: &Store,
     project: &Project,
@@ -460,12 +1126,26 @@ pub async fn vacuum(
     vacuum_at(store, project, Utc::now(), grace, dry_run).await
 }
 
-/// Delete from storage the data files of `project` that were removed from the
-/// table before `now - grace` (delta-rs vacuum, lite mode: only files the log
-/// records as removed; delta-rs' own 7-day minimum is not applied, `grace` is
-/// the policy). Takes the write lock unless `dry_run` (vacuum commits its
-/// start and end to the log). Sizes come from the object store just before
-/// deletion.
+/// Whether a path relative to the table root is a data file (not the log,
+/// not hidden: Delta ignores names starting with `_` or `.`).
+fn is_data_path(path: &str) -> bool {
+    !path
+        .split('/')
+        .any(|part| part.starts_with('_') || part.starts_with('.'))
+}
+
+/// Delete from storage the data files of `project` that
+/// - were removed from the table (tombstones) before `now - grace`, and
+///   before the commit of the oldest table version pinned by a running export
+///   (so that every version from that one on stays whole), or
+/// - no commit references (orphans of a crashed ingest or rewrite) and were
+///   last written before `now - grace`,
+///
+/// and that no pinned version references. Takes the project's write lock
+/// unless `dry_run`, so no writer of this store is between writing its files
+/// and committing them; the grace period guards any other. Files go oldest
+/// removal first; before deleting any, the versions that may lose files are
+/// recorded (see [`check_snapshot_kept`]).
 pub async fn vacuum_at(
     store: &Store,
     project: &Project,
@@ -490,44 +1170,155 @@ pub async fn vacuum_at(
     let table = logs
         .table()
         .ok_or_else(|| Error::Internal("table vanished while opening it".into()))?;
-    let clock: Arc<dyn deltalake::operations::vacuum::Clock> =
-        Arc::new(FixedClock(now.timestamp_millis()));
-    let builder = |dry: bool| {
-        table
-            .clone()
-            .vacuum()
-            .with_retention_period(grace)
-            .with_enforce_retention_duration(false)
-            .with_dry_run(dry)
-            .with_clock(Arc::clone(&clock))
-    };
-    let (_, planned) = builder(true).await?;
+    let current = logs.version().unwrap_or(0);
     let object_store = table.object_store();
-    let mut sizes = HashMap::new();
-    for path in &planned.files_deleted {
-        let size = match object_store
-            .head(&deltalake::Path::from(path.as_str()))
-            .await
+    let horizon = (now - grace).timestamp_millis();
+
+    // Commit times of the versions, from the log's listing.
+    let mut commit_millis: HashMap<i64, i64> = HashMap::new();
+    let log_dir = deltalake::Path::from("_delta_log");
+    let mut listing = object_store.list(Some(&log_dir));
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(deltalake::DeltaTableError::from)?;
+        if let Some(name) = meta.location.filename()
+            && let Some(stem) = name.strip_suffix(".json")
+            && stem.len() == 20
+            && let Ok(v) = stem.parse::<i64>()
         {
-            Ok(meta) => meta.size,
-            Err(object_store::Error::NotFound { .. }) => 0,
-            Err(e) => return Err(deltalake::DeltaTableError::from(e).into()),
-        };
-        sizes.insert(path.clone(), size);
+            commit_millis.insert(v, meta.last_modified.timestamp_millis());
+        }
     }
-    let paths = if dry_run {
-        planned.files_deleted
-    } else {
-        let (_, done) = builder(false).await?;
-        done.files_deleted
-    };
-    drop(lock);
-    Ok(VacuumMetrics {
+
+    // Pins: their files are kept, and tombstones younger than the oldest
+    // pinned commit too (so every version from it on stays whole).
+    let state = crate::automation::state::StateDb::open(&store.data_dir().join(STATE_DB))?;
+    let pinned: Vec<i64> = state
+        .pinned_versions(&project.id)?
+        .into_iter()
+        .filter(|&v| v < current)
+        .collect();
+    let mut keep: HashSet<String> = table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| f.path().into_owned())
+        .collect();
+    let mut tombstone_horizon = horizon;
+    for &v in &pinned {
+        let mut old = table.clone();
+        old.load_version(u64::try_from(v).unwrap_or(0)).await?;
+        keep.extend(
+            old.snapshot()?
+                .log_data()
+                .iter()
+                .map(|f| f.path().into_owned()),
+        );
+        if let Some(&millis) = commit_millis.get(&v) {
+            tombstone_horizon = tombstone_horizon.min(millis);
+        }
+    }
+
+    // Tombstones old enough, oldest first.
+    let mut tombstones: Vec<(i64, String)> = Vec::new();
+    let mut tombstoned: HashSet<String> = HashSet::new();
+    let mut stream = table.snapshot()?.all_tombstones(table.log_store().as_ref());
+    while let Some(t) = stream.next().await {
+        let t = t?;
+        let path = t.path().into_owned();
+        let removed = t.deletion_timestamp().unwrap_or(0);
+        if removed < tombstone_horizon && !keep.contains(&path) {
+            tombstones.push((removed, path.clone()));
+        }
+        tombstoned.insert(path);
+    }
+    drop(stream);
+    tombstones.sort();
+
+    // Every object under the table: sizes, and orphans.
+    let mut sizes: HashMap<String, u64> = HashMap::new();
+    let mut orphans: Vec<(i64, String)> = Vec::new();
+    let mut listing = object_store.list(None);
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(deltalake::DeltaTableError::from)?;
+        let path = meta.location.to_string();
+        if !is_data_path(&path) {
+            continue;
+        }
+        sizes.insert(path.clone(), meta.size);
+        let written = meta.last_modified.timestamp_millis();
+        if !keep.contains(&path) && !tombstoned.contains(&path) && written < horizon {
+            orphans.push((written, path));
+        }
+    }
+    orphans.sort();
+
+    // Tombstoned files already gone (an earlier vacuum) are skipped.
+    let removed_max = tombstones
+        .iter()
+        .filter(|(_, p)| sizes.contains_key(p))
+        .map(|(t, _)| *t)
+        .max();
+    let paths: Vec<String> = tombstones
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| sizes.contains_key(p))
+        .chain(orphans.iter().map(|(_, p)| p.clone()))
+        .collect();
+    let bytes = paths.iter().filter_map(|p| sizes.get(p)).sum();
+    let metrics = VacuumMetrics {
         dry_run,
         files_deleted: paths.len() as u64,
-        bytes: paths.iter().filter_map(|p| sizes.get(p)).sum(),
+        bytes,
+        orphans: orphans.len() as u64,
+        pinned_versions: pinned,
         paths,
-    })
+    };
+    if dry_run || metrics.paths.is_empty() {
+        return Ok(metrics);
+    }
+
+    // Record the versions that may lose files before losing any: a file
+    // removed at `r` was stamped after version `r - 1` committed (writers
+    // hold the lock from reading the snapshot to committing), so versions
+    // committed after the newest stamp deleted are whole.
+    if let Some(stamp) = removed_max {
+        let purged_before = commit_millis
+            .iter()
+            .filter(|&(_, &millis)| millis <= stamp)
+            .map(|(&v, _)| v + 1)
+            .max()
+            .unwrap_or(0);
+        let dir = project_dir(store, project);
+        let previous = read_record(&dir)?.map_or(0, |r| r.purged_before_version);
+        if purged_before > previous {
+            write_record(
+                &dir,
+                &VacuumRecord {
+                    purged_before_version: purged_before,
+                    vacuumed_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                },
+            )?;
+        }
+    }
+    for (i, path) in metrics.paths.iter().enumerate() {
+        match object_store
+            .delete(&deltalake::Path::from(path.as_str()))
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                return Err(Error::InvalidArgument(format!(
+                    "vacuum could not delete `{path}` of project `{}` after deleting {i} file(s): {e}; run it again",
+                    project.name
+                )));
+            }
+        }
+        if i == 0 {
+            crate::export::kill_point("vacuum_mid");
+        }
+    }
+    drop(lock);
+    Ok(metrics)
 }
 
 #[cfg(test)]
@@ -658,7 +1449,7 @@ mod tests {
         // Days 0..=4 whole (20 traces), day 5 traces 0 and 1 (hours 0..=9 < 12),
         // trace 2 (hours 10..=14) partly; the late rows of days 2..=4 join
         // traces already counted.
-        assert_eq!(preview.traces, 20 + 3);
+        assert_eq!(preview.traces, Some(20 + 3));
         // Days 0..=4 are dropped; day 5 and the late file straddle.
         assert_eq!(preview.files_to_drop.len(), 5);
         assert_eq!(preview.files_to_rewrite.len(), 2);
@@ -674,7 +1465,13 @@ mod tests {
         let (plan, metrics) = run_retention(&store, &project, cutoff, false)
             .await
             .unwrap();
-        assert_eq!(plan, preview);
+        assert_eq!(plan.figures(), preview.figures());
+        assert_eq!(plan.files_to_drop, preview.files_to_drop);
+        assert_eq!(plan.files_to_rewrite, preview.files_to_rewrite);
+        assert_eq!(
+            plan.traces, None,
+            "a run does not read dropped files to count traces"
+        );
         assert!(!metrics.dry_run);
         assert_eq!(metrics.version, before.map(|v| v + 1));
         assert_eq!(metrics.rows_deleted, plan.rows);
@@ -733,6 +1530,152 @@ mod tests {
         assert!(bytes_before - bytes_after + 4096 >= done.bytes);
         // Reads are unaffected.
         assert_eq!(resolved_count(&store, &project).await, live);
+    }
+
+    /// `(id, created, output)` of every resolved row, by id.
+    async fn resolved_rows(
+        store: &Store,
+        project: &Project,
+    ) -> Vec<(String, Option<i64>, Option<String>)> {
+        let logs = store.logs(project).await.unwrap();
+        let ctx = crate::query::session(&crate::query::QueryOptions::default()).unwrap();
+        let batches = logs
+            .resolved_view(&ctx)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut rows = Vec::new();
+        for batch in &batches {
+            let batch = arrow::compute::cast(
+                &arrow::array::StructArray::from(batch.clone()) as &dyn Array,
+                &DataType::Struct(
+                    batch
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|f| match f.data_type() {
+                            DataType::Utf8View => {
+                                Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8))
+                            }
+                            _ => Arc::clone(f),
+                        })
+                        .collect(),
+                ),
+            )
+            .unwrap();
+            let batch = RecordBatch::from(batch.as_struct());
+            let ids = batch.column_by_name("id").unwrap().as_string::<i32>();
+            let created = batch
+                .column_by_name("created")
+                .unwrap()
+                .as_primitive::<TimestampMicrosecondType>();
+            let output = batch.column_by_name("output").unwrap().as_string::<i32>();
+            for i in 0..batch.num_rows() {
+                rows.push((
+                    ids.value(i).to_string(),
+                    created.is_valid(i).then(|| created.value(i)),
+                    output.is_valid(i).then(|| output.value(i).to_string()),
+                ));
+            }
+        }
+        rows.sort();
+        rows
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn versions_of_an_expired_row_go_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let project = store.registry().resolve_or_create("p").unwrap();
+        let old = day(0, 0);
+        let new = day(9, 0);
+        let cutoff = day(5, 0);
+        let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let line = |v: serde_json::Value| v.to_string();
+        // Commit 1 (old and new rows, first versions only).
+        ingest_lines(
+            &store,
+            &project,
+            &[
+                event("a", "a", old),
+                event("b", "b", old),
+                event("c", "c", new),
+                event("f", "f", old),
+            ],
+        )
+        .await;
+        // Commit 2: a clean file of new rows only (never read unless needed).
+        ingest_lines(
+            &store,
+            &project,
+            &[event("g", "g", new), event("e", "e", new)],
+        )
+        .await;
+        // Commit 3: later versions.
+        ingest_lines(
+            &store,
+            &project,
+            &[
+                // Merges keep the row's `created`: null here.
+                line(serde_json::json!({"id": "a", "_is_merge": true, "output": "a2"})),
+                // A replace starts the row again, with a new `created`.
+                line(serde_json::json!({"id": "b", "created": at(new), "output": "b2"})),
+                // A merge's own `created` is ignored: c stays, merged.
+                line(serde_json::json!({"id": "c", "_is_merge": true, "created": at(old), "output": "c2"})),
+                line(serde_json::json!({"id": "g", "_is_merge": true, "created": at(old), "output": "g2"})),
+                // A merge onto no row starts it, with its own `created`.
+                line(serde_json::json!({"id": "d", "_is_merge": true, "created": at(old), "output": "d1"})),
+                line(serde_json::json!({"id": "e", "_object_delete": true})),
+                line(serde_json::json!({"id": "f", "_object_delete": true})),
+            ],
+        )
+        .await;
+        let before = resolved_rows(&store, &project).await;
+        let ids = |rows: &[(String, Option<i64>, Option<String>)]| {
+            rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&before), ["a", "b", "c", "d", "g"]);
+
+        let (preview, _) = run_retention(&store, &project, cutoff, true).await.unwrap();
+        // a: 2 versions; b: its old replace; d: 1; f: 2 (old row, then its delete).
+        assert_eq!(preview.rows, 2 + 1 + 1 + 2, "{preview:?}");
+        assert!(preview.files_read_for_versions > 0);
+        let (plan, metrics) = run_retention(&store, &project, cutoff, false)
+            .await
+            .unwrap();
+        assert_eq!(plan.figures(), preview.figures());
+        assert_eq!(metrics.rows_deleted, 6);
+
+        let after = resolved_rows(&store, &project).await;
+        let new_micros = Some(new.timestamp_micros());
+        assert_eq!(
+            after,
+            vec![
+                ("b".to_string(), new_micros, Some("\"b2\"".to_string())),
+                ("c".to_string(), new_micros, Some("\"c2\"".to_string())),
+                ("g".to_string(), new_micros, Some("\"g2\"".to_string())),
+            ],
+            "no half rows: `a` and `d` went whole, `c` and `g` kept their merges"
+        );
+        // Row versions left: b 1, c 2, g 2, e 2 (a new row, then its delete).
+        let logs = store.logs(&project).await.unwrap();
+        let stored: i64 = logs
+            .table()
+            .unwrap()
+            .snapshot()
+            .unwrap()
+            .log_data()
+            .iter()
+            .map(|f| f.num_records().unwrap() as i64)
+            .sum();
+        assert_eq!(stored, 7);
+        // Nothing left to do.
+        let (again, _) = run_retention(&store, &project, cutoff, false)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "{again:?}");
     }
 
     #[tokio::test]
@@ -804,6 +1747,7 @@ fn plan_json(plan: &RetentionPlan) -> serde_json::Value {
         "files_to_drop": plan.files_to_drop.len(),
         "files_to_rewrite": plan.files_to_rewrite.len(),
         "bytes_to_reclaim": plan.bytes_to_reclaim,
+        "files_read_for_versions": plan.files_read_for_versions,
     })
 }
 
@@ -829,6 +1773,7 @@ pub async fn run_retention_automation(
         let mut preview = plan_json(&plan);
         preview["files_purgeable_now"] = purge.files_deleted.into();
         preview["bytes_purgeable_now"] = purge.bytes.into();
+        preview["pinned_versions"] = purge.pinned_versions.into();
         return Ok(preview);
     }
     let run_id = uuid::Uuid::now_v7().to_string();
@@ -842,6 +1787,17 @@ pub async fn run_retention_automation(
             "automation `{}` is running already (another process holds its lease)",
             automation.name
         )));
+    }
+    // A run left `running` by a process that died (the lease was free or
+    // taken over): its commit, if it made one, stands; this run redoes the
+    // rest (orphan files included, once older than the grace).
+    for stale in state.runs(&automation.id, 100)? {
+        if stale.status == RunStatus::Running {
+            state.fail_run(
+                &stale.run_id,
+                "interrupted (its process died); the next run finished its work",
+            )?;
+        }
     }
     let cutoff_text = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     state.start_run(
@@ -864,8 +1820,13 @@ pub async fn run_retention_automation(
             details["rows_deleted"] = metrics.rows_deleted.into();
             details["files_dropped"] = metrics.files_dropped.into();
             details["files_rewritten"] = metrics.files_rewritten.into();
+            details["rows_copied"] = metrics.rows_copied.into();
+            details["files_added"] = metrics.files_added.into();
+            details["version"] = metrics.version.into();
             details["files_purged"] = purged.files_deleted.into();
+            details["orphans_purged"] = purged.orphans.into();
             details["bytes_purged"] = purged.bytes.into();
+            details["pinned_versions"] = purged.pinned_versions.clone().into();
             let outcome = RunOutcome {
                 rows: metrics.rows_deleted,
                 bytes: purged.bytes,

@@ -549,6 +549,39 @@ impl StateDb {
         Ok(changed == 1)
     }
 
+    /// Table versions of `project_id` pinned by running exports: the
+    /// `cursor_to` snapshot of every export run still `running` whose
+    /// automation's lease is held, unexpired, by that run's live process (a
+    /// crashed run's pin lapses with its lease). Vacuum keeps every file these
+    /// versions reference.
+    pub fn pinned_versions(&self, project_id: &str) -> Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT r.cursor_to, r.run_id, l.holder FROM runs r
+               JOIN automations a ON a.id = r.automation_id
+               JOIN leases l ON l.automation_id = a.id
+              WHERE a.project_id = ?1 AND a.kind = 'export' AND r.status = 'running'
+                AND r.cursor_to IS NOT NULL AND l.expires_micros >= ?2",
+        )?;
+        let now = chrono::Utc::now().timestamp_micros();
+        let rows = stmt.query_map(params![project_id, now], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut versions = Vec::new();
+        for row in rows {
+            let (cursor_to, run_id, holder) = row?;
+            if holder.ends_with(&format!(":{run_id}")) && !holder_is_dead(&holder) {
+                versions.push(cursor_to & !crate::store::schema::XACT_TOP_BITS);
+            }
+        }
+        versions.sort_unstable();
+        versions.dedup();
+        Ok(versions)
+    }
+
     /// Release the lease if `holder` holds it.
     pub fn release_lease(&self, automation_id: &str, holder: &str) -> Result<()> {
         self.conn.execute(
@@ -703,5 +736,51 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(2));
         assert!(db.try_lease("b", "one", Duration::from_secs(60)).unwrap());
+    }
+}
+
+impl StateDb {
+    /// Change an automation's name, description and validated configuration
+    /// (its cursor and history stay).
+    pub fn update(
+        &self,
+        id: &str,
+        name: &str,
+        description: &str,
+        config: &serde_json::Value,
+    ) -> Result<Automation> {
+        let current = self
+            .get(id)?
+            .ok_or_else(|| Error::InvalidArgument(format!("no automation with id `{id}`")))?;
+        if name != current.name && self.find_by_name(&current.project_id, name)?.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "an automation named `{name}` already exists in this project"
+            )));
+        }
+        self.conn.execute(
+            "UPDATE automations SET name = ?2, description = ?3, config = ?4, updated = ?5 WHERE id = ?1",
+            params![id, name, description, config.to_string(), now_rfc3339()],
+        )?;
+        self.get(id)?
+            .ok_or_else(|| Error::Internal(format!("automation `{id}` vanished")))
+    }
+
+    /// The last run, totals, and whether the automation keeps up.
+    pub fn status_json(&self, automation: &Automation) -> Result<serde_json::Value> {
+        let runs = self.runs(&automation.id, 10_000)?;
+        let cursor = self.cursor(&automation.id)?;
+        Ok(serde_json::json!({
+            "automation": automation.name,
+            "status": automation.status,
+            "cursor": cursor.map(|c| c.to_string()),
+            "last_run": runs.first(),
+            "totals": {
+                "runs": runs.len(),
+                "rows": runs.iter().map(|r| r.rows).sum::<u64>(),
+                "bytes": runs.iter().map(|r| r.bytes).sum::<u64>(),
+                "files": runs.iter().map(|r| r.files).sum::<u64>(),
+            },
+            "keeping_up": runs.first().map(|r| r.status != RunStatus::Behind),
+        }))
     }
 }

@@ -13,6 +13,7 @@
 //! increases with every commit and is durable (it is the Delta version, which
 //! never changes once written); a reader sees one snapshot for its whole query.
 
+pub mod compact;
 pub mod resolve;
 pub mod schema;
 
@@ -87,6 +88,9 @@ impl Store {
             Some(match version {
                 None => deltalake::open_table(url).await?,
                 Some(v) => {
+                    // A snapshot whose files a vacuum may have purged fails
+                    // clearly instead of reading partial rows.
+                    crate::retention::check_snapshot_kept(&self.project_dir(project), project, v)?;
                     let v = u64::try_from(v)
                         .map_err(|_| Error::InvalidArgument(format!("no table version {v}")))?;
                     deltalake::open_table_with_version(url, v).await?
