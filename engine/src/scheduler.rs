@@ -13,6 +13,13 @@
 //! A run is never interrupted by a shutdown request: the current one
 //! finishes (a second signal in the CLI exits at once, which is safe too: the
 //! next run recovers).
+//!
+//! Compaction: every `compaction_check` (and on the first pass), each
+//! project whose table statistics meet the [`CompactionPolicy`] (by default:
+//! at least 10 000 row versions, and 10% of all, in files holding versions
+//! to fold; or 32 small files) is compacted, one project at a time, and the
+//! figures are logged (`SPANLAKE_LOG=info`). A project locked by a writer is
+//! tried again at the next check.
 
 use std::time::Duration;
 
@@ -21,6 +28,7 @@ use tokio::sync::watch;
 use crate::automation::state::{Kind, RunStatus, StateDb, Trigger};
 use crate::error::Result;
 use crate::export::{RawExportConfig, run_export};
+use crate::store::compact::{CompactionPolicy, compact};
 use crate::store::{STATE_DB, Store};
 
 /// Options of the scheduler.
@@ -32,6 +40,10 @@ pub struct SchedulerOptions {
     pub retry_delay: Duration,
     /// Return after one pass over the automations (for tests and cron).
     pub once: bool,
+    /// When projects are compacted (`None`: never).
+    pub compaction: Option<CompactionPolicy>,
+    /// How often projects are checked against the compaction policy.
+    pub compaction_check: Duration,
 }
 
 impl Default for SchedulerOptions {
@@ -40,6 +52,8 @@ impl Default for SchedulerOptions {
             tick: Duration::from_secs(1),
             retry_delay: Duration::from_secs(60),
             once: false,
+            compaction: Some(CompactionPolicy::default()),
+            compaction_check: Duration::from_secs(60),
         }
     }
 }
@@ -155,14 +169,79 @@ pub async fn run_due(
     Ok(summary)
 }
 
+/// Compact every project that `policy` says is due, one at a time; returns
+/// how many were compacted. Failures are logged, not returned: the next
+/// check tries again.
+pub async fn compact_due(
+    store: &Store,
+    policy: &CompactionPolicy,
+    stop: &watch::Receiver<bool>,
+) -> Result<u64> {
+    let projects = store.registry().list()?;
+    let mut compacted = 0;
+    for project in projects {
+        if *stop.borrow() {
+            break;
+        }
+        let reason = match store
+            .logs(&project)
+            .await
+            .and_then(|logs| policy.due(&logs))
+        {
+            Ok(Some(reason)) => reason,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(project = %project.name, error = %e, "compaction check failed");
+                continue;
+            }
+        };
+        match compact(store, &project, &policy.options).await {
+            Ok(report) if report.is_noop() => {
+                tracing::info!(project = %project.name, %reason, "compaction found nothing to rewrite");
+            }
+            Ok(report) => {
+                compacted += 1;
+                tracing::info!(
+                    project = %project.name,
+                    %reason,
+                    version = report.version,
+                    ids_folded = report.ids_folded,
+                    rows_in = report.rows_in,
+                    rows_out = report.rows_out,
+                    files_in = report.files_in,
+                    files_out = report.files_out,
+                    bytes_in = report.bytes_in,
+                    bytes_out = report.bytes_out,
+                    elapsed_ms = report.elapsed_ms,
+                    "compaction committed"
+                );
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::info!(project = %project.name, error = %e, "compaction skipped; tried again at the next check");
+            }
+            Err(e) => {
+                tracing::warn!(project = %project.name, error = %e, "compaction failed");
+            }
+        }
+    }
+    Ok(compacted)
+}
+
 /// Run the scheduler until `stop` turns true (or after one pass with `once`).
 pub async fn serve(
     store: &Store,
     options: &SchedulerOptions,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
+    let mut next_compaction = tokio::time::Instant::now();
     loop {
         run_due(store, options, &stop).await?;
+        if let Some(policy) = &options.compaction
+            && tokio::time::Instant::now() >= next_compaction
+        {
+            compact_due(store, policy, &stop).await?;
+            next_compaction = tokio::time::Instant::now() + options.compaction_check;
+        }
         if options.once || *stop.borrow() {
             return Ok(());
         }

@@ -14,6 +14,14 @@
 //! set. The fold applies `merge::apply_event` per id. Its memory is
 //! proportional to the versions of ids that have more than one version;
 //! compaction (folding versions into clean rows) keeps that small.
+//!
+//! Compaction (`super::compact`) writes each folded id back as one version
+//! that keeps the `_xact_id` of the id's latest version: a clean row, or a
+//! *compacted tombstone* (`_op = 3`) for a deleted id, so that ingest still
+//! knows the id. On such rows (`_op != 2`, where `_merge` is otherwise
+//! null), `_merge` holds the `_pagination_key` of the id's first version
+//! when it differs from the one computed from `(_xact_id, _seq)`. A lone
+//! compacted tombstone resolves to nothing, so it is not folded.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -63,7 +71,35 @@ fn pagination_key(xact: Expr, seq: Expr) -> Expr {
     ])
 }
 
-fn pagination_key_text(xact: i64, seq: i64) -> String {
+/// `_pagination_key` of a stored version: the key that compaction kept in
+/// `_merge` (non-merge rows only), else the one of its `(_xact_id, _seq)`.
+pub(super) fn stored_pagination_key() -> Expr {
+    datafusion::logical_expr::when(
+        col(OP)
+            .not_eq(lit(VersionOp::Merge as i32))
+            .and(col(MERGE).is_not_null()),
+        cast(col(MERGE), DataType::Utf8),
+    )
+    .otherwise(pagination_key(col(XACT_ID), col(SEQ)))
+    .expect("a CASE with one branch and an ELSE is valid")
+}
+
+/// Whether a stored version is a compacted tombstone (see the module docs).
+pub(super) fn is_compacted_tombstone() -> Expr {
+    col(OP)
+        .eq(lit(VersionOp::Delete as i32))
+        .and(col(MERGE).is_not_null())
+}
+
+/// Whether a stored version makes its id need a fold: not clean, and not a
+/// compacted tombstone.
+pub(super) fn needs_fold() -> Expr {
+    col(OP)
+        .not_eq(lit(VersionOp::NewReplace as i32))
+        .and(not(is_compacted_tombstone()))
+}
+
+pub(super) fn pagination_key_text(xact: i64, seq: i64) -> String {
     format!("{xact:019}{seq:010}")
 }
 
@@ -76,7 +112,7 @@ fn logical_projection() -> Vec<Expr> {
     let mut exprs = vec![
         col("id"),
         cast(col(XACT_ID), DataType::Utf8).alias(XACT_ID),
-        pagination_key(col(XACT_ID), col(SEQ)).alias(PAGINATION_KEY),
+        stored_pagination_key().alias(PAGINATION_KEY),
         col("created"),
         col("org_id"),
         col("project_id"),
@@ -131,11 +167,31 @@ impl ProjectLogs {
 
         let fold_ids = ids_to_fold(versions.clone().filter(changed.clone())?).await?;
         if fold_ids.is_empty() {
-            return Ok(versions.filter(changed)?.select(logical_projection())?);
+            // Only clean rows (and lone compacted tombstones) changed.
+            return Ok(versions
+                .filter(changed)?
+                .filter(col(OP).eq(lit(VersionOp::NewReplace as i32)))?
+                .select(logical_projection())?);
         }
         let in_fold_set = ScalarUDF::from(IdInSet::new(Arc::new(fold_ids)));
+        let folded = self.fold(ctx, versions.clone(), &in_fold_set)?;
+        let clean = versions
+            .filter(changed)?
+            .filter(col(OP).eq(lit(VersionOp::NewReplace as i32)))?
+            .filter(not(in_fold_set.call(vec![col("id")])))?
+            .select(logical_projection())?;
+        Ok(clean.union(folded)?)
+    }
+
+    /// The resolved rows (spans view) of the ids that `in_fold_set` accepts:
+    /// their `versions` sorted (spilling) and folded as a stream.
+    pub(super) fn fold(
+        &self,
+        ctx: &SessionContext,
+        versions: DataFrame,
+        in_fold_set: &ScalarUDF,
+    ) -> Result<DataFrame> {
         let to_fold = versions
-            .clone()
             .filter(in_fold_set.call(vec![col("id")]))?
             .sort(vec![
                 col("id").sort(true, false),
@@ -149,18 +205,13 @@ impl ProjectLogs {
                 project_id: self.project().id.clone(),
             })],
         )?;
-        let clean = versions
-            .filter(changed)?
-            .filter(col(OP).eq(lit(VersionOp::NewReplace as i32)))?
-            .filter(not(in_fold_set.call(vec![col("id")])))?
-            .select(logical_projection())?;
-        Ok(clean.union(ctx.read_table(Arc::new(folded))?)?)
+        Ok(ctx.read_table(Arc::new(folded))?)
     }
 }
 
 async fn ids_to_fold(versions: DataFrame) -> Result<HashSet<String>> {
     let batches = versions
-        .filter(col(OP).not_eq(lit(VersionOp::NewReplace as i32)))?
+        .filter(needs_fold())?
         .select(vec![col("id")])?
         .distinct()?
         .collect()
@@ -180,7 +231,7 @@ async fn ids_to_fold(versions: DataFrame) -> Result<HashSet<String>> {
 }
 
 /// The column as `Utf8` (the Parquet reader may hand out string views).
-fn utf8(array: &ArrayRef) -> Result<ArrayRef> {
+pub(super) fn utf8(array: &ArrayRef) -> Result<ArrayRef> {
     if array.data_type() == &DataType::Utf8 {
         Ok(Arc::clone(array))
     } else {
@@ -191,13 +242,13 @@ fn utf8(array: &ArrayRef) -> Result<ArrayRef> {
 /// `id IN <set of ids to fold>`, with the set held in memory (a literal
 /// `IN` list of every id would cost a plan node per id).
 #[derive(Debug)]
-struct IdInSet {
+pub(super) struct IdInSet {
     ids: Arc<HashSet<String>>,
     signature: Signature,
 }
 
 impl IdInSet {
-    fn new(ids: Arc<HashSet<String>>) -> Self {
+    pub(super) fn new(ids: Arc<HashSet<String>>) -> Self {
         Self {
             ids,
             signature: Signature::any(1, Volatility::Immutable),
@@ -351,7 +402,9 @@ impl FoldState {
                 _ => {
                     self.emit(&mut rows)?;
                     self.pending = Some(Pending {
-                        pagination_key: pagination_key_text(version.xact, version.seq),
+                        pagination_key: version
+                            .stored_key
+                            .unwrap_or_else(|| pagination_key_text(version.xact, version.seq)),
                         xact: version.xact,
                         state: merge::apply_event(None, &version.op, version.fields),
                         id: version.id,
@@ -379,6 +432,8 @@ struct Version {
     id: String,
     xact: i64,
     seq: i64,
+    /// `_pagination_key` kept by compaction (see the module docs).
+    stored_key: Option<String>,
     op: EventOp,
     fields: Map<String, Value>,
 }
@@ -463,6 +518,8 @@ fn decode_versions(batch: &RecordBatch, out: &mut Vec<Version>) -> Result<()> {
             }
         }
         let op_code = op.value(row);
+        let stored_key = (op_code != VersionOp::Merge as i32 && merge_control.is_valid(row))
+            .then(|| merge_control.value(row).to_string());
         let op = match VersionOp::from_i32(op_code) {
             Some(VersionOp::NewReplace | VersionOp::Replace) => EventOp::Replace,
             Some(VersionOp::Delete) => EventOp::Delete,
@@ -489,6 +546,7 @@ fn decode_versions(batch: &RecordBatch, out: &mut Vec<Version>) -> Result<()> {
             id,
             xact: xact.value(row),
             seq: seq.value(row),
+            stored_key,
             op,
             fields,
         });

@@ -1,0 +1,1033 @@
+//! Compaction of a project's log table: each id's row versions folded into
+//! one clean version, and small files merged into larger ones, so that a read
+//! after heavy merging costs about a scan of resolved rows.
+//!
+//! ```text
+//!  snapshot V (no lock):
+//!    files whose `_op` max (file stats) is not 0 ──scan `_op,_merge,id`──►
+//!      F = ids with a version that needs a fold (not clean, not a compacted
+//!          tombstone), D = the ids of F with a delete
+//!    every file ──scan `id` for ids in F──► R = files holding a version of F
+//!    R ∪= small files (when at least two files would be rewritten)
+//!    rewrite R:  rows of ids not in F ....... copied as they are
+//!                ids in F ................... the existing fold (sorted with
+//!                                             spilling), one clean row per id,
+//!                                             or one compacted tombstone
+//!    ──► new Parquet files (rows out checked against the plan)
+//!  write lock ─► the files of R still in the table? ─► one commit:
+//!    remove R + add the new files, `dataChange = false`, operation OPTIMIZE
+//! ```
+//!
+//! Invisible to readers and to the export cursor: a folded row keeps the
+//! `_xact_id` of its id's latest version and the `_pagination_key` of its
+//! first (kept in `_merge` when `(_xact_id, _seq)` does not give it back; see
+//! `resolve`), so the resolved view, and `resolved_view_after(x)` for every
+//! `x`, are the same before and after, byte for byte.
+//!
+//! Deletes: a deleted id is stored as its versions ending in a delete, and
+//! resolves to nothing. Readers and exports never see it, but ingest needs to
+//! know the id (a later replace of it is not a new id, and its row keeps the
+//! id's first `_pagination_key`), so a deleted id is kept as one *compacted
+//! tombstone* (`_op = 3`, `_merge` = its key), which reads skip without
+//! folding.
+//!
+//! Safety:
+//! - The heavy work reads snapshot V without the write lock, so ingest goes
+//!   on meanwhile. The commit is made under the lock, on the latest version:
+//!   commits since V can only have appended versions (their `_xact_id` is
+//!   above every folded one, so they still apply after the compacted row)
+//!   unless they removed a file of R (retention, another compaction): then
+//!   nothing is committed and the error says to run again.
+//! - One Delta commit: a crash before it leaves the table as it was, and the
+//!   written files unreferenced (orphans, for a vacuum that lists files).
+//! - Memory: the id sets F and D (as a read of the table holds them), the
+//!   sort of the versions of F (spilling past the memory limit), and the
+//!   writer's row group.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    StringBuilder,
+};
+use arrow::datatypes::{Int32Type, Int64Type};
+use datafusion::dataframe::DataFrame;
+use datafusion::logical_expr::{Expr, ScalarUDF, col, not};
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add};
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+
+use super::resolve::{IdInSet, PAGINATION_KEY, needs_fold, stored_pagination_key, utf8};
+use super::schema::{self, MERGE, OP, SEQ, VersionOp, XACT_ID, physical_schema};
+use super::{ProjectLogs, Store};
+use crate::error::{Error, Result};
+use crate::projects::Project;
+use crate::query::{QueryOptions, session};
+
+/// Files are closed past this size (as ingest's).
+pub const DEFAULT_TARGET_FILE_BYTES: u64 = 128 * 1024 * 1024;
+/// Files under this size are merged with others.
+pub const DEFAULT_SMALL_FILE_BYTES: u64 = 32 * 1024 * 1024;
+/// Tag of the files that compaction wrote (Delta `add.tags`): their
+/// non-clean rows are compacted tombstones, which need no compaction.
+pub const COMPACTED_TAG: &str = "spanlake.compacted";
+
+const FILE_COLUMN: &str = "__spanlake_file";
+
+/// Options of a compaction.
+#[derive(Debug, Clone)]
+pub struct CompactOptions {
+    /// A new file is closed past this size.
+    pub target_file_bytes: u64,
+    /// Files under this size are rewritten together.
+    pub small_file_bytes: u64,
+    /// Memory of the sort of the versions to fold before it spills.
+    pub memory_limit_bytes: usize,
+    /// Plan only: report what would be rewritten, change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for CompactOptions {
+    fn default() -> Self {
+        Self {
+            target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
+            small_file_bytes: DEFAULT_SMALL_FILE_BYTES,
+            memory_limit_bytes: QueryOptions::default().memory_limit_bytes,
+            dry_run: false,
+        }
+    }
+}
+
+/// What a compaction did (or, for a dry run, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CompactionReport {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// Table version the plan was made on (`None`: no table).
+    pub planned_version: Option<i64>,
+    /// Table version of the compaction commit (`None`: no commit).
+    pub version: Option<i64>,
+    /// Ids whose versions were folded into one.
+    pub ids_folded: u64,
+    /// Of those, the deleted ids kept as a compacted tombstone (`None` for
+    /// a dry run).
+    pub tombstones: Option<u64>,
+    /// Row versions in the files rewritten.
+    pub rows_in: u64,
+    /// Row versions written in their place.
+    pub rows_out: u64,
+    /// Files rewritten (removed from the table).
+    pub files_in: u64,
+    /// Files written (`None` for a dry run).
+    pub files_out: Option<u64>,
+    /// Bytes of the files rewritten.
+    pub bytes_in: u64,
+    /// Bytes of the files written (`None` for a dry run).
+    pub bytes_out: Option<u64>,
+    /// Files of the table left as they are.
+    pub files_untouched: u64,
+    /// Wall time, milliseconds.
+    pub elapsed_ms: u64,
+}
+
+impl CompactionReport {
+    /// Whether there was nothing to compact.
+    pub fn is_noop(&self) -> bool {
+        self.files_in == 0
+    }
+}
+
+/// One data file, from the table's log.
+#[derive(Debug, Clone)]
+struct FileInfo {
+    path: String,
+    bytes: u64,
+    rows: u64,
+    /// Max of `_op` from the file statistics (`None`: unknown).
+    op_max: Option<i64>,
+    /// Written by a compaction.
+    compacted: bool,
+}
+
+fn file_infos(table: &DeltaTable) -> Result<Vec<FileInfo>> {
+    let mut files = Vec::new();
+    for view in table.snapshot()?.log_data().iter() {
+        let stats: Option<serde_json::Value> =
+            view.stats().and_then(|s| serde_json::from_str(&s).ok());
+        let op_max = stats
+            .as_ref()
+            .and_then(|s| s.get("maxValues")?.get(OP)?.as_i64());
+        let rows = view
+            .num_records()
+            .map(|n| n as u64)
+            .or_else(|| stats.as_ref()?.get("numRecords")?.as_u64())
+            .unwrap_or(0);
+        #[allow(deprecated)] // the only public way to the file's tags
+        let compacted = view
+            .add_action()
+            .tags
+            .is_some_and(|tags| tags.contains_key(COMPACTED_TAG));
+        files.push(FileInfo {
+            path: view.path().into_owned(),
+            bytes: u64::try_from(view.size()).unwrap_or(0),
+            rows,
+            op_max,
+            compacted,
+        });
+    }
+    Ok(files)
+}
+
+/// Maps the file column of a scan (an absolute URL or a table path) to the
+/// table-relative path of the log.
+#[derive(Debug, Default)]
+struct FileNames {
+    known: HashMap<String, Option<String>>,
+}
+
+impl FileNames {
+    fn resolve<'a>(
+        &mut self,
+        scanned: &str,
+        paths: impl Iterator<Item = &'a String>,
+    ) -> Option<String> {
+        if let Some(found) = self.known.get(scanned) {
+            return found.clone();
+        }
+        let mut found = None;
+        for path in paths {
+            if scanned == path || scanned.ends_with(&format!("/{path}")) {
+                found = Some(path.clone());
+                break;
+            }
+        }
+        self.known.insert(scanned.to_string(), found.clone());
+        found
+    }
+}
+
+/// What to rewrite, computed on one snapshot.
+#[derive(Debug)]
+struct Plan {
+    version: i64,
+    files: Vec<FileInfo>,
+    rewrite: BTreeSet<String>,
+    fold_ids: Arc<HashSet<String>>,
+    deleted_ids: Arc<HashSet<String>>,
+    /// Row versions (in `rewrite`) of the ids in `fold_ids`.
+    versions_folded: u64,
+}
+
+impl Plan {
+    fn rows_in(&self) -> u64 {
+        self.rewritten().map(|f| f.rows).sum()
+    }
+
+    fn rows_out(&self) -> u64 {
+        self.rows_in() - self.versions_folded + self.fold_ids.len() as u64
+    }
+
+    fn rewritten(&self) -> impl Iterator<Item = &FileInfo> {
+        self.files.iter().filter(|f| self.rewrite.contains(&f.path))
+    }
+}
+
+async fn scan(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+    paths: Option<Vec<String>>,
+    file_column: bool,
+) -> Result<DataFrame> {
+    let mut builder = table.table_provider().with_session(Arc::new(ctx.state()));
+    if file_column {
+        builder = builder.with_file_column(FILE_COLUMN);
+    }
+    if let Some(paths) = paths {
+        builder = builder.with_file_paths(paths);
+    }
+    Ok(ctx.read_table(builder.await?)?)
+}
+
+fn in_set(ids: &Arc<HashSet<String>>) -> ScalarUDF {
+    ScalarUDF::from(IdInSet::new(Arc::clone(ids)))
+}
+
+async fn plan(
+    ctx: &SessionContext,
+    logs: &ProjectLogs,
+    options: &CompactOptions,
+) -> Result<Option<Plan>> {
+    let (Some(table), Some(version)) = (logs.table(), logs.version()) else {
+        return Ok(None);
+    };
+    let files = file_infos(table)?;
+    let all_paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    // Files that may hold versions needing a fold: `_op` not all 0, and not
+    // written by a compaction (whose only non-clean rows are tombstones).
+    let candidates: Vec<String> = files
+        .iter()
+        .filter(|f| f.op_max != Some(0) && !f.compacted)
+        .map(|f| f.path.clone())
+        .collect();
+
+    let mut rewrite = BTreeSet::new();
+    let mut fold_ids = HashSet::new();
+    let mut deleted_ids = HashSet::new();
+    let mut names = FileNames::default();
+    if !candidates.is_empty() {
+        let mut stream = scan(ctx, table, Some(candidates.clone()), true)
+            .await?
+            .filter(needs_fold())?
+            .select(vec![col(FILE_COLUMN), col("id"), col(OP)])?
+            .execute_stream()
+            .await?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            let file = utf8(batch.column(0))?;
+            let id = utf8(batch.column(1))?;
+            let op = batch.column(2).as_primitive::<Int32Type>();
+            let (file, id) = (file.as_string::<i32>(), id.as_string::<i32>());
+            for row in 0..batch.num_rows() {
+                if let Some(path) = names.resolve(file.value(row), candidates.iter()) {
+                    rewrite.insert(path);
+                }
+                if !fold_ids.contains(id.value(row)) {
+                    fold_ids.insert(id.value(row).to_string());
+                }
+                if op.value(row) == VersionOp::Delete as i32 && !deleted_ids.contains(id.value(row))
+                {
+                    deleted_ids.insert(id.value(row).to_string());
+                }
+            }
+        }
+    }
+    let fold_ids = Arc::new(fold_ids);
+
+    // Every version of the ids to fold, wherever it is (an id's clean first
+    // version is usually in an older, clean file): its file is rewritten.
+    let mut versions_folded = 0u64;
+    if !fold_ids.is_empty() {
+        let mut stream = scan(ctx, table, None, true)
+            .await?
+            .filter(in_set(&fold_ids).call(vec![col("id")]))?
+            .select(vec![col(FILE_COLUMN)])?
+            .execute_stream()
+            .await?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            versions_folded += batch.num_rows() as u64;
+            let file = utf8(batch.column(0))?;
+            let file = file.as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                match names.resolve(file.value(row), all_paths.iter()) {
+                    Some(path) => {
+                        rewrite.insert(path);
+                    }
+                    None => {
+                        return Err(Error::Internal(format!(
+                            "compaction: the scan read `{}`, which is not a file of the table",
+                            file.value(row)
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    // Small files are merged, when at least two files get rewritten.
+    let small: Vec<&FileInfo> = files
+        .iter()
+        .filter(|f| f.bytes < options.small_file_bytes && !rewrite.contains(&f.path))
+        .collect();
+    if rewrite.len() + small.len() >= 2 {
+        rewrite.extend(small.into_iter().map(|f| f.path.clone()));
+    }
+    Ok(Some(Plan {
+        version,
+        files,
+        rewrite,
+        fold_ids,
+        deleted_ids: Arc::new(deleted_ids),
+        versions_folded,
+    }))
+}
+
+/// Compact the log table of `project` (see the module docs).
+pub async fn compact(
+    store: &Store,
+    project: &Project,
+    options: &CompactOptions,
+) -> Result<CompactionReport> {
+    let started = Instant::now();
+    let ctx = session(&QueryOptions {
+        memory_limit_bytes: options.memory_limit_bytes,
+        ..QueryOptions::default()
+    })?;
+    let logs = store.logs(project).await?;
+    let Some(table) = logs.table() else {
+        return Ok(CompactionReport {
+            dry_run: options.dry_run,
+            ..CompactionReport::default()
+        });
+    };
+    table.update_datafusion_session(&ctx.state())?;
+    let Some(plan) = plan(&ctx, &logs, options).await? else {
+        return Ok(CompactionReport::default());
+    };
+    let mut report = CompactionReport {
+        dry_run: options.dry_run,
+        planned_version: Some(plan.version),
+        version: None,
+        ids_folded: plan.fold_ids.len() as u64,
+        tombstones: None,
+        rows_in: plan.rows_in(),
+        rows_out: plan.rows_out(),
+        files_in: plan.rewrite.len() as u64,
+        files_out: None,
+        bytes_in: plan.rewritten().map(|f| f.bytes).sum(),
+        bytes_out: None,
+        files_untouched: (plan.files.len() - plan.rewrite.len()) as u64,
+        elapsed_ms: 0,
+    };
+    if options.dry_run || plan.rewrite.is_empty() {
+        if !options.dry_run {
+            report.tombstones = Some(0);
+            report.files_out = Some(0);
+            report.bytes_out = Some(0);
+        }
+        report.elapsed_ms = elapsed_ms(started);
+        return Ok(report);
+    }
+
+    let (adds, written) = write_files(&ctx, &logs, &plan, options).await?;
+    crate::export::kill_point("compact_after_files");
+    report.tombstones = Some(written.tombstones);
+    if written.rows != report.rows_out {
+        delete_files(table, &adds).await;
+        return Err(Error::Internal(format!(
+            "compaction of project `{}` wrote {} row(s) where its plan expects {}; nothing was committed",
+            project.name, written.rows, report.rows_out
+        )));
+    }
+    let result = commit(store, project, &plan, &adds, options).await;
+    let version = match result {
+        Ok(version) => version,
+        Err(e) => {
+            delete_files(table, &adds).await;
+            return Err(e);
+        }
+    };
+    report.version = Some(version);
+    report.files_out = Some(adds.len() as u64);
+    report.bytes_out = Some(
+        adds.iter()
+            .map(|a| u64::try_from(a.size).unwrap_or(0))
+            .sum(),
+    );
+    report.elapsed_ms = elapsed_ms(started);
+    Ok(report)
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[derive(Debug, Default)]
+struct Written {
+    rows: u64,
+    tombstones: u64,
+}
+
+async fn write_files(
+    ctx: &SessionContext,
+    logs: &ProjectLogs,
+    plan: &Plan,
+    options: &CompactOptions,
+) -> Result<(Vec<Add>, Written)> {
+    let table = logs
+        .table()
+        .ok_or_else(|| Error::Internal("compaction without a table".into()))?;
+    let paths: Vec<String> = plan.rewrite.iter().cloned().collect();
+    let versions = scan(ctx, table, Some(paths), false).await?;
+    let in_fold_set = in_set(&plan.fold_ids);
+    let physical: Vec<Expr> = physical_schema()
+        .fields()
+        .iter()
+        .map(|f| col(f.name().as_str()))
+        .collect();
+
+    let mut writer = RecordBatchWriter::for_table(table)?
+        .with_writer_properties(schema::writer_properties())
+        .with_target_file_size(options.target_file_bytes);
+    let mut written = Written::default();
+    let result = async {
+        // 1. Rows of ids that need no fold, as they are.
+        let copied = versions
+            .clone()
+            .filter(not(in_fold_set.call(vec![col("id")])))?
+            .select(physical.clone())?
+            .execute_stream()
+            .await?;
+        written.rows += write_stream(&mut writer, copied, &mut |b| to_physical(&b)).await?;
+        if plan.fold_ids.is_empty() {
+            return Ok(());
+        }
+        // 2. The resolved rows of the ids to fold, back as clean versions.
+        let folded = logs
+            .fold(ctx, versions.clone(), &in_fold_set)?
+            .execute_stream()
+            .await?;
+        written.rows +=
+            write_stream(&mut writer, folded, &mut |b| resolved_to_physical(&b)).await?;
+        // 3. The deleted ones, as compacted tombstones.
+        if !plan.deleted_ids.is_empty() {
+            let versions = versions
+                .filter(in_set(&plan.deleted_ids).call(vec![col("id")]))?
+                .select(vec![
+                    col("id"),
+                    col(XACT_ID),
+                    col(SEQ),
+                    col(OP),
+                    stored_pagination_key().alias(PAGINATION_KEY),
+                ])?
+                .sort(vec![
+                    col("id").sort(true, false),
+                    col(XACT_ID).sort(true, false),
+                    col(SEQ).sort(true, false),
+                ])?
+                .execute_stream()
+                .await?;
+            let mut tombstones = Tombstones {
+                project_id: logs.project().id.clone(),
+                pending: None,
+            };
+            let mut stream = versions;
+            while let Some(batch) = stream.next().await {
+                let out = tombstones.push(&batch?)?;
+                written.tombstones += out.num_rows() as u64;
+                written.rows += out.num_rows() as u64;
+                writer.write(out).await?;
+            }
+            let out = tombstones.finish()?;
+            written.tombstones += out.num_rows() as u64;
+            written.rows += out.num_rows() as u64;
+            writer.write(out).await?;
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        writer.reset();
+        return Err(e);
+    }
+    let mut adds = writer.flush().await?;
+    for add in &mut adds {
+        add.data_change = false;
+        add.tags
+            .get_or_insert_with(HashMap::new)
+            .insert(COMPACTED_TAG.to_string(), Some("true".to_string()));
+    }
+    Ok((adds, written))
+}
+
+async fn write_stream(
+    writer: &mut RecordBatchWriter,
+    mut stream: SendableRecordBatchStream,
+    convert: &mut dyn FnMut(RecordBatch) -> Result<RecordBatch>,
+) -> Result<u64> {
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = convert(batch?)?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        rows += batch.num_rows() as u64;
+        writer.write(batch).await?;
+    }
+    Ok(rows)
+}
+
+/// A scanned batch of stored versions in the physical schema (`Utf8`, not views).
+fn to_physical(batch: &RecordBatch) -> Result<RecordBatch> {
+    let schema = physical_schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let column = batch.column_by_name(field.name()).ok_or_else(|| {
+                Error::Internal(format!(
+                    "compaction: scanned batch lacks `{}`",
+                    field.name()
+                ))
+            })?;
+            if column.data_type() == field.data_type() {
+                Ok(Arc::clone(column))
+            } else {
+                Ok(arrow::compute::cast(column, field.data_type())?)
+            }
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// Resolved rows (spans view) as clean stored versions: `_op = 0`,
+/// `_xact_id` of the id's latest version, and its `_pagination_key` given
+/// back by `(_xact_id, _seq)` or else kept in `_merge`.
+fn resolved_to_physical(batch: &RecordBatch) -> Result<RecordBatch> {
+    let text =
+        |name: &str| -> Result<ArrayRef> {
+            utf8(batch.column_by_name(name).ok_or_else(|| {
+                Error::Internal(format!("compaction: resolved batch lacks `{name}`"))
+            })?)
+        };
+    let xact_text = text(XACT_ID)?;
+    let keys = text(PAGINATION_KEY)?;
+    let (xact_text, keys) = (xact_text.as_string::<i32>(), keys.as_string::<i32>());
+    let rows = batch.num_rows();
+    let mut xact = Vec::with_capacity(rows);
+    let mut seq = Vec::with_capacity(rows);
+    let mut merge = StringBuilder::with_capacity(rows, 0);
+    for row in 0..rows {
+        let id_xact: i64 = xact_text.value(row).parse().map_err(|_| {
+            Error::Internal(format!(
+                "compaction: resolved `_xact_id` `{}` is not a number",
+                xact_text.value(row)
+            ))
+        })?;
+        let (first_xact, first_seq) = split_pagination_key(keys.value(row))?;
+        if first_xact == id_xact {
+            seq.push(first_seq);
+            merge.append_null();
+        } else {
+            // `_seq` orders nothing here: no other version of the id has this
+            // `_xact_id`. The key comes from `_merge`.
+            seq.push(first_seq);
+            merge.append_value(keys.value(row));
+        }
+        xact.push(id_xact);
+    }
+    let schema = physical_schema();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column: ArrayRef = match field.name().as_str() {
+            XACT_ID => Arc::new(Int64Array::from(std::mem::take(&mut xact))),
+            SEQ => Arc::new(Int64Array::from(std::mem::take(&mut seq))),
+            OP => Arc::new(Int32Array::from(vec![VersionOp::NewReplace as i32; rows])),
+            MERGE => Arc::new(merge.finish()),
+            name => {
+                let column = batch.column_by_name(name).ok_or_else(|| {
+                    Error::Internal(format!("compaction: resolved batch lacks `{name}`"))
+                })?;
+                if column.data_type() == field.data_type() {
+                    Arc::clone(column)
+                } else {
+                    arrow::compute::cast(column, field.data_type())?
+                }
+            }
+        };
+        columns.push(column);
+    }
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+fn split_pagination_key(key: &str) -> Result<(i64, i64)> {
+    let bad = || {
+        Error::Internal(format!(
+            "compaction: `_pagination_key` `{key}` is malformed"
+        ))
+    };
+    if key.len() != 29 || !key.is_ascii() {
+        return Err(bad());
+    }
+    let xact = key[..19].parse().map_err(|_| bad())?;
+    let seq = key[19..].parse().map_err(|_| bad())?;
+    Ok((xact, seq))
+}
+
+/// Per id (versions sorted by id, `_xact_id`, `_seq`): a compacted tombstone
+/// when its latest version is a delete.
+#[derive(Debug)]
+struct Tombstones {
+    project_id: String,
+    pending: Option<TombstonePending>,
+}
+
+#[derive(Debug)]
+struct TombstonePending {
+    id: String,
+    first_key: String,
+    xact: i64,
+    seq: i64,
+    op: i32,
+}
+
+impl Tombstones {
+    fn push(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let ids = utf8(batch.column(0))?;
+        let ids = ids.as_string::<i32>();
+        let xacts = batch.column(1).as_primitive::<Int64Type>();
+        let seqs = batch.column(2).as_primitive::<Int64Type>();
+        let ops = batch.column(3).as_primitive::<Int32Type>();
+        let keys = utf8(batch.column(4))?;
+        let keys = keys.as_string::<i32>();
+        let mut out = Vec::new();
+        for row in 0..batch.num_rows() {
+            match &mut self.pending {
+                Some(p) if p.id == ids.value(row) => {
+                    p.xact = xacts.value(row);
+                    p.seq = seqs.value(row);
+                    p.op = ops.value(row);
+                }
+                _ => {
+                    out.extend(self.pending.take());
+                    self.pending = Some(TombstonePending {
+                        id: ids.value(row).to_string(),
+                        first_key: keys.value(row).to_string(),
+                        xact: xacts.value(row),
+                        seq: seqs.value(row),
+                        op: ops.value(row),
+                    });
+                }
+            }
+        }
+        self.build(out)
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch> {
+        let last: Vec<TombstonePending> = self.pending.take().into_iter().collect();
+        self.build(last)
+    }
+
+    fn build(&self, ended: Vec<TombstonePending>) -> Result<RecordBatch> {
+        let deleted: Vec<TombstonePending> = ended
+            .into_iter()
+            .filter(|p| p.op == VersionOp::Delete as i32)
+            .collect();
+        let rows = deleted.len();
+        let schema = physical_schema();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let column: ArrayRef = match field.name().as_str() {
+                XACT_ID => Arc::new(Int64Array::from_iter_values(deleted.iter().map(|p| p.xact))),
+                SEQ => Arc::new(Int64Array::from_iter_values(deleted.iter().map(|p| p.seq))),
+                OP => Arc::new(Int32Array::from(vec![VersionOp::Delete as i32; rows])),
+                "id" => Arc::new(StringArray::from_iter_values(deleted.iter().map(|p| &p.id))),
+                // Always the key, even when `(_xact_id, _seq)` gives it back:
+                // a non-null `_merge` is what marks a compacted tombstone.
+                MERGE => Arc::new(StringArray::from_iter_values(
+                    deleted.iter().map(|p| &p.first_key),
+                )),
+                "project_id" => Arc::new(StringArray::from_iter_values(
+                    deleted.iter().map(|_| &self.project_id),
+                )),
+                "is_root" => Arc::new(BooleanArray::new_null(rows)),
+                _ => arrow::array::new_null_array(field.data_type(), rows),
+            };
+            columns.push(column);
+        }
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+/// Commit the rewrite under the project's write lock, on the latest version,
+/// unless a commit since the plan removed one of the files it rewrites.
+async fn commit(
+    store: &Store,
+    project: &Project,
+    plan: &Plan,
+    adds: &[Add],
+    options: &CompactOptions,
+) -> Result<i64> {
+    let (mut logs, lock) = store.logs_for_write(project).await?;
+    let table = logs
+        .table_mut()
+        .ok_or_else(|| Error::Internal("no table after opening it for write".into()))?;
+    let snapshot = table.snapshot()?;
+    let mut removes = Vec::with_capacity(plan.rewrite.len());
+    for view in snapshot.log_data().iter() {
+        if plan.rewrite.contains(view.path().as_ref()) {
+            removes.push(Action::Remove(view.remove_action(false)));
+        }
+    }
+    if removes.len() != plan.rewrite.len() {
+        drop(lock);
+        return Err(Error::InvalidArgument(format!(
+            "the log table of project `{}` changed during compaction (planned on version {}, \
+             now {}): another writer removed files that it rewrote; nothing was committed, run it again",
+            project.name,
+            plan.version,
+            logs.version().unwrap_or_default()
+        )));
+    }
+    let mut actions = removes;
+    actions.extend(adds.iter().cloned().map(Action::Add));
+    let operation = DeltaOperation::Optimize {
+        predicate: None,
+        target_size: i64::try_from(options.target_file_bytes).unwrap_or(i64::MAX),
+    };
+    // As ingest: a checkpoint every 100 commits, old log entries kept (so
+    // pinned snapshots stay readable), no retry (the lock is held).
+    let properties = CommitProperties::default()
+        .with_create_checkpoint(true)
+        .with_cleanup_expired_logs(Some(false))
+        .with_max_retries(0);
+    let metadata = HashMap::from([(
+        "spanlake.compaction".to_string(),
+        serde_json::json!({
+            "planned_version": plan.version,
+            "ids_folded": plan.fold_ids.len(),
+            "rows_in": plan.rows_in(),
+            "rows_out": plan.rows_out(),
+        }),
+    )]);
+    let finalized = CommitBuilder::from(properties)
+        .with_actions(actions)
+        .with_app_metadata(metadata)
+        .build(Some(table.snapshot()?), table.log_store(), operation)
+        .await?;
+    let version = finalized.version();
+    drop(lock);
+    i64::try_from(version).map_err(|_| Error::Internal(format!("version {version} out of range")))
+}
+
+async fn delete_files(table: &DeltaTable, adds: &[Add]) {
+    let store = table.object_store();
+    for add in adds {
+        let path = deltalake::Path::from(add.path.as_str());
+        if let Err(e) = store.delete(&path).await {
+            tracing::warn!(path = %add.path, error = %e, "could not delete an uncommitted compaction file; a vacuum of unreferenced files will");
+        }
+    }
+}
+
+/// When `serve` compacts a project: checked on the table's statistics only.
+#[derive(Debug, Clone)]
+pub struct CompactionPolicy {
+    /// At least this many row versions in files that hold versions to fold
+    /// (merges, replaces of known ids, deletes)...
+    pub min_dirty_rows: u64,
+    /// ...and at least this fraction of all row versions;
+    pub min_dirty_fraction: f64,
+    /// or at least this many small files.
+    pub min_small_files: usize,
+    /// How each compaction is made.
+    pub options: CompactOptions,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        Self {
+            min_dirty_rows: 10_000,
+            min_dirty_fraction: 0.1,
+            min_small_files: 32,
+            options: CompactOptions::default(),
+        }
+    }
+}
+
+impl CompactionPolicy {
+    /// Why `logs` should be compacted now, or `None`.
+    pub fn due(&self, logs: &ProjectLogs) -> Result<Option<String>> {
+        let Some(table) = logs.table() else {
+            return Ok(None);
+        };
+        let files = file_infos(table)?;
+        let total: u64 = files.iter().map(|f| f.rows).sum();
+        let dirty: u64 = files
+            .iter()
+            .filter(|f| f.op_max != Some(0) && !f.compacted)
+            .map(|f| f.rows)
+            .sum();
+        if dirty > 0
+            && dirty >= self.min_dirty_rows
+            && dirty as f64 >= self.min_dirty_fraction * total as f64
+        {
+            return Ok(Some(format!(
+                "{dirty} of {total} row versions are in files with versions to fold"
+            )));
+        }
+        let small = files
+            .iter()
+            .filter(|f| f.bytes < self.options.small_file_bytes)
+            .count();
+        if small >= self.min_small_files.max(2) {
+            return Ok(Some(format!("{small} small files")));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::TryStreamExt;
+
+    use super::*;
+    use crate::ingest::{IngestOptions, ingest};
+    use crate::store::schema::xact_id_for_version;
+
+    async fn ingest_lines(store: &Store, lines: &[&str]) {
+        let project = store.registry().resolve_or_create("p").unwrap();
+        let input = std::io::Cursor::new(lines.join("\n").into_bytes());
+        ingest(
+            store,
+            &project,
+            Box::new(input),
+            "test",
+            &IngestOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Every column of the spans view after `after`, sorted by id, as text.
+    async fn view(store: &Store, after: Option<i64>) -> String {
+        let project = store.registry().resolve("p").unwrap();
+        let ctx = crate::query::session(&QueryOptions::default()).unwrap();
+        let logs = store.logs(&project).await.unwrap();
+        let batches: Vec<RecordBatch> = logs
+            .resolved_view_after(&ctx, after)
+            .await
+            .unwrap()
+            .sort(vec![col("id").sort(true, false)])
+            .unwrap()
+            .execute_stream()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+    }
+
+    async fn views(store: &Store, last_version: i64) -> Vec<String> {
+        let mut out = vec![view(store, None).await];
+        for v in 0..=last_version {
+            out.push(view(store, Some(xact_id_for_version(v))).await);
+        }
+        out
+    }
+
+    async fn compact_p(store: &Store, dry_run: bool) -> CompactionReport {
+        let project = store.registry().resolve("p").unwrap();
+        compact(
+            store,
+            &project,
+            &CompactOptions {
+                dry_run,
+                ..CompactOptions::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn compaction_changes_no_resolved_row_nor_what_changed_after_any_xact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        ingest_lines(
+            &store,
+            &[
+                r#"{"id":"a","created":"2026-01-01T00:00:00Z","input":{"x":1,"y":2},"tags":["t1"]}"#,
+                r#"{"id":"b","created":"2026-01-01T00:00:01Z","input":"hello","span_parents":["a"]}"#,
+                r#"{"id":"c","created":"2026-01-01T00:00:02Z","input":"gone"}"#,
+                r#"{"id":"e","created":"2026-01-01T00:00:03Z","input":"kept"}"#,
+            ],
+        )
+        .await;
+        ingest_lines(
+            &store,
+            &[
+                r#"{"id":"a","_is_merge":true,"input":{"y":3},"tags":["t2","t1"]}"#,
+                r#"{"id":"c","_object_delete":true}"#,
+                r#"{"id":"d","_is_merge":true,"input":"merged into nothing"}"#,
+                r#"{"id":"b","input":"replaced"}"#,
+                r#"{"id":"b","_is_merge":true,"input":"then merged","output":null}"#,
+                r#"{"id":"g","created":"2026-01-02T00:00:00Z","input":"new in 2"}"#,
+            ],
+        )
+        .await;
+        ingest_lines(
+            &store,
+            &[
+                r#"{"id":"a","_is_merge":true,"metadata":{"m":1}}"#,
+                r#"{"id":"h","created":"2026-01-03T00:00:00Z","input":"h"}"#,
+                r#"{"id":"h","_object_delete":true}"#,
+            ],
+        )
+        .await;
+        let project = store.registry().resolve("p").unwrap();
+        let last = store.logs(&project).await.unwrap().version().unwrap();
+        let before = views(&store, last).await;
+
+        let preview = compact_p(&store, true).await;
+        assert!(preview.dry_run && preview.version.is_none());
+        assert_eq!(store.logs(&project).await.unwrap().version(), Some(last));
+
+        let report = compact_p(&store, false).await;
+        // a, b, c, d, h folded (c and h deleted: tombstones); e and g copied.
+        assert_eq!(report.ids_folded, 5, "{report:?}");
+        assert_eq!(report.tombstones, Some(2), "{report:?}");
+        assert_eq!(report.rows_in, 13, "{report:?}");
+        assert_eq!(report.rows_out, 7, "{report:?}");
+        assert_eq!(
+            (preview.rows_in, preview.rows_out, preview.files_in),
+            (report.rows_in, report.rows_out, report.files_in)
+        );
+        assert_eq!(report.files_out, Some(1));
+        assert_eq!(report.version, Some(last + 1));
+        assert_eq!(views(&store, last).await, before);
+
+        // Nothing left to do: a second compaction commits nothing.
+        let again = compact_p(&store, false).await;
+        assert!(again.is_noop(), "{again:?}");
+        assert_eq!(
+            store.logs(&project).await.unwrap().version(),
+            Some(last + 1)
+        );
+
+        // Later writes apply on top of the compacted rows as they would on
+        // the versions: a merge keeps a's first `_pagination_key`, a
+        // re-created c keeps c's.
+        let key = |text: &str, id: &str| -> String {
+            text.lines()
+                .find(|l| l.contains(&format!("| {id} ")))
+                .unwrap_or_else(|| panic!("no row {id} in\n{text}"))
+                .split('|')
+                .nth(3)
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let a_key = key(&before[0], "a");
+        ingest_lines(
+            &store,
+            &[
+                r#"{"id":"a","_is_merge":true,"input":{"z":4}}"#,
+                r#"{"id":"c","input":"back"}"#,
+            ],
+        )
+        .await;
+        let after = view(&store, None).await;
+        assert_eq!(key(&after, "a"), a_key);
+        assert!(after.contains(r#"{"x":1,"y":3,"z":4}"#), "{after}");
+        let c_first = super::super::resolve::pagination_key_text(xact_id_for_version(1), 2);
+        assert_eq!(key(&after, "c"), c_first, "{after}");
+        assert!(!after.contains("| h "), "{after}");
+        let before_second = views(&store, last + 2).await;
+        let second = compact_p(&store, false).await;
+        assert_eq!(second.ids_folded, 2, "{second:?}");
+        assert_eq!(views(&store, last + 2).await, before_second);
+    }
+}
