@@ -11,6 +11,7 @@
 pub mod automation;
 pub mod diagnostics;
 pub mod render;
+pub mod store;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -63,7 +64,13 @@ pub enum Command {
         /// One pass over the due automations, then exit (for cron and tests).
         #[arg(long)]
         once: bool,
+        /// Automatic compaction.
+        #[command(flatten)]
+        compaction: store::ServeCompactionArgs,
     },
+    /// Maintenance of a project's log table (compaction).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// `spanlake project ...`
@@ -196,7 +203,8 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Ingest(args) => ingest_command(&store, args).await,
         Command::Query(args) => return query_command(&store, args).await,
         Command::Automation(command) => automation::automation_command(&store, command).await,
-        Command::Serve { once } => serve_command(&store, once).await,
+        Command::Serve { once, compaction } => serve_command(&store, once, &compaction).await,
+        Command::Store(command) => store::store_command(&store, command).await,
         Command::Export(args) => {
             let text = args.query.clone();
             let result = automation::export_command(&store, args).await;
@@ -256,7 +264,11 @@ fn report_error(error: &anyhow::Error) -> u8 {
     exit_code_of(error)
 }
 
-async fn serve_command(store: &Store, once: bool) -> anyhow::Result<()> {
+async fn serve_command(
+    store: &Store,
+    once: bool,
+    compaction: &store::ServeCompactionArgs,
+) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut terminate =
@@ -280,6 +292,7 @@ async fn serve_command(store: &Store, once: bool) -> anyhow::Result<()> {
     });
     let options = spanlake_engine::scheduler::SchedulerOptions {
         once,
+        compaction: compaction.policy(),
         ..Default::default()
     };
     if !once {
