@@ -311,6 +311,26 @@ pub(crate) fn kill_point(point: &str) {
     }
 }
 
+/// Test hook: with `SPANLAKE_TEST_PAUSE_AT=<point>:<file>`, a run reaching
+/// `point` creates `<file>.reached` and waits until `<file>` exists (e.g. an
+/// export holding its pinned snapshot while a retention run and its vacuum
+/// go by). Used by the concurrency tests; inert otherwise.
+pub(crate) fn pause_point(point: &str) {
+    let Ok(at) = std::env::var("SPANLAKE_TEST_PAUSE_AT") else {
+        return;
+    };
+    let Some((name, file)) = at.split_once(':') else {
+        return;
+    };
+    if name != point {
+        return;
+    }
+    let _ = std::fs::write(format!("{file}.reached"), b"");
+    while !std::path::Path::new(file).exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
@@ -832,6 +852,8 @@ async fn write_run(
         .logs_at(&project, Some(version))
         .await
         .map_err(failed)?;
+    // The snapshot is open (its files listed) and pinned by this run.
+    pause_point("export_snapshot");
     let options = QueryOptions::default();
     let ctx = session(&options).map_err(failed)?;
     let changed = logs

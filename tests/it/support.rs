@@ -218,3 +218,109 @@ pub(crate) fn create_bucket(endpoint: &str, bucket: &str) {
     stream.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }
+
+/// The value of the environment variable of a test service (set by
+/// `scripts/test`), or `None` with a notice; with `SPANLAKE_REQUIRE_SERVICES`
+/// set, a missing one fails the test.
+pub(crate) fn service_var(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(value) => Some(value),
+        Err(_) => {
+            assert!(
+                std::env::var_os("SPANLAKE_REQUIRE_SERVICES").is_none(),
+                "SPANLAKE_REQUIRE_SERVICES is set but {name} is not: run the tests with scripts/test"
+            );
+            eprintln!("skipped: {name} is unset (scripts/test sets it)");
+            None
+        }
+    }
+}
+
+/// Run `sql` in DuckDB (through `python`, `$SPANLAKE_DUCKDB_PYTHON`) and
+/// return the rows as JSON.
+pub(crate) fn duckdb_rows(python: &str, sql: &str) -> serde_json::Value {
+    let script = r#"
+import json, sys, duckdb
+rows = duckdb.connect().execute(sys.argv[1]).fetchall()
+print(json.dumps(rows, default=str))
+"#;
+    let output = Command::new(python)
+        .args(["-c", script, sql])
+        .output()
+        .expect("run python with duckdb");
+    assert!(
+        output.status.success(),
+        "duckdb failed on {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("duckdb printed JSON")
+}
+
+/// Total size of the files under `path`, recursively.
+pub(crate) fn dir_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).expect("read a directory") {
+        let entry = entry.expect("a directory entry");
+        let meta = entry.metadata().expect("file metadata");
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+impl Spanlake {
+    /// The Delta table directory of the only project of the data dir.
+    pub(crate) fn only_table_dir(&self) -> PathBuf {
+        let projects = self.data_dir().join("projects");
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&projects)
+            .expect("the projects directory")
+            .map(|e| e.expect("a directory entry").path())
+            .collect();
+        assert_eq!(
+            dirs.len(),
+            1,
+            "expected one project in {}",
+            projects.display()
+        );
+        dirs.pop().expect("one project").join("logs")
+    }
+}
+
+/// The data files that the latest version of the Delta table at `table`
+/// references, from its JSON commits (adds minus removes, in version order).
+pub(crate) fn delta_live_files(table: &Path) -> std::collections::BTreeSet<String> {
+    let log = table.join("_delta_log");
+    let mut commits: Vec<PathBuf> = std::fs::read_dir(&log)
+        .expect("the Delta log")
+        .map(|e| e.expect("a log entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    commits.sort();
+    let mut live = std::collections::BTreeSet::new();
+    for commit in commits {
+        let text = std::fs::read_to_string(&commit).expect("read a commit");
+        for line in text.lines() {
+            let action: serde_json::Value = serde_json::from_str(line).expect("a JSON action");
+            if let Some(path) = action["add"]["path"].as_str() {
+                live.insert(path.to_string());
+            }
+            if let Some(path) = action["remove"]["path"].as_str() {
+                live.remove(path);
+            }
+        }
+    }
+    live
+}
+
+/// The data files on disk under the Delta table at `table` (not the log).
+pub(crate) fn delta_disk_files(table: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(table)
+        .expect("the table directory")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
