@@ -331,22 +331,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
         }
         AutomationCommand::Status(selector) => {
             let automation = find(store, &state, &selector)?;
-            let runs = state.runs(&automation.id, 10_000)?;
-            let cursor = state.cursor(&automation.id)?;
-            let status = serde_json::json!({
-                "automation": automation.name,
-                "status": automation.status,
-                "cursor": cursor.map(|c| c.to_string()),
-                "last_run": runs.first(),
-                "totals": {
-                    "runs": runs.len(),
-                    "rows": runs.iter().map(|r| r.rows).sum::<u64>(),
-                    "bytes": runs.iter().map(|r| r.bytes).sum::<u64>(),
-                    "files": runs.iter().map(|r| r.files).sum::<u64>(),
-                },
-                "keeping_up": runs.first().map(|r| r.status != spanlake_engine::automation::state::RunStatus::Behind),
-            });
-            print_json(&status)?;
+            print_json(&state.status_json(&automation)?)?;
         }
         AutomationCommand::History { selector, limit } => {
             let automation = find(store, &state, &selector)?;

@@ -9,7 +9,8 @@
 //!   locked store).
 
 pub mod automation;
-pub mod diagnostics;
+pub mod http;
+pub use spanlake_dsl::diagnostics;
 pub mod render;
 pub mod store;
 
@@ -67,7 +68,13 @@ pub enum Command {
         /// Automatic compaction.
         #[command(flatten)]
         compaction: store::ServeCompactionArgs,
+        /// The HTTP API (not with `--once`).
+        #[command(flatten)]
+        http: http::ServeHttpArgs,
     },
+    /// API keys of the HTTP API.
+    #[command(subcommand)]
+    Apikey(http::ApikeyCommand),
     /// Maintenance of a project's log table (compaction).
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -203,7 +210,12 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Ingest(args) => ingest_command(&store, args).await,
         Command::Query(args) => return query_command(&store, args).await,
         Command::Automation(command) => automation::automation_command(&store, command).await,
-        Command::Serve { once, compaction } => serve_command(&store, once, &compaction).await,
+        Command::Serve {
+            once,
+            compaction,
+            http,
+        } => serve_command(&store, once, &compaction, &http).await,
+        Command::Apikey(command) => http::apikey_command(&store, command),
         Command::Store(command) => store::store_command(&store, command).await,
         Command::Export(args) => {
             let text = args.query.clone();
@@ -268,6 +280,7 @@ async fn serve_command(
     store: &Store,
     once: bool,
     compaction: &store::ServeCompactionArgs,
+    http: &http::ServeHttpArgs,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -301,7 +314,15 @@ async fn serve_command(
             store.data_dir().display()
         );
     }
+    let server = if once || http.no_http {
+        None
+    } else {
+        Some(http::start(store, http, stop_rx.clone()).await?)
+    };
     spanlake_engine::scheduler::serve(store, &options, stop_rx).await?;
+    if let Some(server) = server {
+        server.await.context("the HTTP server task failed")??;
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod ast;
+pub mod diagnostics;
 mod error;
 pub mod functions;
 mod json_ast;

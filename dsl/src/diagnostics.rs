@@ -16,7 +16,7 @@
 
 use std::fmt::Write;
 
-use spanlake_dsl::{Diagnostic, Span};
+use crate::{Diagnostic, Span};
 
 /// Line (1-based), column (1-based, in characters) and the text of the line
 /// holding byte `offset`.

@@ -1,0 +1,323 @@
+//! `/v1/project_automation`: export and retention automations over REST,
+//! in the shape of `spec/automations.md` (the Automation object: `id`,
+//! `project_id`, `name`, `description`, `kind`, `config`, `status`,
+//! `created`, `updated`). The same engine calls as `spanlake automation`.
+//!
+//! - `POST   /v1/project_automation` `{project_id, name, description?, kind, config}`
+//! - `GET    /v1/project_automation[?project_id=]` → `{"objects": [...]}`
+//! - `GET    /v1/project_automation/{id}`
+//! - `PATCH|PUT /v1/project_automation/{id}` `{name?, description?, config?, status?}`
+//! - `DELETE /v1/project_automation/{id}` (exported files stay)
+//! - `POST   /v1/project_automation/{id}/run` (run now), `/test`, `/reset`
+//! - `GET    /v1/project_automation/{id}/status`, `/history?limit=`
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use spanlake_engine::automation::state::{Automation, Kind, StateDb, Trigger};
+use spanlake_engine::export::{RawExportConfig, run_export, test_export_target};
+use spanlake_engine::retention::{RetentionConfig, run_retention_automation};
+use spanlake_engine::store::STATE_DB;
+
+use crate::AppState;
+use crate::auth::Auth;
+use crate::error::ApiError;
+
+type Answer = Result<Json<serde_json::Value>, ApiError>;
+
+fn state_db(state: &AppState) -> Result<StateDb, ApiError> {
+    Ok(StateDb::open(&state.store.data_dir().join(STATE_DB))?)
+}
+
+fn to_json(value: &impl serde::Serialize) -> Answer {
+    serde_json::to_value(value)
+        .map(Json)
+        .map_err(|e| ApiError::from(spanlake_engine::Error::Internal(e.to_string())))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid {what} (line {}, column {}): {e}",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// The automation `id`, if its project belongs to `org_id`.
+fn find(state: &AppState, db: &StateDb, org_id: &str, id: &str) -> Result<Automation, ApiError> {
+    let not_found = || ApiError::not_found(format!("no automation with id `{id}`"));
+    let automation = db.get(id)?.ok_or_else(not_found)?;
+    match state
+        .store
+        .registry()
+        .resolve_in_org(org_id, &automation.project_id)
+    {
+        Ok(_) => Ok(automation),
+        Err(spanlake_engine::Error::UnknownProject(_)) => Err(not_found()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Validate `config` for `kind`; the stored (normalized) configuration.
+fn validated_config(kind: Kind, config: serde_json::Value) -> Result<serde_json::Value, ApiError> {
+    match kind {
+        Kind::Export => {
+            let raw: RawExportConfig = serde_json::from_value(config)
+                .map_err(|e| ApiError::bad_request(format!("invalid export config: {e}")))?;
+            raw.validate()?;
+            Ok(serde_json::to_value(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?)
+        }
+        Kind::Retention => {
+            let raw: RetentionConfig = serde_json::from_value(config)
+                .map_err(|e| ApiError::bad_request(format!("invalid retention config: {e}")))?;
+            raw.validate()?;
+            Ok(serde_json::to_value(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateBody {
+    project_id: String,
+    name: String,
+    #[serde(default)]
+    description: String,
+    kind: String,
+    config: serde_json::Value,
+}
+
+/// `POST /v1/project_automation`.
+pub(crate) async fn create(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Answer {
+    let body: CreateBody = parse(&body, "automation")?;
+    let kind = match body.kind.as_str() {
+        "export" => Kind::Export,
+        "retention" => Kind::Retention,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "`kind` must be `export` or `retention`, not `{other}`"
+            )));
+        }
+    };
+    let project = state
+        .store
+        .registry()
+        .resolve_in_org(&org.id, &body.project_id)?;
+    let config = validated_config(kind, body.config)?;
+    let db = state_db(&state)?;
+    let automation = db.create(&project.id, &body.name, &body.description, kind, &config)?;
+    to_json(&automation)
+}
+
+/// `GET /v1/project_automation[?project_id=]`.
+pub(crate) async fn list(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Answer {
+    let projects: Vec<String> = match query.get("project_id") {
+        Some(project) => vec![state.store.registry().resolve_in_org(&org.id, project)?.id],
+        None => state
+            .store
+            .registry()
+            .list_in_org(&org.id)?
+            .into_iter()
+            .map(|p| p.id)
+            .collect(),
+    };
+    let db = state_db(&state)?;
+    let mut objects = Vec::new();
+    for project in &projects {
+        objects.extend(db.list(Some(project))?);
+    }
+    Ok(Json(serde_json::json!({ "objects": objects })))
+}
+
+/// `GET /v1/project_automation/{id}`.
+pub(crate) async fn get(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Answer {
+    let db = state_db(&state)?;
+    to_json(&find(&state, &db, &org.id, &id)?)
+}
+
+#[derive(Debug, Deserialize)]
+struct UpdateBody {
+    name: Option<String>,
+    description: Option<String>,
+    config: Option<serde_json::Value>,
+    status: Option<String>,
+}
+
+/// `PATCH|PUT /v1/project_automation/{id}`: change what is given.
+pub(crate) async fn update(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Answer {
+    let body: UpdateBody = parse(&body, "automation update")?;
+    let db = state_db(&state)?;
+    let current = find(&state, &db, &org.id, &id)?;
+    if let Some(status) = &body.status {
+        if status != "active" && status != "paused" {
+            return Err(ApiError::bad_request(format!(
+                "`status` must be `active` or `paused`, not `{status}`"
+            )));
+        }
+    }
+    let config = match body.config {
+        Some(config) => validated_config(current.kind, config)?,
+        None => current.config.clone(),
+    };
+    let mut updated = db.update(
+        &id,
+        body.name.as_deref().unwrap_or(&current.name),
+        body.description.as_deref().unwrap_or(&current.description),
+        &config,
+    )?;
+    if let Some(status) = body.status {
+        db.set_status(&id, &status)?;
+        updated.status = status;
+    }
+    to_json(&updated)
+}
+
+/// `DELETE /v1/project_automation/{id}`.
+pub(crate) async fn delete(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Answer {
+    let db = state_db(&state)?;
+    let automation = find(&state, &db, &org.id, &id)?;
+    db.delete(&automation.id)?;
+    Ok(Json(
+        serde_json::json!({"id": automation.id, "deleted": true}),
+    ))
+}
+
+/// Run `work` (which holds the state database, a connection that cannot be
+/// shared between threads) on a blocking thread of its own.
+async fn on_own_thread<F, Fut>(state: &Arc<AppState>, work: F) -> Answer
+where
+    F: FnOnce(Arc<AppState>, StateDb) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Answer>,
+{
+    let state = Arc::clone(state);
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let db = state_db(&state)?;
+        handle.block_on(work(state, db))
+    })
+    .await
+    .map_err(|e| ApiError::from(spanlake_engine::Error::Internal(format!("run failed: {e}"))))?
+}
+
+/// `POST /v1/project_automation/{id}/run`: run now; answers when it ends.
+pub(crate) async fn run(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Answer {
+    on_own_thread(&state, move |state, db| async move {
+        let automation = find(&state, &db, &org.id, &id)?;
+        match automation.kind {
+            Kind::Retention => to_json(
+                &run_retention_automation(&state.store, &db, &automation, Trigger::Manual, false)
+                    .await?,
+            ),
+            Kind::Export => {
+                to_json(&run_export(&state.store, &db, &automation, Trigger::Manual, None).await?)
+            }
+        }
+    })
+    .await
+}
+
+/// `POST /v1/project_automation/{id}/test`: for an export, write, read back
+/// and delete a probe file through the configured credentials; for a
+/// retention, the preview (nothing changes).
+pub(crate) async fn test(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Answer {
+    on_own_thread(&state, move |state, db| async move {
+        let automation = find(&state, &db, &org.id, &id)?;
+        match automation.kind {
+            Kind::Retention => to_json(
+                &run_retention_automation(&state.store, &db, &automation, Trigger::Test, true)
+                    .await?,
+            ),
+            Kind::Export => {
+                let raw: RawExportConfig = serde_json::from_value(automation.config.clone())
+                    .map_err(|e| ApiError::from(spanlake_engine::Error::Internal(e.to_string())))?;
+                let external_id = spanlake_engine::credentials::external_id(
+                    &org.id,
+                    &automation.project_id,
+                    &automation.id,
+                );
+                let steps = test_export_target(&raw.validate()?, Some(&external_id)).await;
+                let ok = steps.iter().all(|s| s.ok);
+                Ok(Json(serde_json::json!({"ok": ok, "steps": steps})))
+            }
+        }
+    })
+    .await
+}
+
+/// `POST /v1/project_automation/{id}/reset`: the next run starts over.
+pub(crate) async fn reset(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Answer {
+    let db = state_db(&state)?;
+    let automation = find(&state, &db, &org.id, &id)?;
+    db.reset(&automation.id)?;
+    Ok(Json(
+        serde_json::json!({"id": automation.id, "reset": true}),
+    ))
+}
+
+/// `GET /v1/project_automation/{id}/status`.
+pub(crate) async fn status(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Answer {
+    let db = state_db(&state)?;
+    let automation = find(&state, &db, &org.id, &id)?;
+    Ok(Json(db.status_json(&automation)?))
+}
+
+/// `GET /v1/project_automation/{id}/history?limit=` (newest first).
+pub(crate) async fn history(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Answer {
+    let limit = match query.get("limit") {
+        Some(text) => text.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(format!("`limit` must be a positive integer, not `{text}`"))
+        })?,
+        None => 20,
+    };
+    let db = state_db(&state)?;
+    let automation = find(&state, &db, &org.id, &id)?;
+    Ok(Json(
+        serde_json::json!({ "objects": db.runs(&automation.id, limit)? }),
+    ))
+}

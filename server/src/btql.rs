@@ -1,0 +1,402 @@
+//! `POST /btql` and `GET|POST /v1/project_logs/{id}/fetch`.
+//!
+//! The query is text (pipe BTQL or SQL, detected) or the JSON AST the SDK
+//! sends. `limit` is the page size (default `default_page_rows`, at most
+//! `max_page_rows`); when more rows follow, the answer carries a `cursor`
+//! (also in the `x-bt-cursor` header) that reads the next page of the same
+//! snapshot: post the same query with it (`query.cursor` in the AST form,
+//! or a top-level `cursor`). Memory is bounded by the page, not the result.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::{DataType, Schema};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use spanlake_engine::Error;
+use spanlake_engine::query::{Paging, QueryOptions, QueryStream, run_parsed_query};
+use spanlake_engine::rows::write_row_object;
+
+use crate::AppState;
+use crate::auth::Auth;
+use crate::error::ApiError;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct BtqlBody {
+    query: Option<serde_json::Value>,
+    #[serde(default)]
+    fmt: Option<String>,
+    #[serde(default)]
+    tz_offset: Option<i32>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fmt {
+    Json,
+    Jsonl,
+    Parquet,
+}
+
+/// A page of rows, encoded.
+struct Page {
+    body: Vec<u8>,
+    cursor: Option<String>,
+}
+
+/// `POST /btql`.
+pub(crate) async fn btql(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: BtqlBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected {{\"query\": ..., \"fmt\": \"json\"}} (line {}, column {}): {e}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let fmt = match body.fmt.as_deref() {
+        None | Some("json") => Fmt::Json,
+        Some("jsonl") => Fmt::Jsonl,
+        Some("parquet") => Fmt::Parquet,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown `fmt` `{other}`; use json, jsonl or parquet"
+            )));
+        }
+    };
+    let (text, mut cursor) = match body.query {
+        Some(serde_json::Value::String(text)) => (text, None),
+        Some(serde_json::Value::Object(mut ast)) => {
+            let cursor = match ast.remove("cursor") {
+                Some(serde_json::Value::String(c)) => Some(c),
+                _ => None,
+            };
+            (serde_json::Value::Object(ast).to_string(), cursor)
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`query` must be a string (BTQL or SQL) or a JSON AST object, not {other}"
+            )));
+        }
+        None => return Err(ApiError::bad_request("missing `query`")),
+    };
+    if cursor.is_none() {
+        cursor = body.cursor;
+    }
+    let started = Instant::now();
+    let page = run_page(
+        &state,
+        &org.id,
+        &text,
+        cursor,
+        body.tz_offset.unwrap_or(0),
+        fmt,
+    )
+    .await;
+    state
+        .metrics
+        .query_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let (page, schema) = page?;
+    let mut headers = HeaderMap::new();
+    if let Some(cursor) = &page.cursor {
+        if let Ok(value) = HeaderValue::from_str(cursor) {
+            headers.insert("x-bt-cursor", value);
+        }
+    }
+    let content_type = match fmt {
+        Fmt::Json => "application/json",
+        Fmt::Jsonl => "application/x-ndjson",
+        Fmt::Parquet => "application/vnd.apache.parquet",
+    };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let body = match fmt {
+        Fmt::Json => {
+            let mut out = Vec::with_capacity(page.body.len() + 256);
+            out.extend_from_slice(b"{\"data\":[");
+            out.extend_from_slice(&page.body);
+            out.extend_from_slice(b"],\"schema\":");
+            out.extend_from_slice(schema.to_string().as_bytes());
+            out.extend_from_slice(b",\"cursor\":");
+            out.extend_from_slice(
+                serde_json::to_string(&page.cursor)
+                    .unwrap_or_else(|_| "null".into())
+                    .as_bytes(),
+            );
+            out.push(b'}');
+            out
+        }
+        _ => page.body,
+    };
+    Ok((headers, body).into_response())
+}
+
+/// Run one page of `text` for `org_id`; the page and the JSON schema of
+/// its columns.
+async fn run_page(
+    state: &AppState,
+    org_id: &str,
+    text: &str,
+    cursor: Option<String>,
+    tz_offset_minutes: i32,
+    fmt: Fmt,
+) -> Result<(Page, serde_json::Value), ApiError> {
+    let query_error = |e: spanlake_dsl::Diagnostics| ApiError::query(&e, text);
+    let mut query = spanlake_dsl::parse_any(text).map_err(query_error)?;
+    if let Some(clause) = query.cursor.take() {
+        return Err(ApiError::bad_request(format!(
+            "put the cursor in the request (`\"cursor\": \"{}\"`), not in the query text",
+            clause.value
+        )));
+    }
+    let pivoted = query.pivot.is_some();
+    let size = if pivoted {
+        // Pivots are not paged: the query's own limit applies.
+        state.config.max_page_rows
+    } else {
+        match query.limit.take() {
+            Some(limit) if limit.value < 1 => {
+                return Err(ApiError::bad_request("`limit` must be at least 1"));
+            }
+            Some(limit) => u64::try_from(limit.value)
+                .unwrap_or(u64::MAX)
+                .min(state.config.max_page_rows),
+            None => state.config.default_page_rows,
+        }
+    };
+    let options = QueryOptions {
+        tz_offset_minutes,
+        memory_limit_bytes: state.config.query_memory_bytes,
+        page: (!pivoted).then(|| Paging {
+            size,
+            cursor: cursor.clone(),
+        }),
+        org_id: Some(org_id.to_string()),
+        ..QueryOptions::default()
+    };
+    let stream = match run_parsed_query(&state.store, query, text, &options).await {
+        Ok(stream) => stream,
+        Err(Error::Query(diagnostics)) => return Err(query_error(diagnostics)),
+        Err(e) => return Err(e.into()),
+    };
+    if pivoted && cursor.is_some() {
+        return Err(ApiError::bad_request(
+            "pivoted results are not paged; run the query without a cursor",
+        ));
+    }
+    collect_page(stream, size, fmt, pivoted).await
+}
+
+async fn collect_page(
+    query: QueryStream,
+    size: u64,
+    fmt: Fmt,
+    pivoted: bool,
+) -> Result<(Page, serde_json::Value), ApiError> {
+    let QueryStream {
+        columns,
+        mut stream,
+        page,
+    } = query;
+    let schema = json_schema(&stream.schema(), &columns);
+    let mut body = Vec::new();
+    let mut batches = Vec::new();
+    let mut rows = 0u64;
+    let mut more = false;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| ApiError::from(Error::DataFusion(e)))?;
+        let room = usize::try_from(size - rows).unwrap_or(usize::MAX);
+        if batch.num_rows() > room {
+            more = true;
+        }
+        let batch = batch.slice(0, batch.num_rows().min(room));
+        match fmt {
+            Fmt::Json | Fmt::Jsonl => {
+                for row in 0..batch.num_rows() {
+                    if fmt == Fmt::Json && (rows > 0 || row > 0) {
+                        body.push(b',');
+                    }
+                    write_row_object(&mut body, &batch, &columns, row)
+                        .map_err(|e| ApiError::from(Error::Internal(e.to_string())))?;
+                    if fmt == Fmt::Jsonl {
+                        body.push(b'\n');
+                    }
+                }
+            }
+            Fmt::Parquet => batches.push(batch.clone()),
+        }
+        rows += batch.num_rows() as u64;
+        if more {
+            break;
+        }
+    }
+    if pivoted && more {
+        return Err(ApiError::bad_request(format!(
+            "the pivoted result has more than {size} rows; add a `limit`"
+        )));
+    }
+    if fmt == Fmt::Parquet {
+        body = parquet_bytes(&stream.schema(), &batches)?;
+    }
+    let cursor = page.filter(|_| more).map(|(_, cursor)| cursor);
+    Ok((Page { body, cursor }, schema))
+}
+
+fn parquet_bytes(
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[arrow::array::RecordBatch],
+) -> Result<Vec<u8>, ApiError> {
+    let fail = |e: parquet::errors::ParquetError| ApiError::from(Error::Internal(e.to_string()));
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(
+            parquet::basic::ZstdLevel::try_new(3).map_err(fail)?,
+        ))
+        .build();
+    let mut out = Vec::new();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(&mut out, std::sync::Arc::clone(schema), Some(props))
+            .map_err(fail)?;
+    for batch in batches {
+        writer.write(batch).map_err(fail)?;
+    }
+    writer.close().map_err(fail)?;
+    Ok(out)
+}
+
+/// `{"type": "array", "items": {"type": "object", "properties": {...}}}`.
+fn json_schema(schema: &Schema, columns: &[spanlake_dsl::OutputColumn]) -> serde_json::Value {
+    let mut properties = serde_json::Map::new();
+    for (field, column) in schema.fields().iter().zip(columns) {
+        let kind = if column.json {
+            serde_json::json!({})
+        } else {
+            match field.data_type() {
+                DataType::Boolean => serde_json::json!({"type": "boolean"}),
+                DataType::Int8
+                | DataType::Int16
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::UInt8
+                | DataType::UInt16
+                | DataType::UInt32
+                | DataType::UInt64 => serde_json::json!({"type": "integer"}),
+                DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+                    serde_json::json!({"type": "number"})
+                }
+                DataType::Timestamp(..) => {
+                    serde_json::json!({"type": "string", "format": "date-time"})
+                }
+                DataType::Date32 | DataType::Date64 => {
+                    serde_json::json!({"type": "string", "format": "date"})
+                }
+                _ => serde_json::json!({"type": "string"}),
+            }
+        };
+        properties.insert(column.name.clone(), kind);
+    }
+    serde_json::json!({
+        "type": "array",
+        "items": {"type": "object", "properties": properties},
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct FetchParams {
+    limit: Option<u64>,
+    cursor: Option<String>,
+    max_xact_id: Option<String>,
+}
+
+/// `GET /v1/project_logs/{id}/fetch?limit=&cursor=&max_xact_id=`.
+pub(crate) async fn fetch_get(
+    auth: Auth,
+    state: State<Arc<AppState>>,
+    Path(project): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let limit = match params.get("limit") {
+        Some(text) => Some(text.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("`limit` must be a positive integer, not `{text}`"))
+        })?),
+        None => None,
+    };
+    let params = FetchParams {
+        limit,
+        cursor: params.get("cursor").cloned(),
+        max_xact_id: params.get("max_xact_id").cloned(),
+    };
+    fetch(auth, state, project, params).await
+}
+
+/// `POST /v1/project_logs/{id}/fetch {"limit", "cursor", "max_xact_id"}`.
+pub(crate) async fn fetch_post(
+    auth: Auth,
+    state: State<Arc<AppState>>,
+    Path(project): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let params: FetchParams = if body.is_empty() {
+        FetchParams::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid fetch body: {e}")))?
+    };
+    fetch(auth, state, project, params).await
+}
+
+/// The project's resolved rows, newest transaction first, a page at a time:
+/// `{"events": [...], "cursor": "..."}`. `limit` counts rows (the public
+/// API counts traces).
+async fn fetch(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    project: String,
+    params: FetchParams,
+) -> Result<Response, ApiError> {
+    let project = state.store.registry().resolve_in_org(&org.id, &project)?;
+    let mut text = format!("select: * | from: project_logs('{}')", project.id);
+    if let Some(max) = &params.max_xact_id {
+        if !max.chars().all(|c| c.is_ascii_digit()) || max.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "`max_xact_id` must be a transaction id (digits), not `{max}`"
+            )));
+        }
+        text.push_str(&format!(" | filter: _xact_id <= '{max}'"));
+    }
+    text.push_str(" | sort: _xact_id desc");
+    if let Some(limit) = params.limit {
+        text.push_str(&format!(" | limit: {limit}"));
+    }
+    let started = Instant::now();
+    let result = run_page(&state, &org.id, &text, params.cursor, 0, Fmt::Json).await;
+    state
+        .metrics
+        .query_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let (page, _) = result?;
+    let mut out = b"{\"events\":[".to_vec();
+    out.extend_from_slice(&page.body);
+    out.extend_from_slice(b"],\"cursor\":");
+    out.extend_from_slice(
+        serde_json::to_string(&page.cursor)
+            .unwrap_or_else(|_| "null".into())
+            .as_bytes(),
+    );
+    out.push(b'}');
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        out,
+    )
+        .into_response())
+}

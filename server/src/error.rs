@@ -1,0 +1,150 @@
+//! Errors of the HTTP API: a status and a JSON body
+//! `{"error": {"code": "...", "message": "..."}}` that says what is wrong and
+//! what to do. Engine errors map to 4xx when the request is at fault.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use spanlake_engine::Error;
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// A stable machine-readable code.
+    pub code: &'static str,
+    /// What is wrong, and what to do.
+    pub message: String,
+    /// Extra structured detail (line errors of an insert, query diagnostics).
+    pub details: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    /// An error with `status`, `code` and `message`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// 400 with `message`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 404 with `message`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// Attach structured detail.
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        let mut error = serde_json::json!({"code": self.code, "message": self.message});
+        if let Some(details) = &self.details {
+            error["details"] = details.clone();
+        }
+        serde_json::json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, message = %self.message, "request failed");
+        }
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}
+
+impl ApiError {
+    /// A rejected query: each diagnostic with its line, column and the
+    /// rendered query line with a caret under the mistake.
+    pub fn query(diagnostics: &spanlake_dsl::Diagnostics, text: &str) -> Self {
+        use spanlake_dsl::diagnostics::{locate, render};
+        let details: Vec<serde_json::Value> = diagnostics
+            .0
+            .iter()
+            .map(|d| {
+                let (line, column, _) = locate(text, d.span.start);
+                serde_json::json!({
+                    "code": d.code,
+                    "message": d.message,
+                    "line": line,
+                    "column": column,
+                    "help": d.help,
+                    "rendered": render(d, text, "query"),
+                })
+            })
+            .collect();
+        let message = diagnostics
+            .0
+            .iter()
+            .map(|d| render(d, text, "query"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        Self::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+            .with_details(serde_json::Value::Array(details))
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match &error {
+            Error::Query(diagnostics) => Self::query(diagnostics, ""),
+            Error::InvalidInput { errors, .. } => {
+                let details: Vec<serde_json::Value> = errors
+                    .iter()
+                    .map(|e| serde_json::json!({"row": e.line, "message": e.message}))
+                    .collect();
+                Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_rows",
+                    format!(
+                        "{} invalid row(s), nothing was committed; first: {}",
+                        errors.len(),
+                        errors.first().map(ToString::to_string).unwrap_or_default()
+                    ),
+                )
+                .with_details(serde_json::Value::Array(details))
+            }
+            Error::UnknownProject(name) => Self::not_found(format!(
+                "unknown project `{name}` (or not visible to this API key's org); create it with POST /v1/project"
+            )),
+            Error::ProjectExists(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", error.to_string())
+            }
+            Error::InvalidArgument(message) => Self::bad_request(message.clone()),
+            Error::Locked { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!("{error}; retry shortly"),
+            ),
+            _ => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                error_chain(&error),
+            ),
+        }
+    }
+}
+
+/// `error` and its causes, joined by `: `.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

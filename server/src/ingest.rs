@@ -1,0 +1,732 @@
+//! Durable, idempotent ingest over HTTP: `POST /logs3` (the SDK's batches,
+//! inline or through the overflow upload) and
+//! `POST /v1/project_logs/{id}/insert`.
+//!
+//! ```text
+//!  request ─► parse rows, check each row's project is the key's org's
+//!          ─► per project: Pending{rows as JSON Lines, digest} ─► committer
+//!  committer (one task per project):
+//!      take the queued requests (waiting at most `group_commit_linger` for
+//!      more) ─► drop replays (digest already committed) ─► one engine ingest
+//!      (one Delta commit, digests in its commitInfo) ─► record digests
+//!      ─► answer every request of the group
+//! ```
+//!
+//! - A 2xx means the rows are committed. A request whose rows are invalid
+//!   gets a 400 listing each bad row and commits nothing; the other requests
+//!   of its group are committed without it.
+//! - The SDK resends identical bodies on retry. A request's digest (SHA-256
+//!   of its project and rows) is recorded with its transaction, so a replay
+//!   is answered with the first answer and commits nothing: no duplicate row
+//!   version, and an old body replayed after a newer one cannot undo it.
+//!   Digests are also written into the Delta commit itself, and recovered
+//!   from the table's recent commits when a committer starts, so a crash
+//!   between the commit and recording the digest does not let a replay in.
+//!   Digests are kept for 24 hours.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use futures::TryStreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use spanlake_engine::Error;
+use spanlake_engine::ingest::{IdCache, IngestOptions, ingest};
+use spanlake_engine::projects::Project;
+use spanlake_engine::store::Store;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::{AppState, Metrics, ServerConfig};
+
+/// Key of the request digests in a commit's `commitInfo`.
+const DIGESTS_KEY: &str = "spanlake.requests";
+/// How long request digests (and overflow uploads) are kept.
+const REPLAY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// How long a committer waits for another writer (CLI ingest, retention,
+/// compaction) to release a project's write lock.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// The rows of one request for one project.
+#[derive(Debug)]
+struct Pending {
+    /// JSON Lines, one row per line.
+    lines: Vec<u8>,
+    /// Index in the request of each line's row (for error messages).
+    rows: Vec<usize>,
+    digest: String,
+    reply: oneshot::Sender<Result<i64, ApiError>>,
+}
+
+/// The group committers, one per project, started on first use.
+#[derive(Debug)]
+pub(crate) struct Ingestor {
+    store: Arc<Store>,
+    linger: Duration,
+    max_rows: usize,
+    metrics: Arc<Metrics>,
+    committers: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
+    overflow_dir: PathBuf,
+}
+
+impl Ingestor {
+    pub(crate) fn new(store: Arc<Store>, config: &ServerConfig, metrics: Arc<Metrics>) -> Self {
+        let overflow_dir = store.data_dir().join("overflow");
+        if let Err(e) = remove_old_uploads(&overflow_dir) {
+            tracing::warn!(error = %e, "could not clean old overflow uploads");
+        }
+        let since = chrono::Utc::now().timestamp_micros()
+            - i64::try_from(REPLAY_WINDOW.as_micros()).unwrap_or(i64::MAX);
+        if let Err(e) = store.registry().forget_requests_before(since) {
+            tracing::warn!(error = %e, "could not forget old request digests");
+        }
+        Self {
+            store,
+            linger: config.group_commit_linger,
+            max_rows: config.group_commit_rows.max(1),
+            metrics,
+            committers: Mutex::new(HashMap::new()),
+            overflow_dir,
+        }
+    }
+
+    fn committer(&self, project: &Project) -> mpsc::Sender<Pending> {
+        let mut committers = self
+            .committers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(sender) = committers.get(&project.id) {
+            if !sender.is_closed() {
+                return sender.clone();
+            }
+        }
+        let (sender, receiver) = mpsc::channel(1024);
+        let committer = Committer {
+            store: Arc::clone(&self.store),
+            project: project.clone(),
+            linger: self.linger,
+            max_rows: self.max_rows,
+            metrics: Arc::clone(&self.metrics),
+            ids: Arc::new(IdCache::default()),
+        };
+        tokio::spawn(committer.run(receiver));
+        committers.insert(project.id.clone(), sender.clone());
+        sender
+    }
+
+    /// Commit `lines` (rows `rows` of a request) to `project`; the
+    /// transaction id they were committed in (or were, for a replay).
+    async fn submit(
+        &self,
+        project: &Project,
+        lines: Vec<u8>,
+        rows: Vec<usize>,
+    ) -> Result<i64, ApiError> {
+        let mut hasher = Sha256::new();
+        hasher.update(project.id.as_bytes());
+        hasher.update(b"\n");
+        hasher.update(&lines);
+        let digest: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            lines,
+            rows,
+            digest,
+            reply,
+        };
+        self.committer(project)
+            .send(pending)
+            .await
+            .map_err(|_| internal("the project's committer stopped; retry"))?;
+        answer
+            .await
+            .map_err(|_| internal("the project's committer stopped before answering; retry"))?
+    }
+}
+
+fn internal(message: &str) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+}
+
+struct Committer {
+    store: Arc<Store>,
+    project: Project,
+    linger: Duration,
+    max_rows: usize,
+    metrics: Arc<Metrics>,
+    ids: Arc<IdCache>,
+}
+
+impl Committer {
+    async fn run(self, mut receiver: mpsc::Receiver<Pending>) {
+        if let Err(e) = self.recover_digests().await {
+            tracing::warn!(project = %self.project.id, error = %e, "could not recover request digests from the table's commits");
+        }
+        while let Some(first) = receiver.recv().await {
+            let mut group = vec![first];
+            let mut rows = group[0].rows.len();
+            let deadline = tokio::time::Instant::now() + self.linger;
+            while rows < self.max_rows {
+                match receiver.try_recv() {
+                    Ok(pending) => {
+                        rows += pending.rows.len();
+                        group.push(pending);
+                    }
+                    Err(_) => match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                        Ok(Some(pending)) => {
+                            rows += pending.rows.len();
+                            group.push(pending);
+                        }
+                        _ => break,
+                    },
+                }
+            }
+            self.commit_group(group).await;
+        }
+    }
+
+    /// Digests of the table's recent commits that the registry may not have
+    /// recorded (the process died between the commit and the record).
+    async fn recover_digests(&self) -> spanlake_engine::Result<()> {
+        let logs = self.store.logs(&self.project).await?;
+        let Some(table) = logs.table() else {
+            return Ok(());
+        };
+        let infos: Vec<_> = table.history(Some(1000)).try_collect().await?;
+        for info in infos {
+            let (Some(digests), Some(xact)) = (
+                info.info.get(DIGESTS_KEY),
+                info.info.get("spanlake.xact_id"),
+            ) else {
+                continue;
+            };
+            let digests: Vec<String> = digests
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|d| d.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(xact) = xact.as_str().and_then(|x| x.parse::<i64>().ok()) {
+                self.store
+                    .registry()
+                    .record_requests(&self.project.id, &digests, xact)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_group(&self, group: Vec<Pending>) {
+        // Replays of committed requests, and duplicates within the group.
+        let mut fresh: Vec<Pending> = Vec::with_capacity(group.len());
+        let mut duplicates: Vec<(Pending, usize)> = Vec::new();
+        for pending in group {
+            match self.store.registry().request_xact(&pending.digest) {
+                Ok(Some(xact)) => {
+                    self.metrics.replays.inc();
+                    let _ = pending.reply.send(Ok(xact));
+                }
+                Ok(None) => match fresh.iter().position(|p| p.digest == pending.digest) {
+                    Some(first) => duplicates.push((pending, first)),
+                    None => fresh.push(pending),
+                },
+                Err(e) => {
+                    let _ = pending.reply.send(Err(e.into()));
+                }
+            }
+        }
+        let mut results: Vec<Option<Result<i64, ApiError>>> = vec![None; fresh.len()];
+        let mut remaining: Vec<usize> = (0..fresh.len()).collect();
+        while !remaining.is_empty() {
+            match self.commit(&fresh, &remaining).await {
+                Ok(xact) => {
+                    let digests: Vec<String> =
+                        remaining.iter().map(|&i| fresh[i].digest.clone()).collect();
+                    if let Err(e) =
+                        self.store
+                            .registry()
+                            .record_requests(&self.project.id, &digests, xact)
+                    {
+                        // Committed all the same: the digests are in the
+                        // commit and are recovered when a committer starts.
+                        tracing::warn!(error = %e, "could not record request digests");
+                    }
+                    for &i in &remaining {
+                        results[i] = Some(Ok(xact));
+                    }
+                    remaining.clear();
+                }
+                Err(Failure::Rows(by_request)) => {
+                    remaining.retain(|i| match by_request.get(i) {
+                        Some(error) => {
+                            results[*i] = Some(Err(error.clone()));
+                            false
+                        }
+                        None => true,
+                    });
+                }
+                Err(Failure::All(error)) => {
+                    for &i in &remaining {
+                        results[i] = Some(Err(error.clone()));
+                    }
+                    remaining.clear();
+                }
+            }
+        }
+        for (pending, first) in duplicates {
+            let result = results[first]
+                .clone()
+                .unwrap_or_else(|| Err(internal("no result for the request")));
+            let _ = pending.reply.send(result);
+        }
+        for (pending, result) in fresh.into_iter().zip(results) {
+            let result = result.unwrap_or_else(|| Err(internal("no result for the request")));
+            let _ = pending.reply.send(result);
+        }
+    }
+
+    /// One engine ingest of the requests `which` of `group`.
+    async fn commit(&self, group: &[Pending], which: &[usize]) -> Result<i64, Failure> {
+        let mut input = Vec::new();
+        // Line ranges of each request in the input: (first line, request).
+        let mut starts: Vec<(u64, usize)> = Vec::with_capacity(which.len());
+        let mut line = 1u64;
+        for &i in which {
+            starts.push((line, i));
+            input.extend_from_slice(&group[i].lines);
+            line += group[i].rows.len() as u64;
+        }
+        let rows = line - 1;
+        let digests: Vec<serde_json::Value> = which
+            .iter()
+            .map(|&i| serde_json::Value::String(group[i].digest.clone()))
+            .collect();
+        let options = IngestOptions {
+            commit_metadata: HashMap::from([(
+                DIGESTS_KEY.to_string(),
+                serde_json::Value::Array(digests),
+            )]),
+            id_cache: Some(Arc::clone(&self.ids)),
+            max_listed_errors: usize::try_from(rows).unwrap_or(usize::MAX),
+            ..IngestOptions::default()
+        };
+        let started = Instant::now();
+        let give_up = started + LOCK_WAIT;
+        loop {
+            let reader = Box::new(std::io::Cursor::new(input.clone()));
+            match ingest(&self.store, &self.project, reader, "request", &options).await {
+                Ok(report) => {
+                    let Some(last) = report.commits.last() else {
+                        return Err(Failure::All(internal("the ingest made no commit")));
+                    };
+                    self.metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.rows_ingested.inc_by(report.rows);
+                    self.metrics.commits.inc();
+                    return last
+                        .xact_id
+                        .parse::<i64>()
+                        .map_err(|_| Failure::All(internal("bad transaction id")));
+                }
+                Err(Error::Locked { .. }) if Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(Error::InvalidInput { errors, .. }) => {
+                    let mut by_request: HashMap<usize, Vec<serde_json::Value>> = HashMap::new();
+                    for error in &errors {
+                        let Some(&(first, request)) =
+                            starts.iter().rev().find(|(first, _)| *first <= error.line)
+                        else {
+                            continue;
+                        };
+                        let row =
+                            group[request].rows[usize::try_from(error.line - first).unwrap_or(0)];
+                        by_request
+                            .entry(request)
+                            .or_default()
+                            .push(serde_json::json!({"row": row, "message": error.message}));
+                    }
+                    if by_request.is_empty() {
+                        return Err(Failure::All(ApiError::from(Error::InvalidInput {
+                            source_name: "request".into(),
+                            errors,
+                        })));
+                    }
+                    let by_request = by_request
+                        .into_iter()
+                        .map(|(request, details)| {
+                            let first = details[0].clone();
+                            let error = ApiError::bad_request(format!(
+                                "{} invalid row(s), nothing of this request was committed; rows[{}]: {}",
+                                details.len(),
+                                first["row"],
+                                first["message"].as_str().unwrap_or_default()
+                            ))
+                            .with_details(serde_json::Value::Array(details));
+                            (request, error)
+                        })
+                        .collect();
+                    return Err(Failure::Rows(by_request));
+                }
+                Err(e) => return Err(Failure::All(e.into())),
+            }
+        }
+    }
+}
+
+enum Failure {
+    /// These requests (by index in the group) have invalid rows.
+    Rows(HashMap<usize, ApiError>),
+    /// The commit failed for everyone.
+    All(ApiError),
+}
+
+/// Fields of a row the server looks at before the engine validates it.
+#[derive(Deserialize)]
+struct RowHead<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    project_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    experiment_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    dataset_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    prompt_session_id: Option<&'a RawValue>,
+}
+
+/// One row, ready for the engine: its line and id.
+struct Row {
+    line: String,
+    id: String,
+}
+
+/// Check `raw` (row `index` of the request) and make it one line, giving it
+/// an id when it has none (as the REST API does).
+fn prepare_row(raw: &RawValue, index: usize) -> Result<(Row, Option<String>, bool), ApiError> {
+    let text = raw.get();
+    if !text.trim_start().starts_with('{') {
+        return Err(ApiError::bad_request(format!(
+            "rows[{index}] is not a JSON object"
+        )));
+    }
+    let head: RowHead<'_> = serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("rows[{index}]: {e}")))?;
+    let other_object = head.experiment_id.is_some()
+        || head.dataset_id.is_some()
+        || head.prompt_session_id.is_some();
+    let project_id = match head.project_id {
+        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "rows[{index}]: `project_id` must be a string"
+                )));
+            }
+        },
+        None => None,
+    };
+    let id = match head.id.map(|raw| serde_json::from_str::<String>(raw.get())) {
+        Some(Ok(id)) if !id.is_empty() => Some(id),
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "rows[{index}]: `id` must be a non-empty string"
+            )));
+        }
+        None => None,
+    };
+    // Lines of JSON Lines: a raw newline can only be whitespace in JSON.
+    let one_line = |text: &str| text.replace(['\n', '\r'], " ");
+    let row = match id {
+        Some(id) => Row {
+            line: one_line(text),
+            id,
+        },
+        None => {
+            let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+                .map_err(|e| ApiError::bad_request(format!("rows[{index}]: {e}")))?;
+            let id = uuid::Uuid::new_v4().to_string();
+            object.insert("id".into(), serde_json::Value::String(id.clone()));
+            Row {
+                line: serde_json::to_string(&object).map_err(|e| internal(&e.to_string()))?,
+                id,
+            }
+        }
+    };
+    Ok((row, project_id, other_object))
+}
+
+/// Commit `rows` (grouped by project) and answer `{"ids", "xact_id"}`.
+async fn commit_rows(
+    state: &AppState,
+    org_id: &str,
+    rows: Vec<(Row, String)>,
+) -> Result<(Vec<String>, i64), ApiError> {
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut by_project: Vec<(Project, Vec<u8>, Vec<usize>)> = Vec::new();
+    for (index, (row, project_id)) in rows.into_iter().enumerate() {
+        ids.push(row.id);
+        let slot = match by_project.iter().position(|(p, _, _)| p.id == project_id) {
+            Some(slot) => slot,
+            None => {
+                let project = state.store.registry().resolve_in_org(org_id, &project_id)?;
+                by_project.push((project, Vec::new(), Vec::new()));
+                by_project.len() - 1
+            }
+        };
+        let (_, lines, indexes) = &mut by_project[slot];
+        lines.extend_from_slice(row.line.as_bytes());
+        lines.push(b'\n');
+        indexes.push(index);
+    }
+    let commits = by_project
+        .into_iter()
+        .map(|(project, lines, indexes)| async move {
+            state.ingestor.submit(&project, lines, indexes).await
+        });
+    let mut xact = 0;
+    for result in futures::future::join_all(commits).await {
+        xact = xact.max(result?);
+    }
+    Ok((ids, xact))
+}
+
+#[derive(Deserialize)]
+struct Logs3Body<'a> {
+    #[serde(borrow)]
+    rows: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct OverflowRef {
+    #[serde(rename = "type")]
+    kind: String,
+    key: String,
+}
+
+fn json_error(e: &serde_json::Error) -> ApiError {
+    ApiError::bad_request(format!(
+        "the body is not valid JSON (line {}, column {}): {e}",
+        e.line(),
+        e.column()
+    ))
+}
+
+/// `POST /logs3 {"rows": [...], "api_version": 2}` (or `rows` an overflow
+/// reference): `{"ids": [...], "xact_id": "..."}`.
+pub(crate) async fn logs3(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let parsed: Logs3Body<'_> = serde_json::from_slice(&body).map_err(|e| json_error(&e))?;
+    let rows = parsed.rows.ok_or_else(|| {
+        ApiError::bad_request("missing `rows`: expected {\"rows\": [...], \"api_version\": 2}")
+    })?;
+    let uploaded;
+    let rows_text = if rows.get().trim_start().starts_with('{') {
+        let reference: OverflowRef =
+            serde_json::from_str(rows.get()).map_err(|e| json_error(&e))?;
+        if reference.kind != "logs3_overflow" {
+            return Err(ApiError::bad_request(format!(
+                "`rows` must be an array or a `logs3_overflow` reference, not type `{}`",
+                reference.kind
+            )));
+        }
+        uploaded = read_upload(&state.ingestor.overflow_dir, &reference.key, &org.id)?;
+        let inner: Logs3Body<'_> = serde_json::from_slice(&uploaded).map_err(|e| json_error(&e))?;
+        inner
+            .rows
+            .ok_or_else(|| ApiError::bad_request("the uploaded body has no `rows`"))?
+            .get()
+            .to_string()
+    } else {
+        rows.get().to_string()
+    };
+    let rows: Vec<&RawValue> = serde_json::from_str(&rows_text)
+        .map_err(|_| ApiError::bad_request("`rows` must be an array of row objects"))?;
+    let mut prepared = Vec::with_capacity(rows.len());
+    for (index, raw) in rows.into_iter().enumerate() {
+        let (row, project_id, other_object) = prepare_row(raw, index)?;
+        if other_object {
+            return Err(ApiError::bad_request(format!(
+                "rows[{index}] is for an experiment, dataset or playground; spanlake stores project logs only (rows with `project_id` and `log_id: \"g\"`)"
+            )));
+        }
+        let project_id = project_id
+            .ok_or_else(|| ApiError::bad_request(format!("rows[{index}] has no `project_id`")))?;
+        prepared.push((row, project_id));
+    }
+    let (ids, xact) = commit_rows(&state, &org.id, prepared).await?;
+    Ok(Json(
+        serde_json::json!({"ids": ids, "xact_id": xact.to_string()}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct InsertBody<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+}
+
+/// `POST /v1/project_logs/{id}/insert {"events": [...]}`: `{"row_ids": [...]}`.
+pub(crate) async fn insert(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    Path(project): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let project = state.store.registry().resolve_in_org(&org.id, &project)?;
+    let parsed: InsertBody<'_> = serde_json::from_slice(&body).map_err(|e| {
+        if e.is_data() {
+            ApiError::bad_request(format!("expected {{\"events\": [...]}}: {e}"))
+        } else {
+            json_error(&e)
+        }
+    })?;
+    let mut prepared = Vec::with_capacity(parsed.events.len());
+    for (index, raw) in parsed.events.into_iter().enumerate() {
+        let (row, _, _) = prepare_row(raw, index)?;
+        prepared.push((row, project.id.clone()));
+    }
+    let (ids, _) = commit_rows(&state, &org.id, prepared).await?;
+    Ok(Json(serde_json::json!({ "row_ids": ids })))
+}
+
+fn upload_key(key: &str) -> Result<String, ApiError> {
+    uuid::Uuid::parse_str(key)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| ApiError::bad_request(format!("`{key}` is not an overflow key")))
+}
+
+fn token_digest(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `POST /logs3/overflow`: where to upload a batch too large to send inline.
+pub(crate) async fn overflow_start(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: serde_json::Value = serde_json::from_slice(&body).map_err(|e| json_error(&e))?;
+    if let Some(size) = request
+        .get("size_bytes")
+        .and_then(serde_json::Value::as_u64)
+    {
+        if size > state.config.max_body_bytes as u64 {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "{size} bytes is more than this server accepts ({}); send smaller batches",
+                    state.config.max_body_bytes
+                ),
+            ));
+        }
+    }
+    let key = uuid::Uuid::new_v4().to_string();
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let dir = &state.ingestor.overflow_dir;
+    std::fs::create_dir_all(dir).map_err(|e| internal(&format!("{}: {e}", dir.display())))?;
+    let meta = serde_json::json!({"org_id": org.id, "token": token_digest(&token)});
+    std::fs::write(dir.join(format!("{key}.meta")), meta.to_string())
+        .map_err(|e| internal(&e.to_string()))?;
+    Ok(Json(serde_json::json!({
+        "method": "PUT",
+        "signedUrl": format!("{}/logs3/overflow/upload/{key}?token={token}", state.config.base_url()),
+        "headers": {"Content-Type": "application/json"},
+        "key": key,
+    })))
+}
+
+fn read_meta(dir: &std::path::Path, key: &str) -> Result<serde_json::Value, ApiError> {
+    let text = std::fs::read(dir.join(format!("{key}.meta"))).map_err(|_| {
+        ApiError::bad_request(format!(
+            "unknown or expired overflow key `{key}`; start again with POST /logs3/overflow"
+        ))
+    })?;
+    serde_json::from_slice(&text).map_err(|e| internal(&e.to_string()))
+}
+
+/// `PUT /logs3/overflow/upload/{key}?token=...`: the batch's body (no API
+/// key: the token of the signed URL proves the upload was granted).
+pub(crate) async fn overflow_upload(
+    State(state): State<Arc<AppState>>,
+    Path(key): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = upload_key(&key)?;
+    let dir = &state.ingestor.overflow_dir;
+    let meta = read_meta(dir, &key)?;
+    let token = query.get("token").map(String::as_str).unwrap_or_default();
+    if meta["token"].as_str() != Some(token_digest(token).as_str()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the upload token does not match this overflow key",
+        ));
+    }
+    let temporary = dir.join(format!("{key}.body.tmp"));
+    std::fs::write(&temporary, &body).map_err(|e| internal(&e.to_string()))?;
+    std::fs::rename(&temporary, dir.join(format!("{key}.body")))
+        .map_err(|e| internal(&e.to_string()))?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// The uploaded body of overflow `key`, if it belongs to `org_id`. It stays
+/// (for replays) until it is older than the replay window.
+fn read_upload(dir: &std::path::Path, key: &str, org_id: &str) -> Result<Vec<u8>, ApiError> {
+    let key = upload_key(key)?;
+    let meta = read_meta(dir, &key)?;
+    if meta["org_id"].as_str() != Some(org_id) {
+        return Err(ApiError::bad_request(format!(
+            "unknown or expired overflow key `{key}`"
+        )));
+    }
+    std::fs::read(dir.join(format!("{key}.body"))).map_err(|_| {
+        ApiError::bad_request(format!(
+            "nothing was uploaded for overflow key `{key}`; PUT the body to its signedUrl first"
+        ))
+    })
+}
+
+fn remove_old_uploads(dir: &std::path::Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        let old = entry
+            .metadata()?
+            .modified()?
+            .elapsed()
+            .is_ok_and(|age| age > REPLAY_WINDOW);
+        if old {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}

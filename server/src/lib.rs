@@ -1,0 +1,224 @@
+//! The spanlake HTTP API, compatible with Braintrust clients: the unmodified
+//! Braintrust SDK logs into it (`BRAINTRUST_APP_URL` / `BRAINTRUST_API_URL`
+//! pointing here), and pipelines query and manage automations over REST.
+//!
+//! ```text
+//!  SDK / REST ─► axum router ─► auth (API key → org) ─► handler
+//!    /logs3, /v1/project_logs/{id}/insert ─► ingest::Ingestor: one group
+//!        committer per project (requests queued while a commit runs go into
+//!        the next one; replays answered from their digests)
+//!    /btql, /v1/project_logs/{id}/fetch  ─► engine query (paged, pinned)
+//!    /v1/project_automation/...          ─► engine export / retention
+//!    /metrics                            ─► Prometheus text
+//! ```
+//!
+//! Routes and shapes follow `spec/sdk-protocol.md` and `spec/data-model.md`
+//! §4. Every route but `/health` needs `Authorization: Bearer <API key>`
+//! (keys come from `spanlake apikey create`); a key sees only its org's
+//! projects.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use spanlake_engine::store::Store;
+use tokio::sync::watch;
+
+mod auth;
+mod automations;
+mod btql;
+pub mod error;
+mod ingest;
+mod metrics;
+mod projects;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Base URL clients reach this server at (the `api_url` of the login
+    /// answer); default `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Largest request body accepted (413 above it), uploads included.
+    pub max_body_bytes: usize,
+    /// Largest `/logs3` body the SDK sends inline; larger batches go through
+    /// the overflow upload.
+    pub inline_payload_bytes: usize,
+    /// How long a group commit waits for more requests after the first one
+    /// (bounded latency; requests arriving while a commit runs join the next
+    /// one anyway).
+    pub group_commit_linger: Duration,
+    /// Rows after which a group commit stops gathering requests.
+    pub group_commit_rows: usize,
+    /// Rows per page of `/btql` when the query has no `limit`.
+    pub default_page_rows: u64,
+    /// Largest page of `/btql` (a larger `limit` is paged with a cursor).
+    pub max_page_rows: u64,
+    /// Memory for one query's sorts and aggregations before they spill.
+    pub query_memory_bytes: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            public_url: None,
+            max_body_bytes: 64 * 1024 * 1024,
+            inline_payload_bytes: 6 * 1024 * 1024,
+            group_commit_linger: Duration::from_millis(10),
+            group_commit_rows: 50_000,
+            default_page_rows: 1000,
+            max_page_rows: 100_000,
+            query_memory_bytes: 256 * 1024 * 1024,
+        }
+    }
+
+    fn base_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) store: Arc<Store>,
+    pub(crate) config: ServerConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) ingestor: ingest::Ingestor,
+}
+
+/// The router of every route, over `store`.
+pub fn router(store: Arc<Store>, config: ServerConfig, metrics: Arc<Metrics>) -> Router {
+    let max_body = config.max_body_bytes;
+    let state = Arc::new(AppState {
+        ingestor: ingest::Ingestor::new(Arc::clone(&store), &config, Arc::clone(&metrics)),
+        store,
+        config,
+        metrics,
+    });
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics::handler))
+        .route("/version", get(version))
+        .route("/api/apikey/login", post(auth::login))
+        .route("/v1/project", post(projects::create).get(projects::list))
+        .route("/v1/project/{id}", get(projects::get))
+        .route("/api/project/register", post(projects::register))
+        .route("/api/project", get(projects::get_by_query))
+        .route("/logs3", post(ingest::logs3))
+        .route("/logs3/overflow", post(ingest::overflow_start))
+        .route(
+            "/logs3/overflow/upload/{key}",
+            axum::routing::put(ingest::overflow_upload),
+        )
+        .route("/v1/project_logs/{id}/insert", post(ingest::insert))
+        .route(
+            "/v1/project_logs/{id}/fetch",
+            get(btql::fetch_get).post(btql::fetch_post),
+        )
+        .route("/btql", post(btql::btql))
+        .route(
+            "/v1/project_automation",
+            post(automations::create).get(automations::list),
+        )
+        .route(
+            "/v1/project_automation/{id}",
+            get(automations::get)
+                .patch(automations::update)
+                .put(automations::update)
+                .delete(automations::delete),
+        )
+        .route("/v1/project_automation/{id}/run", post(automations::run))
+        .route("/v1/project_automation/{id}/test", post(automations::test))
+        .route(
+            "/v1/project_automation/{id}/reset",
+            post(automations::reset),
+        )
+        .route(
+            "/v1/project_automation/{id}/status",
+            get(automations::status),
+        )
+        .route(
+            "/v1/project_automation/{id}/history",
+            get(automations::history),
+        )
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Bind `config.listen` (so that a taken port is reported at start).
+pub async fn bind(config: &ServerConfig) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}; is another server running there? choose another address with --listen",
+            config.listen
+        )
+    })
+}
+
+/// Serve the API on `listener` until `stop` turns true; requests in flight
+/// are finished first (their commits included).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Arc<Store>,
+    config: ServerConfig,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "HTTP API listening");
+    eprintln!("HTTP API listening on http://{local}");
+    let app = router(store, config, metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+        .context("HTTP server failed")
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// `GET /version`: `logs3_payload_max_bytes` turns on the SDK's overflow
+/// path for larger batches (`POST /logs3/overflow`, then an upload here).
+async fn version(
+    _auth: auth::Auth,
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "server": "spanlake",
+        "logs3_payload_max_bytes": state.config.inline_payload_bytes,
+    }))
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no route `{}`; see the README's HTTP API section for the routes spanlake serves",
+        uri.path()
+    ))
+}
