@@ -4,13 +4,16 @@
 //! - `cli`: exit codes, ingest atomicity, output formats, configuration;
 //! - `export`: export automations, read back with DuckDB, on disk and S3;
 //! - `paging`: cursors over a pinned snapshot;
-//! - `retention`: retention automations (preview, run, history).
+//! - `retention`: retention automations (preview, run, history);
+//! - `server`: the HTTP API, with the unmodified Braintrust SDK.
 
 mod cli;
+mod compact;
 mod export;
 mod faults;
 mod golden;
 mod paging;
 mod retention;
+mod server;
 mod roles;
 mod support;
