@@ -148,3 +148,40 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Answers the framework makes itself (413 for a body over the limit, 405,
+/// a malformed query string) are plain text; give them the JSON shape of
+/// every other error.
+pub(crate) async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let (code, hint) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "too_large",
+            "; send smaller batches (the SDK's BRAINTRUST_MAX_REQUEST_SIZE) or raise the server's --max-body",
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", ""),
+        _ => ("bad_request", ""),
+    };
+    let message = if text.is_empty() {
+        format!("{}{hint}", status.canonical_reason().unwrap_or("error"))
+    } else {
+        format!("{text}{hint}")
+    };
+    ApiError::new(status, code, message).into_response()
+}

@@ -161,6 +161,7 @@ pub fn router(store: Arc<Store>, config: ServerConfig, metrics: Arc<Metrics>) ->
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 
@@ -179,11 +180,13 @@ pub async fn bind(config: &ServerConfig) -> anyhow::Result<tokio::net::TcpListen
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<Store>,
-    config: ServerConfig,
+    mut config: ServerConfig,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
+    // With port 0 the system chose one: clients are told the real address.
+    config.listen = local;
     tracing::info!(address = %local, "HTTP API listening");
     eprintln!("HTTP API listening on http://{local}");
     let app = router(store, config, metrics);

@@ -1,0 +1,541 @@
+//! The HTTP API (`spanlake serve`): the unmodified Braintrust SDK end to
+//! end, API keys and orgs, bad input, replays and group commit.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+
+use crate::support::{Spanlake, create_bucket, service_var};
+
+/// A running `spanlake serve` on a port the system chose, stopped on drop.
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(spanlake: &Spanlake, extra: &[&str]) -> Self {
+        let mut child = spanlake
+            .command(
+                ["serve", "--listen", "127.0.0.1:0"]
+                    .iter()
+                    .chain(extra)
+                    .copied(),
+            )
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start spanlake serve");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut address = None;
+        let mut seen = String::new();
+        for _ in 0..50 {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            seen.push_str(&line);
+            if let Some(rest) = line.trim().strip_prefix("HTTP API listening on http://") {
+                address = Some(rest.to_string());
+                break;
+            }
+        }
+        let address = address.unwrap_or_else(|| panic!("the server did not start:\n{seen}"));
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = stderr.read_to_string(&mut sink);
+        });
+        Self { child, address }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// One HTTP/1.1 request; status and parsed JSON body (`Null` if none).
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let (status, _, body) = self.raw(method, path, key, body.as_bytes());
+        let json = if body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or_else(|e| {
+                panic!(
+                    "not JSON ({e}) from {method} {path}: {}",
+                    String::from_utf8_lossy(&body)
+                )
+            })
+        };
+        (status, json)
+    }
+
+    /// One HTTP/1.1 request: status, headers (lowercase names), body.
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: &[u8],
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut stream = TcpStream::connect(&self.address).expect("connect to the server");
+        let auth = key.map_or_else(String::new, |k| format!("Authorization: Bearer {k}\r\n"));
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.address,
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(body).unwrap();
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).expect("read the answer");
+        let split = reply
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP answer");
+        let head = String::from_utf8_lossy(&reply[..split]).into_owned();
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        assert!(
+            !headers
+                .iter()
+                .any(|(k, v)| k == "transfer-encoding" && v == "chunked"),
+            "chunked answers are not expected"
+        );
+        (status, headers, reply[split + 4..].to_vec())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn api_key(spanlake: &Spanlake, org: &str) -> String {
+    let run = spanlake.run(["apikey", "create", "--org", org]).ok();
+    let key = run.stdout.lines().last().expect("a key").trim().to_string();
+    assert!(key.starts_with("sl-"), "{}", run.stdout);
+    key
+}
+
+fn create_project(server: &Server, key: &str, name: &str) -> String {
+    let (status, project) = server.call(
+        "POST",
+        "/v1/project",
+        Some(key),
+        &serde_json::json!({ "name": name }).to_string(),
+    );
+    assert_eq!(status, 200, "{project}");
+    project["id"].as_str().expect("project id").to_string()
+}
+
+fn logs3_body(project: &str, rows: &[serde_json::Value]) -> String {
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|row| {
+            let mut row = row.clone();
+            row["project_id"] = project.into();
+            row["log_id"] = "g".into();
+            row
+        })
+        .collect();
+    serde_json::json!({ "rows": rows, "api_version": 2 }).to_string()
+}
+
+/// `id`s and `_xact_id`s of the project, through the CLI (not the server).
+fn stored(spanlake: &Spanlake, project: &str) -> Vec<serde_json::Value> {
+    spanlake
+        .query_jsonl(&format!(
+            "select: id, _xact_id, scores, tags | from: project_logs('{project}') | sort: id"
+        ))
+        .ok()
+        .jsonl()
+}
+
+#[test]
+fn the_braintrust_sdk_logs_traces_that_btql_returns_merged_and_an_export_writes() {
+    let (Some(python), Some(endpoint)) = (
+        service_var("SPANLAKE_DUCKDB_PYTHON"),
+        service_var("SPANLAKE_S3_ENDPOINT"),
+    ) else {
+        return;
+    };
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "sdk-org");
+    let server = Server::start(&spanlake, &[]);
+    let bucket = "sdk-e2e";
+    create_bucket(&endpoint, bucket);
+    let script = crate::support::tests_dir().join("sdk/sdk_e2e.py");
+    let output = std::process::Command::new(&python)
+        .arg(&script)
+        .env("BRAINTRUST_APP_URL", server.url())
+        .env("BRAINTRUST_API_URL", server.url())
+        .env("BRAINTRUST_API_KEY", &key)
+        // Smaller than the 40 kB span the script logs: that batch takes the
+        // overflow upload path.
+        .env("BRAINTRUST_MAX_REQUEST_SIZE", "20000")
+        .env("E2E_BUCKET", bucket)
+        .env("SPANLAKE_S3_ENDPOINT", &endpoint)
+        .output()
+        .expect("run the SDK script");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "SDK script failed\n--- stdout\n{}\n--- stderr\n{stderr}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    // The SDK prints tracebacks and "Dropping batch" on failures it swallows.
+    assert!(
+        !stderr.contains("Traceback") && !stderr.contains("Dropping"),
+        "{stderr}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the script's JSON summary");
+
+    // Merged rows over /btql.
+    let rows = summary["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{rows:#?}");
+    let root = &summary["by_name"]["root_task"];
+    assert_eq!(root["is_root"], true);
+    assert_eq!(
+        root["scores"],
+        serde_json::json!({"overall": 0.75, "human": 1.0})
+    );
+    let tags: Vec<&str> = root["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        tags.contains(&"root-tag") && tags.contains(&"late-tag"),
+        "{tags:?}"
+    );
+    assert_eq!(root["metadata"]["nested"]["a"], 1);
+    let llm = &summary["by_name"]["llm_call"];
+    assert_eq!(llm["is_root"], false);
+    assert_eq!(llm["span_parents"], serde_json::json!([root["span_id"]]));
+    assert_eq!(llm["root_span_id"], root["root_span_id"]);
+    assert_eq!(llm["metrics"]["tokens"], 17);
+    assert!(llm["_xact_id"].as_str().unwrap().parse::<u64>().is_ok());
+    assert_eq!(
+        summary["by_name"]["calculator"]["span_attributes"]["type"],
+        "tool"
+    );
+    // The AST form, two rows a page, the cursor echoed in `x-bt-cursor`.
+    assert_eq!(summary["ast_pages"], serde_json::json!([2, 1]));
+    let mut ids: Vec<&str> = summary["ast_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3);
+    // The big span went through the overflow upload.
+    let uploads = std::fs::read_dir(spanlake.data_dir().join("overflow"))
+        .expect("overflow uploads")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "body"))
+        })
+        .count();
+    assert!(uploads >= 1, "no overflow upload was made");
+    assert_eq!(
+        summary["by_name"]["big_input"]["is_root"], true,
+        "{summary:#}"
+    );
+
+    // The export automation created over REST wrote every row once.
+    assert_eq!(summary["run"]["rows"], 4, "{:#}", summary["run"]);
+    assert_eq!(summary["exported_rows"], 4);
+    assert_eq!(summary["exported_distinct_ids"], 4);
+    assert_eq!(summary["exported_root_scores"]["human"], 1.0);
+    assert_eq!(summary["history"]["objects"][0]["status"], "succeeded");
+
+    // The store itself (read by the CLI, not the server) has the same rows.
+    let project = summary["project_id"].as_str().unwrap();
+    assert_eq!(stored(&spanlake, project).len(), 4);
+}
+
+#[test]
+fn api_keys_scope_requests_to_their_org_and_bad_input_commits_nothing() {
+    let spanlake = Spanlake::new();
+    let alice = api_key(&spanlake, "alice");
+    let bob = api_key(&spanlake, "bob");
+    let server = Server::start(&spanlake, &["--max-body", "64KiB"]);
+
+    // Health needs no key; everything else does.
+    assert_eq!(server.call("GET", "/health", None, "").0, 200);
+    let (status, body) = server.call("POST", "/api/apikey/login", None, "");
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer"),
+        "{body}"
+    );
+    let (status, _) = server.call("GET", "/metrics", Some("sl-not-a-key"), "");
+    assert_eq!(status, 401);
+    let (status, login) = server.call("POST", "/api/apikey/login", Some(&alice), "");
+    assert_eq!(status, 200);
+    assert_eq!(login["org_info"][0]["name"], "alice");
+    assert_eq!(login["org_info"][0]["api_url"], server.url());
+
+    // Each org has its own projects, even of the same name.
+    let project = create_project(&server, &alice, "shared-name");
+    assert_eq!(create_project(&server, &alice, "shared-name"), project);
+    let bobs = create_project(&server, &bob, "shared-name");
+    assert_ne!(bobs, project);
+    assert_eq!(
+        server
+            .call("GET", &format!("/v1/project/{project}"), Some(&bob), "")
+            .0,
+        404
+    );
+    let row = serde_json::json!({"id": "a1", "created": "2026-11-01T00:00:00Z", "input": "hi"});
+    let (status, body) = server.call(
+        "POST",
+        "/logs3",
+        Some(&bob),
+        &logs3_body(&project, &[row.clone()]),
+    );
+    assert_eq!(status, 404, "{body}");
+    let query =
+        serde_json::json!({"query": format!("select: id | from: project_logs('{project}')")});
+    let (status, body) = server.call("POST", "/btql", Some(&bob), &query.to_string());
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown project"),
+        "{body}"
+    );
+
+    // Alice's valid row goes in.
+    let (status, body) = server.call(
+        "POST",
+        "/logs3",
+        Some(&alice),
+        &logs3_body(&project, &[row]),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ids"], serde_json::json!(["a1"]));
+
+    // Malformed JSON: where it breaks.
+    let (status, body) = server.call("POST", "/logs3", Some(&alice), "{\"rows\": [\n{\"id\": }]}");
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 2"),
+        "{body}"
+    );
+    // A wrong type in the second row: the whole request is refused, row named.
+    let good = serde_json::json!({"id": "a2", "input": "ok"});
+    let bad = serde_json::json!({"id": "a3", "scores": {"accuracy": "high"}});
+    let (status, body) = server.call(
+        "POST",
+        "/logs3",
+        Some(&alice),
+        &logs3_body(&project, &[good, bad]),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["details"][0]["row"], 1, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("scores"),
+        "{body}"
+    );
+    // Too large for --max-body.
+    let huge = serde_json::json!({"id": "a4", "input": "x".repeat(100_000)});
+    let (status, _, _) = server.raw(
+        "POST",
+        "/logs3",
+        Some(&alice),
+        logs3_body(&project, &[huge]).as_bytes(),
+    );
+    assert_eq!(status, 413);
+    // A row of an experiment, and an unknown project id.
+    let (status, body) = server.call(
+        "POST",
+        "/logs3",
+        Some(&alice),
+        r#"{"rows": [{"id": "e1", "experiment_id": "x"}]}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = server.call(
+        "POST",
+        "/v1/project_logs/00000000-0000-4000-8000-000000000000/insert",
+        Some(&alice),
+        r#"{"events": [{"id": "z"}]}"#,
+    );
+    assert_eq!(status, 404);
+    // A bad query: line and column, and a caret.
+    let query = serde_json::json!({"query": format!("select: id,\n  scroes | from: project_logs('{project}')")});
+    let (status, body) = server.call("POST", "/btql", Some(&alice), &query.to_string());
+    assert_eq!(status, 400);
+    let detail = &body["error"]["details"][0];
+    assert_eq!(
+        (detail["line"].as_u64(), detail["column"].as_u64()),
+        (Some(2), Some(3)),
+        "{body}"
+    );
+    assert!(
+        detail["rendered"].as_str().unwrap().contains("^^^^^^"),
+        "{body}"
+    );
+    assert!(
+        detail["help"].as_str().unwrap().contains("scores"),
+        "{body}"
+    );
+
+    // Only the one valid row was committed.
+    let rows = stored(&spanlake, &project);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["id"], "a1");
+    // The REST insert of the public API, with an id assigned when missing.
+    let (status, body) = server.call(
+        "POST",
+        &format!("/v1/project_logs/{project}/insert"),
+        Some(&alice),
+        r#"{"events": [{"id": "b1", "input": 1}, {"input": 2}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["row_ids"][0], "b1");
+    assert_eq!(body["row_ids"].as_array().unwrap().len(), 2);
+    let (status, body) = server.call(
+        "GET",
+        &format!("/v1/project_logs/{project}/fetch?limit=10"),
+        Some(&alice),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn replayed_requests_commit_once_and_concurrent_requests_share_commits() {
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "acme");
+    let server = Server::start(&spanlake, &["--group-commit-linger", "200ms"]);
+    let project = create_project(&server, &key, "replays");
+
+    // A replace, then a merge on the same id, then the replace replayed (as
+    // the SDK retries): the replay answers the first transaction and does not
+    // undo the merge.
+    let first = logs3_body(
+        &project,
+        &[serde_json::json!({"id": "r1", "scores": {"a": 0.5}, "tags": ["one"]})],
+    );
+    let merge = logs3_body(
+        &project,
+        &[
+            serde_json::json!({"id": "r1", "_is_merge": true, "scores": {"b": 1.0}, "tags": ["two"]}),
+        ],
+    );
+    let (status, one) = server.call("POST", "/logs3", Some(&key), &first);
+    assert_eq!(status, 200, "{one}");
+    let (status, two) = server.call("POST", "/logs3", Some(&key), &merge);
+    assert_eq!(status, 200, "{two}");
+    let (status, replay) = server.call("POST", "/logs3", Some(&key), &first);
+    assert_eq!(status, 200, "{replay}");
+    assert_eq!(replay["xact_id"], one["xact_id"]);
+    let (_, replay_merge) = server.call("POST", "/logs3", Some(&key), &merge);
+    assert_eq!(replay_merge["xact_id"], two["xact_id"]);
+    let rows = stored(&spanlake, &project);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["scores"], serde_json::json!({"a": 0.5, "b": 1.0}));
+    assert_eq!(rows[0]["_xact_id"], two["xact_id"]);
+    let commits_before = delta_commits(&spanlake, &project);
+
+    // 16 clients at once, 50 rows each, some sending their body twice.
+    let clients = 16;
+    let per_client = 50;
+    std::thread::scope(|scope| {
+        for client in 0..clients {
+            let server = &server;
+            let key = &key;
+            let project = &project;
+            scope.spawn(move || {
+                let rows: Vec<serde_json::Value> = (0..per_client)
+                    .map(|i| serde_json::json!({"id": format!("c{client}-{i}"), "input": i}))
+                    .collect();
+                let body = logs3_body(project, &rows);
+                let sends = if client % 4 == 0 { 2 } else { 1 };
+                for _ in 0..sends {
+                    let (status, answer) = server.call("POST", "/logs3", Some(key), &body);
+                    assert_eq!(status, 200, "{answer}");
+                    assert_eq!(answer["ids"].as_array().unwrap().len(), per_client);
+                }
+            });
+        }
+    });
+    let rows = stored(&spanlake, &project);
+    let mut ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1 + clients * per_client);
+    ids.dedup();
+    assert_eq!(ids.len(), 1 + clients * per_client, "duplicated ids");
+    let commits = delta_commits(&spanlake, &project) - commits_before;
+    // 20 requests (16 distinct) within one 200 ms linger: far fewer commits.
+    assert!(
+        (1..clients).contains(&commits),
+        "{commits} commits for {clients} concurrent requests"
+    );
+    let (status, _, metrics) = server.raw("GET", "/metrics", Some(&key), b"");
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("spanlake_ingest_replays_total 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "spanlake_rows_ingested_total {}",
+            2 + clients * per_client
+        )),
+        "{metrics}"
+    );
+}
+
+/// Delta commits of a project's table.
+fn delta_commits(spanlake: &Spanlake, project: &str) -> usize {
+    std::fs::read_dir(
+        spanlake
+            .data_dir()
+            .join("projects")
+            .join(project)
+            .join("logs/_delta_log"),
+    )
+    .expect("the delta log")
+    .filter(|e| {
+        e.as_ref().is_ok_and(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".json") && !n.starts_with('_'))
+        })
+    })
+    .count()
+}
