@@ -728,6 +728,12 @@ pub fn parse_datetime_micros(text: &str) -> Option<i64> {
         .map(|dt| dt.and_utc().timestamp_micros())
 }
 
+/// Check one insert event (one line) by the rules of this module, without
+/// ingesting it: `Err` says what is wrong.
+pub fn validate_event(text: &str) -> Result<(), String> {
+    parse_event(text).map(|_| ())
+}
+
 fn parse_event(text: &str) -> Result<ParsedEvent<'_>, String> {
     let object: RawObject<'_> = serde_json::from_str(text).map_err(|e| {
         if e.is_syntax() || e.is_eof() {

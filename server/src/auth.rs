@@ -48,12 +48,21 @@ impl FromRequestParts<Arc<AppState>> for Auth {
     }
 }
 
-/// `POST /api/apikey/login`: the key's org, with this server as its API URL.
+/// `POST /api/apikey/login`: the key's org, with this server as its API URL
+/// (`--public-url`, else the address the client reached: its `Host`).
 pub(crate) async fn login(
     Auth(org): Auth,
     State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
 ) -> axum::Json<serde_json::Value> {
-    let base = state.config.base_url();
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@']));
+    let base = match (&state.config.public_url, host) {
+        (None, Some(host)) => format!("http://{host}"),
+        _ => state.config.base_url(),
+    };
     axum::Json(serde_json::json!({
         "org_info": [{
             "id": org.id,

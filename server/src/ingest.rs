@@ -493,6 +493,11 @@ async fn commit_rows(
         lines.push(b'\n');
         indexes.push(index);
     }
+    if by_project.len() > 1 {
+        // Each project's rows are one commit of their own: check every row
+        // first, so that a bad row leaves no project's rows committed.
+        validate_all(&by_project)?;
+    }
     let commits = by_project
         .into_iter()
         .map(|(project, lines, indexes)| async move {
@@ -503,6 +508,30 @@ async fn commit_rows(
         xact = xact.max(result?);
     }
     Ok((ids, xact))
+}
+
+/// Every row of every project, by the engine's rules; a 400 naming each bad row.
+fn validate_all(by_project: &[(Project, Vec<u8>, Vec<usize>)]) -> Result<(), ApiError> {
+    let mut details = Vec::new();
+    for (_, lines, indexes) in by_project {
+        for (line, &row) in lines.split(|&b| b == b'\n').zip(indexes) {
+            let text = std::str::from_utf8(line).unwrap_or_default();
+            if let Err(message) = spanlake_engine::ingest::validate_event(text) {
+                details.push(serde_json::json!({"row": row, "message": message}));
+            }
+        }
+    }
+    if details.is_empty() {
+        return Ok(());
+    }
+    details.sort_by_key(|d| d["row"].as_u64());
+    Err(ApiError::bad_request(format!(
+        "{} invalid row(s), nothing of this request was committed; rows[{}]: {}",
+        details.len(),
+        details[0]["row"],
+        details[0]["message"].as_str().unwrap_or_default()
+    ))
+    .with_details(serde_json::Value::Array(details)))
 }
 
 #[derive(Deserialize)]

@@ -539,3 +539,89 @@ fn delta_commits(spanlake: &Spanlake, project: &str) -> usize {
     })
     .count()
 }
+
+#[test]
+fn a_request_for_two_projects_is_all_or_nothing_and_btql_speaks_jsonl_and_parquet() {
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "acme");
+    let server = Server::start(&spanlake, &[]);
+    let a = create_project(&server, &key, "a");
+    let b = create_project(&server, &key, "b");
+    let row = |project: &str, id: &str, score: serde_json::Value| serde_json::json!({"id": id, "project_id": project, "log_id": "g", "scores": {"s": score}});
+    let mixed =
+        serde_json::json!({"rows": [row(&a, "a1", 0.5.into()), row(&b, "b1", "bad".into())]});
+    let (status, body) = server.call("POST", "/logs3", Some(&key), &mixed.to_string());
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["details"][0]["row"], 1, "{body}");
+    assert!(
+        stored(&spanlake, &a).is_empty(),
+        "project a got a partial commit"
+    );
+    let good = serde_json::json!({"rows": [row(&a, "a1", 0.5.into()), row(&b, "b1", 1.into())]});
+    let (status, body) = server.call("POST", "/logs3", Some(&key), &good.to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (stored(&spanlake, &a).len(), stored(&spanlake, &b).len()),
+        (1, 1)
+    );
+
+    let query = |fmt: &str| {
+        serde_json::json!({"query": format!("select: id, scores | from: project_logs('{a}')"), "fmt": fmt})
+            .to_string()
+    };
+    let (status, headers, body) =
+        server.raw("POST", "/btql", Some(&key), query("jsonl").as_bytes());
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v == "application/x-ndjson")
+    );
+    let line: serde_json::Value = serde_json::from_slice(body.trim_ascii_end()).unwrap();
+    assert_eq!(line, serde_json::json!({"id": "a1", "scores": {"s": 0.5}}));
+    let (status, _, body) = server.raw("POST", "/btql", Some(&key), query("parquet").as_bytes());
+    assert_eq!(status, 200);
+    assert!(body.starts_with(b"PAR1") && body.ends_with(b"PAR1"));
+    let (status, body) = server.call("POST", "/btql", Some(&key), &query("csv"));
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn a_replay_after_a_crash_between_commit_and_digest_record_commits_nothing() {
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "acme");
+    let body;
+    let first;
+    let project;
+    {
+        let server = Server::start(&spanlake, &[]);
+        project = create_project(&server, &key, "crash");
+        body = logs3_body(&project, &[serde_json::json!({"id": "x1", "input": 1})]);
+        let (status, answer) = server.call("POST", "/logs3", Some(&key), &body);
+        assert_eq!(status, 200, "{answer}");
+        first = answer["xact_id"].clone();
+    }
+    // As if the process had died after the Delta commit, before recording
+    // the request's digest in the state database.
+    let state_db = spanlake.data_dir().join("state.db");
+    let forgot = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); n = c.execute('delete from ingest_requests').rowcount; c.commit(); print(n)",
+        ])
+        .arg(&state_db)
+        .output()
+        .expect("python3 with sqlite3");
+    assert_eq!(
+        String::from_utf8_lossy(&forgot.stdout).trim(),
+        "1",
+        "{forgot:?}"
+    );
+    let commits = delta_commits(&spanlake, &project);
+    let server = Server::start(&spanlake, &[]);
+    let (status, answer) = server.call("POST", "/logs3", Some(&key), &body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["xact_id"], first, "the replay was committed again");
+    assert_eq!(delta_commits(&spanlake, &project), commits);
+    assert_eq!(stored(&spanlake, &project).len(), 1);
+}
