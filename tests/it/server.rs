@@ -625,3 +625,132 @@ fn a_replay_after_a_crash_between_commit_and_digest_record_commits_nothing() {
     assert_eq!(delta_commits(&spanlake, &project), commits);
     assert_eq!(stored(&spanlake, &project).len(), 1);
 }
+
+#[test]
+fn automations_over_rest_create_update_run_reset_and_delete() {
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "acme");
+    let other = api_key(&spanlake, "other");
+    let server = Server::start(&spanlake, &[]);
+    let project = create_project(&server, &key, "auto");
+    let rows: Vec<serde_json::Value> = (0..5)
+        .map(|i| serde_json::json!({"id": format!("r{i}"), "created": "2026-11-01T00:00:00Z", "input": i}))
+        .collect();
+    let (status, body) = server.call("POST", "/logs3", Some(&key), &logs3_body(&project, &rows));
+    assert_eq!(status, 200, "{body}");
+    let folder = spanlake.root().join("out");
+    let create = |name: &str, kind: &str, config: serde_json::Value| {
+        serde_json::json!({"project_id": project, "name": name, "kind": kind, "config": config})
+            .to_string()
+    };
+    // A bad config names the field.
+    let (status, body) = server.call(
+        "POST",
+        "/v1/project_automation",
+        Some(&key),
+        &create(
+            "bad",
+            "export",
+            serde_json::json!({"data": "spans", "export_path": "s3://b/p", "format": "xml"}),
+        ),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("format"),
+        "{body}"
+    );
+    let export = serde_json::json!({
+        "data": "spans",
+        "export_path": format!("file://{}", folder.display()),
+        "format": "jsonl",
+        "interval": "1h",
+    });
+    let (status, automation) = server.call(
+        "POST",
+        "/v1/project_automation",
+        Some(&key),
+        &create("e", "export", export.clone()),
+    );
+    assert_eq!(status, 200, "{automation}");
+    let id = automation["id"].as_str().unwrap().to_string();
+    // Another org does not see it.
+    let (status, _) = server.call(
+        "GET",
+        &format!("/v1/project_automation/{id}"),
+        Some(&other),
+        "",
+    );
+    assert_eq!(status, 404);
+    let (status, list) = server.call("GET", "/v1/project_automation", Some(&other), "");
+    assert_eq!(
+        (status, list["objects"].as_array().unwrap().len()),
+        (200, 0)
+    );
+
+    let path = |tail: &str| format!("/v1/project_automation/{id}{tail}");
+    let (status, paused) = server.call(
+        "PATCH",
+        &path(""),
+        Some(&key),
+        r#"{"status": "paused", "description": "nightly"}"#,
+    );
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(
+        (paused["status"].as_str(), paused["description"].as_str()),
+        (Some("paused"), Some("nightly"))
+    );
+    let (status, run) = server.call("POST", &path("/run"), Some(&key), "");
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["rows"], 5);
+    let (_, status_doc) = server.call("GET", &path("/status"), Some(&key), "");
+    assert_eq!(status_doc["totals"]["rows"], 5, "{status_doc}");
+    let (_, again) = server.call("POST", &path("/run"), Some(&key), "");
+    assert_eq!(again["rows"], 0, "{again}");
+    let (status, _) = server.call("POST", &path("/reset"), Some(&key), "");
+    assert_eq!(status, 200);
+    let (_, after_reset) = server.call("POST", &path("/run"), Some(&key), "");
+    assert_eq!(after_reset["rows"], 5, "{after_reset}");
+    let (_, history) = server.call("GET", &path("/history?limit=10"), Some(&key), "");
+    assert_eq!(history["objects"].as_array().unwrap().len(), 1, "{history}");
+
+    // A retention automation: its test is the preview.
+    let (status, retention) = server.call(
+        "POST",
+        "/v1/project_automation",
+        Some(&key),
+        &create(
+            "old",
+            "retention",
+            serde_json::json!({"retention_days": 7, "grace": "0s", "interval": "24h"}),
+        ),
+    );
+    assert_eq!(status, 200, "{retention}");
+    let rid = retention["id"].as_str().unwrap();
+    let (status, preview) = server.call(
+        "POST",
+        &format!("/v1/project_automation/{rid}/test"),
+        Some(&key),
+        "",
+    );
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["rows"], 5, "{preview}");
+    assert_eq!(
+        stored(&spanlake, &project).len(),
+        5,
+        "the preview changed nothing"
+    );
+
+    let (status, _) = server.call("DELETE", &path(""), Some(&key), "");
+    assert_eq!(status, 200);
+    assert_eq!(server.call("GET", &path(""), Some(&key), "").0, 404);
+    let (_, list) = server.call(
+        "GET",
+        &format!("/v1/project_automation?project_id={project}"),
+        Some(&key),
+        "",
+    );
+    assert_eq!(list["objects"].as_array().unwrap().len(), 1);
+}

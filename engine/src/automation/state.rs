@@ -618,6 +618,52 @@ fn holder_is_dead(holder: &str) -> bool {
         && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+impl StateDb {
+    /// Change an automation's name, description and validated configuration
+    /// (its cursor and history stay).
+    pub fn update(
+        &self,
+        id: &str,
+        name: &str,
+        description: &str,
+        config: &serde_json::Value,
+    ) -> Result<Automation> {
+        let current = self
+            .get(id)?
+            .ok_or_else(|| Error::InvalidArgument(format!("no automation with id `{id}`")))?;
+        if name != current.name && self.find_by_name(&current.project_id, name)?.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "an automation named `{name}` already exists in this project"
+            )));
+        }
+        self.conn.execute(
+            "UPDATE automations SET name = ?2, description = ?3, config = ?4, updated = ?5 WHERE id = ?1",
+            params![id, name, description, config.to_string(), now_rfc3339()],
+        )?;
+        self.get(id)?
+            .ok_or_else(|| Error::Internal(format!("automation `{id}` vanished")))
+    }
+
+    /// The last run, totals, and whether the automation keeps up.
+    pub fn status_json(&self, automation: &Automation) -> Result<serde_json::Value> {
+        let runs = self.runs(&automation.id, 10_000)?;
+        let cursor = self.cursor(&automation.id)?;
+        Ok(serde_json::json!({
+            "automation": automation.name,
+            "status": automation.status,
+            "cursor": cursor.map(|c| c.to_string()),
+            "last_run": runs.first(),
+            "totals": {
+                "runs": runs.len(),
+                "rows": runs.iter().map(|r| r.rows).sum::<u64>(),
+                "bytes": runs.iter().map(|r| r.bytes).sum::<u64>(),
+                "files": runs.iter().map(|r| r.files).sum::<u64>(),
+            },
+            "keeping_up": runs.first().map(|r| r.status != RunStatus::Behind),
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,51 +782,5 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(2));
         assert!(db.try_lease("b", "one", Duration::from_secs(60)).unwrap());
-    }
-}
-
-impl StateDb {
-    /// Change an automation's name, description and validated configuration
-    /// (its cursor and history stay).
-    pub fn update(
-        &self,
-        id: &str,
-        name: &str,
-        description: &str,
-        config: &serde_json::Value,
-    ) -> Result<Automation> {
-        let current = self
-            .get(id)?
-            .ok_or_else(|| Error::InvalidArgument(format!("no automation with id `{id}`")))?;
-        if name != current.name && self.find_by_name(&current.project_id, name)?.is_some() {
-            return Err(Error::InvalidArgument(format!(
-                "an automation named `{name}` already exists in this project"
-            )));
-        }
-        self.conn.execute(
-            "UPDATE automations SET name = ?2, description = ?3, config = ?4, updated = ?5 WHERE id = ?1",
-            params![id, name, description, config.to_string(), now_rfc3339()],
-        )?;
-        self.get(id)?
-            .ok_or_else(|| Error::Internal(format!("automation `{id}` vanished")))
-    }
-
-    /// The last run, totals, and whether the automation keeps up.
-    pub fn status_json(&self, automation: &Automation) -> Result<serde_json::Value> {
-        let runs = self.runs(&automation.id, 10_000)?;
-        let cursor = self.cursor(&automation.id)?;
-        Ok(serde_json::json!({
-            "automation": automation.name,
-            "status": automation.status,
-            "cursor": cursor.map(|c| c.to_string()),
-            "last_run": runs.first(),
-            "totals": {
-                "runs": runs.len(),
-                "rows": runs.iter().map(|r| r.rows).sum::<u64>(),
-                "bytes": runs.iter().map(|r| r.bytes).sum::<u64>(),
-                "files": runs.iter().map(|r| r.files).sum::<u64>(),
-            },
-            "keeping_up": runs.first().map(|r| r.status != RunStatus::Behind),
-        }))
     }
 }
