@@ -8,11 +8,15 @@
 //!      F = ids with a version that needs a fold (not clean, not a compacted
 //!          tombstone), D = the ids of F with a delete
 //!    every file ──scan `id` for ids in F──► R = files holding a version of F
-//!    R ∪= small files (when at least two files would be rewritten)
+//!    R ∪= small files (when at least two files would be rewritten, one of
+//!          them not written by a compaction)
 //!    rewrite R:  rows of ids not in F ....... copied as they are
 //!                ids in F ................... the existing fold (sorted with
-//!                                             spilling), one clean row per id,
-//!                                             or one compacted tombstone
+//!                                             spilling), one clean row per id
+//!                both sorted by (_xact_id, _seq), spilling, so that files keep
+//!                narrow `_xact_id` ranges for incremental reads
+//!                deleted ids of F ........... one compacted tombstone each, in
+//!                                             files of their own
 //!    ──► new Parquet files (rows out checked against the plan)
 //!  write lock ─► the files of R still in the table? ─► one commit:
 //!    remove R + add the new files, `dataChange = false`, operation OPTIMIZE
@@ -50,11 +54,12 @@ use std::time::Instant;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
-    StringBuilder,
 };
+use arrow::datatypes::DataType;
 use arrow::datatypes::{Int32Type, Int64Type};
+use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
-use datafusion::logical_expr::{Expr, ScalarUDF, col, not};
+use datafusion::logical_expr::{Expr, ScalarUDF, cast, col, lit, not, when};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
@@ -343,12 +348,15 @@ async fn plan(
         }
     }
 
-    // Small files are merged, when at least two files get rewritten.
+    // Small files are merged when at least two files get rewritten and one
+    // of them is not a compaction's output: the small files of a compaction
+    // alone (its rows and its tombstones) are left as they are.
     let small: Vec<&FileInfo> = files
         .iter()
         .filter(|f| f.bytes < options.small_file_bytes && !rewrite.contains(&f.path))
         .collect();
-    if rewrite.len() + small.len() >= 2 {
+    let fresh = small.iter().filter(|f| !f.compacted).count();
+    if (!rewrite.is_empty() || fresh > 0) && rewrite.len() + small.len() >= 2 {
         rewrite.extend(small.into_iter().map(|f| f.path.clone()));
     }
     Ok(Some(Plan {
@@ -469,28 +477,32 @@ async fn write_files(
         .with_writer_properties(schema::writer_properties())
         .with_target_file_size(options.target_file_bytes);
     let mut written = Written::default();
+    let mut adds = Vec::new();
     let result = async {
-        // 1. Rows of ids that need no fold, as they are.
-        let copied = versions
+        // Rows of ids that need no fold, as they are, and the resolved rows
+        // of the ids to fold as clean versions; in `(_xact_id, _seq)` order
+        // (a spilling sort), so that each new file covers a narrow range of
+        // `_xact_id` and incremental reads keep skipping files by it.
+        let mut rows = versions
             .clone()
             .filter(not(in_fold_set.call(vec![col("id")])))?
-            .select(physical.clone())?
-            .execute_stream()
-            .await?;
-        written.rows += write_stream(&mut writer, copied, &mut |b| to_physical(&b)).await?;
-        if plan.fold_ids.is_empty() {
-            return Ok(());
+            .select(physical.clone())?;
+        if !plan.fold_ids.is_empty() {
+            let folded = logs.fold(ctx, versions.clone(), &in_fold_set)?;
+            rows = rows.union(folded.select(resolved_as_physical())?)?;
         }
-        // 2. The resolved rows of the ids to fold, back as clean versions.
-        let folded = logs
-            .fold(ctx, versions.clone(), &in_fold_set)?
+        let sorted = rows
+            .sort(vec![
+                col(XACT_ID).sort(true, false),
+                col(SEQ).sort(true, false),
+            ])?
             .execute_stream()
             .await?;
-        written.rows +=
-            write_stream(&mut writer, folded, &mut |b| resolved_to_physical(&b)).await?;
-        // 3. The deleted ones, as compacted tombstones.
+        written.rows += write_stream(&mut writer, sorted, &mut |b| to_physical(&b)).await?;
+        adds.extend(writer.flush().await?);
+        // The deleted ids, as compacted tombstones, in files of their own.
         if !plan.deleted_ids.is_empty() {
-            let versions = versions
+            let mut versions = versions
                 .filter(in_set(&plan.deleted_ids).call(vec![col("id")]))?
                 .select(vec![
                     col("id"),
@@ -510,26 +522,25 @@ async fn write_files(
                 project_id: logs.project().id.clone(),
                 pending: None,
             };
-            let mut stream = versions;
-            while let Some(batch) = stream.next().await {
+            while let Some(batch) = versions.next().await {
                 let out = tombstones.push(&batch?)?;
                 written.tombstones += out.num_rows() as u64;
-                written.rows += out.num_rows() as u64;
                 writer.write(out).await?;
             }
             let out = tombstones.finish()?;
             written.tombstones += out.num_rows() as u64;
-            written.rows += out.num_rows() as u64;
             writer.write(out).await?;
+            written.rows += written.tombstones;
+            adds.extend(writer.flush().await?);
         }
         Ok::<_, Error>(())
     }
     .await;
     if let Err(e) = result {
         writer.reset();
+        delete_files(table, &adds).await;
         return Err(e);
     }
-    let mut adds = writer.flush().await?;
     for add in &mut adds {
         add.data_change = false;
         add.tags
@@ -581,76 +592,30 @@ fn to_physical(batch: &RecordBatch) -> Result<RecordBatch> {
 
 /// Resolved rows (spans view) as clean stored versions: `_op = 0`,
 /// `_xact_id` of the id's latest version, and its `_pagination_key` given
-/// back by `(_xact_id, _seq)` or else kept in `_merge`.
-fn resolved_to_physical(batch: &RecordBatch) -> Result<RecordBatch> {
-    let text =
-        |name: &str| -> Result<ArrayRef> {
-            utf8(batch.column_by_name(name).ok_or_else(|| {
-                Error::Internal(format!("compaction: resolved batch lacks `{name}`"))
-            })?)
-        };
-    let xact_text = text(XACT_ID)?;
-    let keys = text(PAGINATION_KEY)?;
-    let (xact_text, keys) = (xact_text.as_string::<i32>(), keys.as_string::<i32>());
-    let rows = batch.num_rows();
-    let mut xact = Vec::with_capacity(rows);
-    let mut seq = Vec::with_capacity(rows);
-    let mut merge = StringBuilder::with_capacity(rows, 0);
-    for row in 0..rows {
-        let id_xact: i64 = xact_text.value(row).parse().map_err(|_| {
-            Error::Internal(format!(
-                "compaction: resolved `_xact_id` `{}` is not a number",
-                xact_text.value(row)
-            ))
-        })?;
-        let (first_xact, first_seq) = split_pagination_key(keys.value(row))?;
-        if first_xact == id_xact {
-            seq.push(first_seq);
-            merge.append_null();
-        } else {
-            // `_seq` orders nothing here: no other version of the id has this
-            // `_xact_id`. The key comes from `_merge`.
-            seq.push(first_seq);
-            merge.append_value(keys.value(row));
-        }
-        xact.push(id_xact);
-    }
-    let schema = physical_schema();
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for field in schema.fields() {
-        let column: ArrayRef = match field.name().as_str() {
-            XACT_ID => Arc::new(Int64Array::from(std::mem::take(&mut xact))),
-            SEQ => Arc::new(Int64Array::from(std::mem::take(&mut seq))),
-            OP => Arc::new(Int32Array::from(vec![VersionOp::NewReplace as i32; rows])),
-            MERGE => Arc::new(merge.finish()),
-            name => {
-                let column = batch.column_by_name(name).ok_or_else(|| {
-                    Error::Internal(format!("compaction: resolved batch lacks `{name}`"))
-                })?;
-                if column.data_type() == field.data_type() {
-                    Arc::clone(column)
-                } else {
-                    arrow::compute::cast(column, field.data_type())?
-                }
-            }
-        };
-        columns.push(column);
-    }
-    Ok(RecordBatch::try_new(schema, columns)?)
-}
-
-fn split_pagination_key(key: &str) -> Result<(i64, i64)> {
-    let bad = || {
-        Error::Internal(format!(
-            "compaction: `_pagination_key` `{key}` is malformed"
-        ))
-    };
-    if key.len() != 29 || !key.is_ascii() {
-        return Err(bad());
-    }
-    let xact = key[..19].parse().map_err(|_| bad())?;
-    let seq = key[19..].parse().map_err(|_| bad())?;
-    Ok((xact, seq))
+/// back by `(_xact_id, _seq)` (the key's two parts) when its first part is
+/// that `_xact_id`, else kept in `_merge` (`_seq` then orders nothing: no
+/// other version of the id has this `_xact_id`).
+fn resolved_as_physical() -> Vec<Expr> {
+    use datafusion::functions::unicode::expr_fn::{substr, substring};
+    let key = || col(PAGINATION_KEY);
+    let key_xact = || substring(key(), lit(1i64), lit(19i64));
+    physical_schema()
+        .fields()
+        .iter()
+        .map(|field| {
+            let name = field.name().as_str();
+            let expr = match name {
+                XACT_ID => cast(col(XACT_ID), DataType::Int64),
+                SEQ => cast(substr(key(), lit(20i64)), DataType::Int64),
+                OP => lit(VersionOp::NewReplace as i32),
+                MERGE => when(key_xact().eq(col(XACT_ID)), lit(ScalarValue::Utf8(None)))
+                    .otherwise(key())
+                    .expect("a CASE with one branch and an ELSE is valid"),
+                _ => cast(col(name), field.data_type().clone()),
+            };
+            expr.alias(name)
+        })
+        .collect()
 }
 
 /// Per id (versions sorted by id, `_xact_id`, `_seq`): a compacted tombstone
@@ -985,7 +950,7 @@ mod tests {
             (preview.rows_in, preview.rows_out, preview.files_in),
             (report.rows_in, report.rows_out, report.files_in)
         );
-        assert_eq!(report.files_out, Some(1));
+        assert_eq!(report.files_out, Some(2), "rows, and tombstones apart");
         assert_eq!(report.version, Some(last + 1));
         assert_eq!(views(&store, last).await, before);
 
