@@ -151,7 +151,7 @@ fn exported(folder: &Path, seen: &mut BTreeSet<PathBuf>) -> BTreeMap<String, Vec
         seen.insert(path);
     }
     for rows in by_automation.values_mut() {
-        rows.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        rows.sort_by_key(|a| a.to_string());
     }
     by_automation
 }
@@ -277,7 +277,7 @@ fn compaction_changes_no_resolved_row_nor_what_an_export_cursor_selects() {
                 .into_iter()
                 .map(|row| shift_back(row, compaction))
                 .collect();
-            rows.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+            rows.sort_by_key(|a| a.to_string());
             (automation, rows)
         })
         .collect();
