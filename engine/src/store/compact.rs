@@ -56,18 +56,26 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
 };
 use arrow::datatypes::DataType;
+use arrow::datatypes::SchemaRef;
 use arrow::datatypes::{Int32Type, Int64Type};
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{Expr, ScalarUDF, cast, col, lit, not, when};
 use datafusion::physical_plan::SendableRecordBatchStream;
-use datafusion::prelude::SessionContext;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add};
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
@@ -76,7 +84,7 @@ use super::schema::{self, MERGE, OP, SEQ, VersionOp, XACT_ID, physical_schema};
 use super::{ProjectLogs, Store};
 use crate::error::{Error, Result};
 use crate::projects::Project;
-use crate::query::{QueryOptions, session};
+use crate::query::QueryOptions;
 
 /// Files are closed past this size (as ingest's).
 pub const DEFAULT_TARGET_FILE_BYTES: u64 = 128 * 1024 * 1024;
@@ -376,10 +384,9 @@ pub async fn compact(
     options: &CompactOptions,
 ) -> Result<CompactionReport> {
     let started = Instant::now();
-    let ctx = session(&QueryOptions {
-        memory_limit_bytes: options.memory_limit_bytes,
-        ..QueryOptions::default()
-    })?;
+    // Half of the memory for the scans and the fold's sort, half for the
+    // sort by `_xact_id` that consumes the fold (see `write_files`).
+    let ctx = compaction_session(options.memory_limit_bytes / 2)?;
     let logs = store.logs(project).await?;
     let Some(table) = logs.table() else {
         return Ok(CompactionReport {
@@ -445,6 +452,26 @@ pub async fn compact(
     Ok(report)
 }
 
+/// A session for compaction: as a query's, but one partition (one sorter
+/// has the whole memory pool) and batches of 2048 rows (rows of spans are a
+/// few KiB: a sorter must be able to hold a batch to start spilling).
+fn compaction_session(memory_limit_bytes: usize) -> Result<SessionContext> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit_bytes)))
+        .build_arc()?;
+    let mut config = SessionConfig::new()
+        .with_batch_size(2048)
+        .with_target_partitions(1)
+        .with_information_schema(false);
+    // `Utf8`, not string views, as the query session reads them.
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
 fn elapsed_ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -491,7 +518,16 @@ async fn write_files(
             let folded = logs.fold(ctx, versions.clone(), &in_fold_set)?;
             rows = rows.union(folded.select(resolved_as_physical())?)?;
         }
-        let sorted = rows
+        // The sort runs in a session of its own, with its own half of the
+        // memory: sharing one pool with the fold's sort (which feeds it), it
+        // could be left without memory to start spilling.
+        let sort_ctx = compaction_session(options.memory_limit_bytes / 2)?;
+        let source = StreamingTable::try_new(
+            physical_schema(),
+            vec![Arc::new(FrameStream { input: rows })],
+        )?;
+        let sorted = sort_ctx
+            .read_table(Arc::new(source))?
             .sort(vec![
                 col(XACT_ID).sort(true, false),
                 col(SEQ).sort(true, false),
@@ -548,6 +584,36 @@ async fn write_files(
             .insert(COMPACTED_TAG.to_string(), Some("true".to_string()));
     }
     Ok((adds, written))
+}
+
+/// The rows of a plan of another session, as a stream in the physical schema.
+struct FrameStream {
+    input: DataFrame,
+}
+
+impl std::fmt::Debug for FrameStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameStream").finish_non_exhaustive()
+    }
+}
+
+impl PartitionStream for FrameStream {
+    fn schema(&self) -> &SchemaRef {
+        static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(physical_schema);
+        &SCHEMA
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let input = self.input.clone();
+        let rows = futures::stream::once(async move {
+            let stream = input.execute_stream().await?;
+            Ok::<_, DataFusionError>(stream.map(|batch| {
+                to_physical(&batch?).map_err(|e| DataFusionError::External(Box::new(e)))
+            }))
+        })
+        .try_flatten();
+        Box::pin(RecordBatchStreamAdapter::new(physical_schema(), rows))
+    }
 }
 
 async fn write_stream(
