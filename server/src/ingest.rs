@@ -352,8 +352,10 @@ impl Committer {
                         else {
                             continue;
                         };
-                        let row =
-                            group[request].rows[usize::try_from(error.line - first).unwrap_or(0)];
+                        let row = usize::try_from(error.line - first)
+                            .ok()
+                            .and_then(|i| group[request].rows.get(i).copied())
+                            .unwrap_or_default();
                         by_request
                             .entry(request)
                             .or_default()
@@ -416,8 +418,14 @@ struct Row {
 }
 
 /// Check `raw` (row `index` of the request) and make it one line, giving it
-/// an id when it has none (as the REST API does).
-fn prepare_row(raw: &RawValue, index: usize) -> Result<(Row, Option<String>, bool), ApiError> {
+/// an id when it has none (as the REST API does). The id given is derived
+/// from the request body's digest and the row's index, so that a retried
+/// request gets the same ids, and so the same digest: it commits once.
+fn prepare_row(
+    raw: &RawValue,
+    index: usize,
+    body_digest: &[u8],
+) -> Result<(Row, Option<String>, bool), ApiError> {
     let text = raw.get();
     if !text.trim_start().starts_with('{') {
         return Err(ApiError::bad_request(format!(
@@ -459,7 +467,15 @@ fn prepare_row(raw: &RawValue, index: usize) -> Result<(Row, Option<String>, boo
         None => {
             let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
                 .map_err(|e| ApiError::bad_request(format!("rows[{index}]: {e}")))?;
-            let id = uuid::Uuid::new_v4().to_string();
+            let mut hasher = Sha256::new();
+            hasher.update(body_digest);
+            hasher.update(index.to_le_bytes());
+            let hash = hasher.finalize();
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(&hash[..16]);
+            let id = uuid::Builder::from_random_bytes(bytes)
+                .into_uuid()
+                .to_string();
             object.insert("id".into(), serde_json::Value::String(id.clone()));
             Row {
                 line: serde_json::to_string(&object).map_err(|e| internal(&e.to_string()))?,
@@ -586,11 +602,12 @@ pub(crate) async fn logs3(
     } else {
         rows.get().to_string()
     };
+    let body_digest = Sha256::digest(rows_text.as_bytes());
     let rows: Vec<&RawValue> = serde_json::from_str(&rows_text)
         .map_err(|_| ApiError::bad_request("`rows` must be an array of row objects"))?;
     let mut prepared = Vec::with_capacity(rows.len());
     for (index, raw) in rows.into_iter().enumerate() {
-        let (row, project_id, other_object) = prepare_row(raw, index)?;
+        let (row, project_id, other_object) = prepare_row(raw, index, &body_digest)?;
         if other_object {
             return Err(ApiError::bad_request(format!(
                 "rows[{index}] is for an experiment, dataset or playground; spanlake stores project logs only (rows with `project_id` and `log_id: \"g\"`)"
@@ -627,9 +644,10 @@ pub(crate) async fn insert(
             json_error(&e)
         }
     })?;
+    let body_digest = Sha256::digest(&body);
     let mut prepared = Vec::with_capacity(parsed.events.len());
     for (index, raw) in parsed.events.into_iter().enumerate() {
-        let (row, _, _) = prepare_row(raw, index)?;
+        let (row, _, _) = prepare_row(raw, index, &body_digest)?;
         prepared.push((row, project.id.clone()));
     }
     let (ids, _) = commit_rows(&state, &org.id, prepared).await?;

@@ -426,6 +426,15 @@ fn api_keys_scope_requests_to_their_org_and_bad_input_commits_nothing() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["row_ids"][0], "b1");
     assert_eq!(body["row_ids"].as_array().unwrap().len(), 2);
+    // Retried, the row without an id gets the same id: nothing doubles.
+    let (status, again) = server.call(
+        "POST",
+        &format!("/v1/project_logs/{project}/insert"),
+        Some(&alice),
+        r#"{"events": [{"id": "b1", "input": 1}, {"input": 2}]}"#,
+    );
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["row_ids"], body["row_ids"]);
     let (status, body) = server.call(
         "GET",
         &format!("/v1/project_logs/{project}/fetch?limit=10"),
