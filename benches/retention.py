@@ -274,10 +274,10 @@ def print_table(res: dict) -> None:
         print()
         print("spanlake retention cost vs files touched (same table, other cutoffs):")
         print(f"  {'--days':>6}  {'dropped':>7}  {'rewritten':>9}  {'rows deleted':>12}  "
-              f"{'wall s':>7}  {'CPU s':>6}")
+              f"{'rows copied':>11}  {'wall s':>7}  {'CPU s':>6}")
         for s in res["series"]:
             print(f"  {s['days']:>6}  {s['files_dropped']:>7}  {s['files_rewritten']:>9}  "
-                  f"{s['rows_deleted']:>12}  {s['wall_s']:>7.3f}  {s['cpu_s']:>6.3f}")
+                  f"{s['rows_deleted']:>12}  {s['rows_copied']:>11}  {s['wall_s']:>7.3f}  {s['cpu_s']:>6.3f}")
 
 
 # -------------------------------------------------------------------------- main
@@ -362,6 +362,7 @@ def main() -> int:
         "spanlake_run": figures(
             run, rows_deleted=report["rows_deleted"],
             files_dropped=report["files_dropped"], files_rewritten=report["files_rewritten"],
+            rows_copied=report["rows_copied"],
             bytes_purged=report["bytes_purged"], bytes_before=bytes_before,
             bytes_after=bytes_after,
             notes=f"{report['files_dropped']} files dropped unread, "
@@ -409,6 +410,7 @@ def main() -> int:
                            "files_dropped": rep["files_dropped"],
                            "files_rewritten": rep["files_rewritten"],
                            "rows_deleted": rep["rows_deleted"],
+                           "rows_copied": rep["rows_copied"],
                            "wall_s": round(r.wall_s, 3), "cpu_s": round(r.cpu_s, 3)})
             shutil.rmtree(copy, ignore_errors=True)
         res["series"] = series
