@@ -1678,6 +1678,67 @@ mod tests {
         assert!(again.is_empty(), "{again:?}");
     }
 
+    #[test]
+    fn fate_of_an_ids_versions() {
+        let cut = 1_000;
+        let v = |op: VersionOp, created: Option<i64>| Version {
+            xact: 0,
+            seq: 0,
+            op: op as i32,
+            created,
+            file: 0,
+        };
+        use VersionOp::{Delete, Merge, NewReplace, Replace};
+        let (old, new) = (Some(10), Some(2_000));
+        // An expired row goes with its merges (no half row).
+        assert_eq!(
+            decide(&[v(NewReplace, old), v(Merge, None)], cut, false),
+            Fate::All
+        );
+        // A merge's own `created` does not expire a live row.
+        assert_eq!(
+            decide(&[v(NewReplace, new), v(Merge, old)], cut, false),
+            Fate::Keep
+        );
+        // Superseded by a newer replace: the old incarnation goes alone.
+        assert_eq!(
+            decide(&[v(NewReplace, old), v(Replace, new)], cut, false),
+            Fate::Prefix(1)
+        );
+        // The row queries see expired: everything goes, the newer
+        // incarnation before it too (it must not come back).
+        assert_eq!(
+            decide(&[v(NewReplace, new), v(Replace, old)], cut, false),
+            Fate::All
+        );
+        // Deleted then started again by a merge: the deleted one goes.
+        assert_eq!(
+            decide(
+                &[v(NewReplace, old), v(Delete, None), v(Merge, None)],
+                cut,
+                false
+            ),
+            Fate::Prefix(2)
+        );
+        assert_eq!(
+            decide(&[v(NewReplace, old), v(Delete, None)], cut, false),
+            Fate::All
+        );
+        // A null `created` is kept.
+        assert_eq!(
+            decide(&[v(NewReplace, None), v(Merge, old)], cut, false),
+            Fate::Keep
+        );
+        // Without its first version, the fate waits for a look at the files
+        // not read yet.
+        assert_eq!(decide(&[v(Merge, old)], cut, false), Fate::NeedFirst);
+        assert_eq!(decide(&[v(Merge, old)], cut, true), Fate::All);
+        assert_eq!(
+            decide(&[v(Merge, None), v(Merge, old)], cut, false),
+            Fate::Keep
+        );
+    }
+
     #[tokio::test]
     async fn empty_project_plans_nothing_and_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
