@@ -964,6 +964,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn compacted_files_are_sorted_by_xact_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let span =
+            |i: u32| format!(r#"{{"id":"s{i:05}","created":"2026-01-01T00:00:00Z","input":{i}}}"#);
+        let merge = |i: u32| format!(r#"{{"id":"s{i:05}","_is_merge":true,"output":{i}}}"#);
+        // Merged ids alternate between two commits (2 and 4), so that in id
+        // order (the fold's) their `_xact_id`s interleave.
+        let commits: [Vec<String>; 4] = [
+            (0..3000).map(span).collect(),
+            (0..3000).step_by(2).map(merge).collect(),
+            (3000..6000).map(span).collect(),
+            (1..3000).step_by(2).map(merge).collect(),
+        ];
+        for text in &commits {
+            let refs: Vec<&str> = text.iter().map(String::as_str).collect();
+            ingest_lines(&store, &refs).await;
+        }
+        let project = store.registry().resolve("p").unwrap();
+        let before = view(&store, None).await;
+        // Every 2048-row batch closes a file.
+        let report = compact(
+            &store,
+            &project,
+            &CompactOptions {
+                target_file_bytes: 1,
+                ..CompactOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.rows_out, 6000, "{report:?}");
+        assert!(report.files_out.unwrap() >= 3, "{report:?}");
+        assert_eq!(view(&store, None).await, before);
+        let logs = store.logs(&project).await.unwrap();
+        let mut ranges: Vec<(i64, i64)> = Vec::new();
+        for view in logs.table().unwrap().snapshot().unwrap().log_data().iter() {
+            let stats: serde_json::Value = serde_json::from_str(&view.stats().unwrap()).unwrap();
+            ranges.push((
+                stats["minValues"][XACT_ID].as_i64().unwrap(),
+                stats["maxValues"][XACT_ID].as_i64().unwrap(),
+            ));
+        }
+        ranges.sort();
+        for pair in ranges.windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "overlapping `_xact_id` ranges: {ranges:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn compaction_changes_no_resolved_row_nor_what_changed_after_any_xact() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
