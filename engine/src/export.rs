@@ -756,20 +756,23 @@ async fn run_export_leased(
         return Ok(report);
     };
     let started = now_rfc3339();
+    let snapshot = snapshot_for(store, automation, cursor_to).await?;
+    // The snapshot goes into the run's details first: while the run is
+    // `running` and leased, vacuum keeps its files (StateDb::pinned_versions).
     state.start_run(
         &automation.id,
         run_id,
         trigger,
         cursor_from,
         Some(cursor_to),
-        &serde_json::json!({}),
+        &serde_json::json!({ SNAPSHOT_VERSION: snapshot }),
     )?;
     if let Some(progress) = progress {
         progress
             .total
             .store(versions, std::sync::atomic::Ordering::Relaxed);
     }
-    let written = match write_run(store, run, cursor_from, cursor_to).await {
+    let written = match write_run(store, run, cursor_from, cursor_to, snapshot).await {
         Ok(written) => written,
         Err((error, _completed)) => {
             cleanup_failed_run(state, target, run_id, &error).await?;
@@ -826,6 +829,66 @@ async fn run_export_leased(
     Ok(report)
 }
 
+/// Key of the table version a run reads, in its details.
+pub const SNAPSHOT_VERSION: &str = "snapshot_version";
+
+/// The table version a run up to `cursor_to` reads: the version that
+/// committed `cursor_to`, moved past every later commit that adds no row
+/// version after `cursor_to` (a compaction's rewrite, a retention's delete,
+/// whose copied rows keep their `_xact_id`). The rows are the same, except
+/// that rows deleted by retention are gone, as they must be from every
+/// export at once; and a run that lags behind compactions reads current
+/// files, not ones that vacuum may have purged.
+async fn snapshot_for(store: &Store, automation: &Automation, cursor_to: i64) -> Result<i64> {
+    let version = cursor_to & !crate::store::schema::XACT_TOP_BITS;
+    debug_assert_eq!(xact_id_for_version(version), cursor_to);
+    let project = store.registry().resolve(&automation.project_id)?;
+    let logs = store.logs(&project).await?;
+    let Some(table) = logs.table() else {
+        return Ok(version);
+    };
+    let latest = table
+        .version()
+        .and_then(|v| i64::try_from(v).ok())
+        .unwrap_or(version);
+    let mut snapshot = version;
+    while snapshot < latest {
+        let next = u64::try_from(snapshot + 1).unwrap_or(u64::MAX);
+        let Some(entry) = table.log_store().read_commit_entry(next).await? else {
+            break;
+        };
+        if !adds_nothing_after(&entry, cursor_to) {
+            break;
+        }
+        snapshot += 1;
+    }
+    Ok(snapshot)
+}
+
+/// Whether a commit (its log entry, JSON lines) adds no row version with an
+/// `_xact_id` after `cursor_to`, by its files' statistics (missing
+/// statistics count as adding).
+fn adds_nothing_after(entry: &[u8], cursor_to: i64) -> bool {
+    for line in entry.split(|&b| b == b'\n') {
+        let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(add) = action.get("add") else {
+            continue;
+        };
+        let max = add
+            .get("stats")
+            .and_then(|s| s.as_str())
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .and_then(|stats| stats["maxValues"][XACT_ID].as_i64());
+        match max {
+            Some(max) if max <= cursor_to => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Write the data files of a run; on failure, the error and the files
 /// completed before it.
 async fn write_run(
@@ -833,6 +896,7 @@ async fn write_run(
     run: &RunContext<'_>,
     cursor_from: Option<i64>,
     cursor_to: i64,
+    snapshot: i64,
 ) -> std::result::Result<Vec<WrittenFile>, (Error, Vec<WrittenFile>)> {
     let RunContext {
         automation,
@@ -846,10 +910,8 @@ async fn write_run(
         .registry()
         .resolve(&automation.project_id)
         .map_err(failed)?;
-    let version = cursor_to & !crate::store::schema::XACT_TOP_BITS;
-    debug_assert_eq!(xact_id_for_version(version), cursor_to);
     let logs = store
-        .logs_at(&project, Some(version))
+        .logs_at(&project, Some(snapshot))
         .await
         .map_err(failed)?;
     // The snapshot is open (its files listed) and pinned by this run.

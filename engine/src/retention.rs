@@ -1062,6 +1062,46 @@ pub async fn run_retention(
     Ok((plan, metrics))
 }
 
+/// Whether a commit's log entry (JSON lines) removes any of `paths`.
+fn removes_any(entry: &[u8], paths: &HashSet<&str>) -> bool {
+    entry.split(|&b| b == b'\n').any(|line| {
+        serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|action| {
+                action
+                    .get("remove")
+                    .and_then(|r| r.get("path"))
+                    .and_then(|p| p.as_str())
+                    .map(|p| {
+                        let decoded = percent_decode(p);
+                        paths.contains(p) || paths.contains(decoded.as_str())
+                    })
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// `%xx` escapes of a path in the Delta log, decoded.
+fn percent_decode(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(hex) = std::str::from_utf8(&bytes[i + 1..i + 3])
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The record of what vacuums purged, in the project's directory.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct VacuumRecord {
@@ -1278,16 +1318,38 @@ pub async fn vacuum_at(
     }
 
     // Record the versions that may lose files before losing any: a file
-    // removed at `r` was stamped after version `r - 1` committed (writers
-    // hold the lock from reading the snapshot to committing), so versions
-    // committed after the newest stamp deleted are whole.
+    // removed at version `r` is referenced only by versions before `r`, so
+    // the newest version that removed a purged file bounds the versions that
+    // lose files. It is found in the log, newest first, starting at the last
+    // version logged no later than the newest removal stamp (plus a margin:
+    // file times are coarse, and may even precede the stamp they follow).
     if let Some(stamp) = removed_max {
-        let purged_before = commit_millis
+        let purged: HashSet<&str> = metrics.paths.iter().map(String::as_str).collect();
+        let mut versions: Vec<i64> = commit_millis
             .iter()
-            .filter(|&(_, &millis)| millis <= stamp)
-            .map(|(&v, _)| v + 1)
-            .max()
-            .unwrap_or(0);
+            .filter(|&(_, &millis)| millis <= stamp + 60_000)
+            .map(|(&v, _)| v)
+            .collect();
+        versions.sort_unstable_by(|a, b| b.cmp(a));
+        let mut purged_before = 0;
+        for version in versions {
+            let Some(entry) = table
+                .log_store()
+                .read_commit_entry(u64::try_from(version).unwrap_or(0))
+                .await?
+            else {
+                continue;
+            };
+            if removes_any(&entry, &purged) {
+                purged_before = version;
+                break;
+            }
+        }
+        if purged_before == 0 {
+            // Not found (the log was cleaned up): every version up to the
+            // current one may have lost files.
+            purged_before = current;
+        }
         let dir = project_dir(store, project);
         let previous = read_record(&dir)?.map_or(0, |r| r.purged_before_version);
         if purged_before > previous {

@@ -556,7 +556,7 @@ impl StateDb {
     /// versions reference.
     pub fn pinned_versions(&self, project_id: &str) -> Result<Vec<i64>> {
         let mut stmt = self.conn.prepare(
-            "SELECT r.cursor_to, r.run_id, l.holder FROM runs r
+            "SELECT r.cursor_to, r.run_id, l.holder, r.details FROM runs r
                JOIN automations a ON a.id = r.automation_id
                JOIN leases l ON l.automation_id = a.id
               WHERE a.project_id = ?1 AND a.kind = 'export' AND r.status = 'running'
@@ -568,13 +568,19 @@ impl StateDb {
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
             ))
         })?;
         let mut versions = Vec::new();
         for row in rows {
-            let (cursor_to, run_id, holder) = row?;
+            let (cursor_to, run_id, holder, details) = row?;
             if holder.ends_with(&format!(":{run_id}")) && !holder_is_dead(&holder) {
-                versions.push(cursor_to & !crate::store::schema::XACT_TOP_BITS);
+                // The version the run reads (see `export::SNAPSHOT_VERSION`),
+                // else the one that committed its `cursor_to`.
+                let snapshot = details
+                    .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+                    .and_then(|d| d[crate::export::SNAPSHOT_VERSION].as_i64());
+                versions.push(snapshot.unwrap_or(cursor_to & !crate::store::schema::XACT_TOP_BITS));
             }
         }
         versions.sort_unstable();
