@@ -29,7 +29,10 @@ pub const XACT_ID: &str = "_xact_id";
 pub const SEQ: &str = "_seq";
 /// `_op`: how the event applies (see [`VersionOp`]).
 pub const OP: &str = "_op";
-/// `_merge`: JSON of `{"merge_paths": [...], "array_delete": [...]}` for merges.
+/// `_merge`: JSON of `{"merge_paths": [...], "array_delete": [...]}` for
+/// merges; on a row version written by compaction, which is never a merge,
+/// it may instead keep the row's first pagination key, or mark a compacted
+/// tombstone (see `store::compact`).
 pub const MERGE: &str = "_merge";
 
 /// Top 16 bits of every transaction id (Braintrust's `TOP_BITS`).
