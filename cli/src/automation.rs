@@ -17,7 +17,7 @@ use spanlake_engine::store::{STATE_DB, Store};
 #[derive(Debug, Subcommand)]
 pub enum AutomationCommand {
     /// Create an export automation (validated now, not at 3 a.m.).
-    CreateExport(CreateExportArgs),
+    CreateExport(Box<CreateExportArgs>),
     /// Create a retention automation: delete logs older than N days.
     CreateRetention(CreateRetentionArgs),
     /// List automations.

@@ -221,11 +221,10 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Export(args) => {
             let text = args.query.clone();
             let result = automation::export_command(&store, args).await;
-            if let Err(error) = &result {
-                if let Some(EngineError::Query(diagnostics)) = error.downcast_ref::<EngineError>() {
+            if let Err(error) = &result
+                && let Some(EngineError::Query(diagnostics)) = error.downcast_ref::<EngineError>() {
                     return render_diagnostics(diagnostics, &text);
                 }
-            }
             result
         }
     };
@@ -507,11 +506,10 @@ async fn query_command(store: &Store, args: QueryArgs) -> u8 {
     .await;
     match result {
         Ok(written) => {
-            if args.format != render::Format::Json {
-                if let Some(cursor) = &written.next_cursor {
+            if args.format != render::Format::Json
+                && let Some(cursor) = &written.next_cursor {
                     eprintln!("next page: --cursor {cursor}");
                 }
-            }
             EXIT_OK
         }
         Err(e) => {

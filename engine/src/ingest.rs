@@ -688,8 +688,8 @@ fn expect_numbers(name: &str, raw: &RawValue, unit_range: bool) -> Result<(), St
             describe(raw)
         ));
     };
-    if unit_range {
-        if let Some((key, value)) = map
+    if unit_range
+        && let Some((key, value)) = map
             .iter()
             .find_map(|(k, v)| v.filter(|v| !(0.0..=1.0).contains(v)).map(|v| (k, v)))
         {
@@ -697,7 +697,6 @@ fn expect_numbers(name: &str, raw: &RawValue, unit_range: bool) -> Result<(), St
                 "score `{name}.{key}` is {value}, but scores must be between 0 and 1"
             ));
         }
-    }
     Ok(())
 }
 

@@ -138,13 +138,11 @@ impl ProjectRegistry {
     /// Find a project of `org_id` by UUID or by name (a UUID is tried first).
     /// A project of another org is reported as unknown.
     pub fn resolve_in_org(&self, org_id: &str, id_or_name: &str) -> Result<Project> {
-        if let Ok(uuid) = Uuid::parse_str(id_or_name) {
-            if let Some(p) = self.by_id(&uuid.hyphenated().to_string())? {
-                if p.org_id == org_id {
+        if let Ok(uuid) = Uuid::parse_str(id_or_name)
+            && let Some(p) = self.by_id(&uuid.hyphenated().to_string())?
+                && p.org_id == org_id {
                     return Ok(p);
                 }
-            }
-        }
         self.by_name_in_org(org_id, id_or_name)?
             .ok_or_else(|| Error::UnknownProject(id_or_name.to_string()))
     }

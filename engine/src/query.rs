@@ -215,8 +215,8 @@ pub async fn run_parsed_query(
     };
     let mut catalog = PreparedCatalog::default();
     let mut snapshot = std::collections::BTreeMap::new();
-    if let Some(source) = query.source() {
-        if source.function.eq_ignore_ascii_case("project_logs") && !source.args.is_empty() {
+    if let Some(source) = query.source()
+        && source.function.eq_ignore_ascii_case("project_logs") && !source.args.is_empty() {
             let pinned = resumed.as_ref().map(|state| &state.s);
             let view = prepare_view(
                 store,
@@ -229,7 +229,6 @@ pub async fn run_parsed_query(
             .await?;
             catalog.views.insert(source.args.clone(), view);
         }
-    }
     let plan_options = PlanOptions {
         tz_offset_minutes: options.tz_offset_minutes,
         now: options.now,

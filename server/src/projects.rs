@@ -94,8 +94,8 @@ pub(crate) async fn register(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = parse_body(&body)?;
     let name = name_field(&body, "project_name")?;
-    if let Some(requested) = body.get("org_id").and_then(|v| v.as_str()) {
-        if requested != org.id {
+    if let Some(requested) = body.get("org_id").and_then(|v| v.as_str())
+        && requested != org.id {
             return Err(ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
                 "forbidden",
@@ -105,7 +105,6 @@ pub(crate) async fn register(
                 ),
             ));
         }
-    }
     let project = state.store.registry().get_or_create_in_org(&org.id, name)?;
     Ok(Json(
         serde_json::json!({ "project": project_json(&project) }),
