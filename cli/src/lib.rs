@@ -222,9 +222,10 @@ pub async fn run(cli: Cli) -> u8 {
             let text = args.query.clone();
             let result = automation::export_command(&store, args).await;
             if let Err(error) = &result
-                && let Some(EngineError::Query(diagnostics)) = error.downcast_ref::<EngineError>() {
-                    return render_diagnostics(diagnostics, &text);
-                }
+                && let Some(EngineError::Query(diagnostics)) = error.downcast_ref::<EngineError>()
+            {
+                return render_diagnostics(diagnostics, &text);
+            }
             result
         }
     };
@@ -507,9 +508,10 @@ async fn query_command(store: &Store, args: QueryArgs) -> u8 {
     match result {
         Ok(written) => {
             if args.format != render::Format::Json
-                && let Some(cursor) = &written.next_cursor {
-                    eprintln!("next page: --cursor {cursor}");
-                }
+                && let Some(cursor) = &written.next_cursor
+            {
+                eprintln!("next page: --cursor {cursor}");
+            }
             EXIT_OK
         }
         Err(e) => {

@@ -104,12 +104,16 @@ impl ProjectRegistry {
     pub fn org(&self, id: &str) -> Result<Option<Org>> {
         Ok(self
             .connection()
-            .query_row("SELECT id, name FROM orgs WHERE id = ?1", params![id], |r| {
-                Ok(Org {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                })
-            })
+            .query_row(
+                "SELECT id, name FROM orgs WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(Org {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                },
+            )
             .optional()?)
     }
 
@@ -210,7 +214,10 @@ mod tests {
         let (other, _) = reg.create_api_key("acme").unwrap();
         assert_ne!(key, other);
         assert_eq!(reg.authenticate(&key).unwrap().unwrap().name, "acme");
-        assert_eq!(reg.authenticate(&format!("{key}\n")).unwrap(), Some(info.org.clone()));
+        assert_eq!(
+            reg.authenticate(&format!("{key}\n")).unwrap(),
+            Some(info.org.clone())
+        );
         assert_eq!(reg.authenticate("sl-0000").unwrap(), None);
         // Only the digest is stored.
         let stored: i64 = reg
@@ -243,7 +250,10 @@ mod tests {
         ));
         assert_eq!(reg.list_in_org(&b.id).unwrap(), vec![pb.clone()]);
         // The CLI (all orgs) needs the id when the name is ambiguous.
-        assert!(matches!(reg.resolve("shared"), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            reg.resolve("shared"),
+            Err(Error::InvalidArgument(_))
+        ));
         assert_eq!(reg.resolve(&pb.id).unwrap(), pb);
     }
 }

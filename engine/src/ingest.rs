@@ -692,11 +692,11 @@ fn expect_numbers(name: &str, raw: &RawValue, unit_range: bool) -> Result<(), St
         && let Some((key, value)) = map
             .iter()
             .find_map(|(k, v)| v.filter(|v| !(0.0..=1.0).contains(v)).map(|v| (k, v)))
-        {
-            return Err(format!(
-                "score `{name}.{key}` is {value}, but scores must be between 0 and 1"
-            ));
-        }
+    {
+        return Err(format!(
+            "score `{name}.{key}` is {value}, but scores must be between 0 and 1"
+        ));
+    }
     Ok(())
 }
 

@@ -140,9 +140,10 @@ impl ProjectRegistry {
     pub fn resolve_in_org(&self, org_id: &str, id_or_name: &str) -> Result<Project> {
         if let Ok(uuid) = Uuid::parse_str(id_or_name)
             && let Some(p) = self.by_id(&uuid.hyphenated().to_string())?
-                && p.org_id == org_id {
-                    return Ok(p);
-                }
+            && p.org_id == org_id
+        {
+            return Ok(p);
+        }
         self.by_name_in_org(org_id, id_or_name)?
             .ok_or_else(|| Error::UnknownProject(id_or_name.to_string()))
     }
@@ -206,7 +207,11 @@ impl ProjectRegistry {
             return Err(Error::InvalidArgument(format!(
                 "{} orgs have a project named `{name}`; give its id instead ({})",
                 found.len(),
-                found.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ")
+                found
+                    .iter()
+                    .map(|p| p.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         Ok(found.pop())
@@ -271,7 +276,12 @@ impl ProjectRegistry {
 
     /// Remember that the requests with these digests were committed in
     /// `xact_id` (a server answers their replays without committing again).
-    pub fn record_requests(&self, project_id: &str, digests: &[String], xact_id: i64) -> Result<()> {
+    pub fn record_requests(
+        &self,
+        project_id: &str,
+        digests: &[String],
+        xact_id: i64,
+    ) -> Result<()> {
         let now = chrono::Utc::now().timestamp_micros();
         let tx = self.conn.unchecked_transaction()?;
         for digest in digests {
@@ -333,7 +343,10 @@ pub(crate) fn now_rfc3339() -> String {
 }
 
 pub(crate) fn is_constraint(e: &rusqlite::Error) -> bool {
-    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::ConstraintViolation))
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::ConstraintViolation)
+    )
 }
 
 /// Registries written before orgs had their own projects kept names unique

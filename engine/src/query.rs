@@ -216,19 +216,21 @@ pub async fn run_parsed_query(
     let mut catalog = PreparedCatalog::default();
     let mut snapshot = std::collections::BTreeMap::new();
     if let Some(source) = query.source()
-        && source.function.eq_ignore_ascii_case("project_logs") && !source.args.is_empty() {
-            let pinned = resumed.as_ref().map(|state| &state.s);
-            let view = prepare_view(
-                store,
-                &ctx,
-                &source.args,
-                options.org_id.as_deref(),
-                pinned,
-                &mut snapshot,
-            )
-            .await?;
-            catalog.views.insert(source.args.clone(), view);
-        }
+        && source.function.eq_ignore_ascii_case("project_logs")
+        && !source.args.is_empty()
+    {
+        let pinned = resumed.as_ref().map(|state| &state.s);
+        let view = prepare_view(
+            store,
+            &ctx,
+            &source.args,
+            options.org_id.as_deref(),
+            pinned,
+            &mut snapshot,
+        )
+        .await?;
+        catalog.views.insert(source.args.clone(), view);
+    }
     let plan_options = PlanOptions {
         tz_offset_minutes: options.tz_offset_minutes,
         now: options.now,
@@ -375,10 +377,8 @@ async fn prepare_view(
                     Some(org) => store.registry().list_in_org(org)?,
                     None => store.registry().list()?,
                 };
-                let known: Vec<String> = known
-                    .into_iter()
-                    .map(|p| format!("`{}`", p.name))
-                    .collect();
+                let known: Vec<String> =
+                    known.into_iter().map(|p| format!("`{}`", p.name)).collect();
                 let hint = if known.is_empty() {
                     "no project exists yet: create one with `spanlake project create NAME` or ingest into one".to_string()
                 } else {

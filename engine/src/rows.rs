@@ -76,7 +76,12 @@ pub fn timestamp_micros(array: &dyn Array, row: usize) -> Option<i64> {
 }
 
 /// Append the JSON value of `array[row]`; `json`: the column holds JSON text.
-pub fn write_json_value(buf: &mut Vec<u8>, array: &dyn Array, row: usize, json: bool) -> Result<()> {
+pub fn write_json_value(
+    buf: &mut Vec<u8>,
+    array: &dyn Array,
+    row: usize,
+    json: bool,
+) -> Result<()> {
     if array.is_null(row) {
         buf.extend_from_slice(b"null");
         return Ok(());

@@ -170,11 +170,13 @@ pub(crate) async fn update(
     let db = state_db(&state)?;
     let current = find(&state, &db, &org.id, &id)?;
     if let Some(status) = &body.status
-        && status != "active" && status != "paused" {
-            return Err(ApiError::bad_request(format!(
-                "`status` must be `active` or `paused`, not `{status}`"
-            )));
-        }
+        && status != "active"
+        && status != "paused"
+    {
+        return Err(ApiError::bad_request(format!(
+            "`status` must be `active` or `paused`, not `{status}`"
+        )));
+    }
     let config = match body.config {
         Some(config) => validated_config(current.kind, config)?,
         None => current.config.clone(),

@@ -108,9 +108,10 @@ pub(crate) async fn btql(
     let (page, schema) = page?;
     let mut headers = HeaderMap::new();
     if let Some(cursor) = &page.cursor
-        && let Ok(value) = HeaderValue::from_str(cursor) {
-            headers.insert("x-bt-cursor", value);
-        }
+        && let Ok(value) = HeaderValue::from_str(cursor)
+    {
+        headers.insert("x-bt-cursor", value);
+    }
     let content_type = match fmt {
         Fmt::Json => "application/json",
         Fmt::Jsonl => "application/x-ndjson",

@@ -103,9 +103,10 @@ impl Ingestor {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(sender) = committers.get(&project.id)
-            && !sender.is_closed() {
-                return sender.clone();
-            }
+            && !sender.is_closed()
+        {
+            return sender.clone();
+        }
         let (sender, receiver) = mpsc::channel(1024);
         let committer = Committer {
             store: Arc::clone(&self.store),
@@ -676,16 +677,17 @@ pub(crate) async fn overflow_start(
     if let Some(size) = request
         .get("size_bytes")
         .and_then(serde_json::Value::as_u64)
-        && size > state.config.max_body_bytes as u64 {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!(
-                    "{size} bytes is more than this server accepts ({}); send smaller batches",
-                    state.config.max_body_bytes
-                ),
-            ));
-        }
+        && size > state.config.max_body_bytes as u64
+    {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "{size} bytes is more than this server accepts ({}); send smaller batches",
+                state.config.max_body_bytes
+            ),
+        ));
+    }
     let key = uuid::Uuid::new_v4().to_string();
     let token = format!(
         "{}{}",

@@ -95,16 +95,17 @@ pub(crate) async fn register(
     let body = parse_body(&body)?;
     let name = name_field(&body, "project_name")?;
     if let Some(requested) = body.get("org_id").and_then(|v| v.as_str())
-        && requested != org.id {
-            return Err(ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
-                    "this API key belongs to org `{}`, not `{requested}`",
-                    org.id
-                ),
-            ));
-        }
+        && requested != org.id
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this API key belongs to org `{}`, not `{requested}`",
+                org.id
+            ),
+        ));
+    }
     let project = state.store.registry().get_or_create_in_org(&org.id, name)?;
     Ok(Json(
         serde_json::json!({ "project": project_json(&project) }),

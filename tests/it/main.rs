@@ -14,6 +14,6 @@ mod faults;
 mod golden;
 mod paging;
 mod retention;
-mod server;
 mod roles;
+mod server;
 mod support;
