@@ -80,23 +80,27 @@ pub struct IngestOptions {
     /// Entries added to the `commitInfo` of every commit (e.g. the request
     /// digests of a server's group commit, to recognise a replay after a crash).
     pub commit_metadata: HashMap<String, Value>,
-    /// Keep the set of known ids between ingests of one process (a server
-    /// commits many small batches; reading every id back each time would
-    /// cost as much as the table). Used only while the table has not moved.
-    pub id_cache: Option<Arc<IdCache>>,
+    /// Keep the open table and the set of known ids between ingests of one
+    /// process: a server commits many small batches, and reopening the table
+    /// (its log since the last checkpoint) or reading every id back each
+    /// time would cost more than the batch.
+    pub writer_cache: Option<Arc<WriterCache>>,
 }
 
-/// The ids of a project's table at one version, kept between ingests of one
-/// process (see [`IngestOptions::id_cache`]).
+/// What one process keeps between its ingests into one project (see
+/// [`IngestOptions::writer_cache`]): the table, brought up to date under the
+/// write lock before each use, and the ids of one table version, used only
+/// while the table has not moved.
 #[derive(Debug, Default)]
-pub struct IdCache {
-    cached: std::sync::Mutex<Option<(i64, HashSet<u64, IdHasher>)>>,
+pub struct WriterCache {
+    ids: std::sync::Mutex<Option<(i64, HashSet<u64, IdHasher>)>>,
+    table: std::sync::Mutex<Option<deltalake::DeltaTable>>,
 }
 
-impl IdCache {
-    fn take(&self, version: i64) -> Option<HashSet<u64, IdHasher>> {
+impl WriterCache {
+    fn take_ids(&self, version: i64) -> Option<HashSet<u64, IdHasher>> {
         let mut cached = self
-            .cached
+            .ids
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match cached.take() {
@@ -105,11 +109,22 @@ impl IdCache {
         }
     }
 
-    fn put(&self, version: i64, ids: HashSet<u64, IdHasher>) {
+    fn put(&self, version: i64, ids: HashSet<u64, IdHasher>, table: Option<deltalake::DeltaTable>) {
         *self
-            .cached
+            .ids
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((version, ids));
+        *self
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = table;
+    }
+
+    fn take_table(&self) -> Option<deltalake::DeltaTable> {
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 }
 
@@ -122,7 +137,7 @@ impl Default for IngestOptions {
             rejects: None,
             max_listed_errors: 100,
             commit_metadata: HashMap::new(),
-            id_cache: None,
+            writer_cache: None,
         }
     }
 }
@@ -188,11 +203,15 @@ pub async fn ingest(
             "`commit_rows` must be at least 1".into(),
         ));
     }
-    let (mut logs, lock) = store.logs_for_write(project).await?;
+    let open = options.writer_cache.as_ref().and_then(|c| c.take_table());
+    let (mut logs, lock) = store.logs_for_write_reusing(project, open).await?;
     let base_version = logs
         .version()
         .ok_or_else(|| Error::Internal("table has no version after creation".into()))?;
-    let cached = options.id_cache.as_ref().and_then(|c| c.take(base_version));
+    let cached = options
+        .writer_cache
+        .as_ref()
+        .and_then(|c| c.take_ids(base_version));
     let known_ids = match cached {
         Some(ids) => ids,
         None => load_id_hashes(&logs).await?,
@@ -234,8 +253,12 @@ pub async fn ingest(
     let written = result?;
     let (mut report, errors, error_count, strict_failed, known_ids) = decoded?;
     drop(lock);
-    if let (Some(cache), false) = (&options.id_cache, strict_failed) {
-        cache.put(base_version + written.commits.len() as i64, known_ids);
+    if let (Some(cache), false) = (&options.writer_cache, strict_failed) {
+        cache.put(
+            base_version + written.commits.len() as i64,
+            known_ids,
+            logs.take_table(),
+        );
     }
 
     report.commits = written.commits;

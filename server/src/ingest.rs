@@ -6,8 +6,9 @@
 //!  request ─► parse rows, check each row's project is the key's org's
 //!          ─► per project: Pending{rows as JSON Lines, digest} ─► committer
 //!  committer (one task per project):
-//!      take the queued requests (waiting at most `group_commit_linger` for
-//!      more) ─► drop replays (digest already committed) ─► one engine ingest
+//!      take the queued requests (when it was idle, waiting at most
+//!      `group_commit_linger` for more) ─► drop replays (digest already
+//!      committed) ─► one engine ingest
 //!      (one Delta commit, digests in its commitInfo) ─► record digests
 //!      ─► answer every request of the group
 //! ```
@@ -37,7 +38,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use spanlake_engine::Error;
-use spanlake_engine::ingest::{IdCache, IngestOptions, ingest};
+use spanlake_engine::ingest::{IngestOptions, WriterCache, ingest};
 use spanlake_engine::projects::Project;
 use spanlake_engine::store::Store;
 use tokio::sync::{mpsc, oneshot};
@@ -114,7 +115,7 @@ impl Ingestor {
             linger: self.linger,
             max_rows: self.max_rows,
             metrics: Arc::clone(&self.metrics),
-            ids: Arc::new(IdCache::default()),
+            cache: Arc::new(WriterCache::default()),
         };
         tokio::spawn(committer.run(receiver));
         committers.insert(project.id.clone(), sender.clone());
@@ -165,7 +166,7 @@ struct Committer {
     linger: Duration,
     max_rows: usize,
     metrics: Arc<Metrics>,
-    ids: Arc<IdCache>,
+    cache: Arc<WriterCache>,
 }
 
 impl Committer {
@@ -176,20 +177,25 @@ impl Committer {
         while let Some(first) = receiver.recv().await {
             let mut group = vec![first];
             let mut rows = group[0].rows.len();
-            let deadline = tokio::time::Instant::now() + self.linger;
-            while rows < self.max_rows {
-                match receiver.try_recv() {
-                    Ok(pending) => {
-                        rows += pending.rows.len();
-                        group.push(pending);
-                    }
-                    Err(_) => match tokio::time::timeout_at(deadline, receiver.recv()).await {
+            // Requests queued while the last commit ran join this one.
+            while rows < self.max_rows
+                && let Ok(pending) = receiver.try_recv()
+            {
+                rows += pending.rows.len();
+                group.push(pending);
+            }
+            // A request that found the committer idle waits a little for
+            // companions (a busy committer batches by itself).
+            if group.len() == 1 {
+                let deadline = tokio::time::Instant::now() + self.linger;
+                while rows < self.max_rows {
+                    match tokio::time::timeout_at(deadline, receiver.recv()).await {
                         Ok(Some(pending)) => {
                             rows += pending.rows.len();
                             group.push(pending);
                         }
                         _ => break,
-                    },
+                    }
                 }
             }
             self.commit_group(group).await;
@@ -318,7 +324,7 @@ impl Committer {
                 DIGESTS_KEY.to_string(),
                 serde_json::Value::Array(digests),
             )]),
-            id_cache: Some(Arc::clone(&self.ids)),
+            writer_cache: Some(Arc::clone(&self.cache)),
             max_listed_errors: usize::try_from(rows).unwrap_or(usize::MAX),
             ..IngestOptions::default()
         };

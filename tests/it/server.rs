@@ -513,6 +513,21 @@ fn replayed_requests_commit_once_and_concurrent_requests_share_commits() {
         (1..clients).contains(&commits),
         "{commits} commits for {clients} concurrent requests"
     );
+    // Another writer (the CLI) commits between two of the server's commits:
+    // the server's kept-open table catches up before writing.
+    let file = spanlake.write_file("cli.jsonl", r#"{"id": "cli1", "scores": {"a": 0.25}}"#);
+    spanlake.ingest(&project, &file);
+    let merge = logs3_body(
+        &project,
+        &[serde_json::json!({"id": "cli1", "_is_merge": true, "scores": {"b": 0.75}})],
+    );
+    let (status, body) = server.call("POST", "/logs3", Some(&key), &merge);
+    assert_eq!(status, 200, "{body}");
+    let rows = stored(&spanlake, &project);
+    let cli1 = rows.iter().find(|r| r["id"] == "cli1").expect("cli1");
+    assert_eq!(cli1["scores"], serde_json::json!({"a": 0.25, "b": 0.75}));
+    assert_eq!(rows.len(), 2 + clients * per_client);
+
     let (status, _, metrics) = server.raw("GET", "/metrics", Some(&key), b"");
     assert_eq!(status, 200);
     let metrics = String::from_utf8(metrics).unwrap();
@@ -523,7 +538,7 @@ fn replayed_requests_commit_once_and_concurrent_requests_share_commits() {
     assert!(
         metrics.contains(&format!(
             "spanlake_rows_ingested_total {}",
-            2 + clients * per_client
+            3 + clients * per_client
         )),
         "{metrics}"
     );
