@@ -95,3 +95,17 @@ impl Error {
         )
     }
 }
+
+/// `error` and its causes, joined with `: ` (a layer's message covers that
+/// layer only; a run's history or an API answer must say what failed
+/// underneath).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

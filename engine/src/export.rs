@@ -35,7 +35,7 @@ use spanlake_dsl::schema::JSON_COLUMNS;
 use crate::automation::config::{parse_bytes, parse_duration};
 use crate::automation::state::{Automation, RunOutcome, RunStatus, StateDb, Trigger};
 use crate::credentials::{AssumeRoleOptions, AssumeRoleProvider};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, error_chain};
 use crate::query::{QueryOptions, run_query_over_view, session};
 use crate::sink::{ExportTarget, RawSinkConfig, SinkConfig, TargetOptions, WrittenFile};
 use crate::store::Store;
@@ -281,19 +281,6 @@ pub struct RunReport {
     pub manifest: Option<String>,
     /// Notes on recovery of an earlier crashed run.
     pub recovered: Vec<String>,
-}
-
-/// `error` and its causes, joined with `: ` (the sink's messages cover their
-/// own layer only; a run's history must say what failed underneath).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Test hook: with `SPANLAKE_TEST_KILL_AT=<point>`, the process kills itself

@@ -399,58 +399,9 @@ impl ScalarUDFImpl for ExpiredUdf {
     }
 }
 
-/// `id IN <set>`, with the set held in memory.
-#[derive(Debug)]
-struct InSetUdf {
-    ids: Arc<HashSet<String>>,
-    signature: Signature,
-}
-
-impl PartialEq for InSetUdf {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.ids, &other.ids)
-    }
-}
-
-impl Eq for InSetUdf {}
-
-impl std::hash::Hash for InSetUdf {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.ids).hash(state);
-    }
-}
-
-impl ScalarUDFImpl for InSetUdf {
-    fn name(&self) -> &str {
-        "spanlake_retention_id_in_set"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Boolean)
-    }
-    fn invoke_with_args(
-        &self,
-        args: ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        let ids = args.args[0].to_array(args.number_rows)?;
-        let ids = arrow::compute::cast(&ids, &DataType::Utf8)?;
-        let result: BooleanArray = ids
-            .as_string::<i32>()
-            .iter()
-            .map(|id| Some(id.is_some_and(|id| self.ids.contains(id))))
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(result)))
-    }
-}
-
+/// `id IN <set>`, with the set held in memory (the store's fold filter).
 fn id_in(ids: &Arc<HashSet<String>>) -> Expr {
-    ScalarUDF::from(InSetUdf {
-        ids: Arc::clone(ids),
-        signature: Signature::any(1, Volatility::Immutable),
-    })
-    .call(vec![col("id")])
+    crate::store::resolve::id_in_set(Arc::clone(ids))
 }
 
 /// One stored version of a multi-version id, as the decision needs it.

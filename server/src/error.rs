@@ -5,6 +5,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use spanlake_engine::Error;
+use spanlake_engine::error::error_chain;
 
 /// An error answer.
 #[derive(Debug, Clone)]
@@ -135,18 +136,6 @@ impl From<Error> for ApiError {
             ),
         }
     }
-}
-
-/// `error` and its causes, joined by `: `.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Answers the framework makes itself (413 for a body over the limit, 405,

@@ -7,40 +7,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{Spanlake, create_bucket, fixtures_dir};
-
-fn service(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(value) => Some(value),
-        Err(_) => {
-            assert!(
-                std::env::var_os("SPANLAKE_REQUIRE_SERVICES").is_none(),
-                "SPANLAKE_REQUIRE_SERVICES is set but {name} is not: run the tests with scripts/test"
-            );
-            eprintln!("skipped: {name} is unset (scripts/test sets it)");
-            None
-        }
-    }
-}
-
-/// Run `sql` in DuckDB and return the rows as JSON.
-fn duckdb(python: &str, sql: &str) -> serde_json::Value {
-    let script = r#"
-import json, sys, duckdb
-rows = duckdb.connect().execute(sys.argv[1]).fetchall()
-print(json.dumps(rows, default=str))
-"#;
-    let output = Command::new(python)
-        .args(["-c", script, sql])
-        .output()
-        .expect("run python with duckdb");
-    assert!(
-        output.status.success(),
-        "duckdb failed on {sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("duckdb printed JSON")
-}
+use crate::support::{
+    Spanlake, create_bucket, duckdb_rows as duckdb, fixtures_dir, service_var as service,
+};
 
 fn manifests(folder: &Path) -> Vec<serde_json::Value> {
     let dir = folder.join("_manifests");

@@ -239,6 +239,12 @@ pub(super) fn utf8(array: &ArrayRef) -> Result<ArrayRef> {
     }
 }
 
+/// `id IN <ids>`, with the set held in memory (a literal `IN` list of every
+/// id would cost a plan node per id).
+pub(crate) fn id_in_set(ids: Arc<HashSet<String>>) -> Expr {
+    ScalarUDF::from(IdInSet::new(ids)).call(vec![col("id")])
+}
+
 /// `id IN <set of ids to fold>`, with the set held in memory (a literal
 /// `IN` list of every id would cost a plan node per id).
 #[derive(Debug)]
