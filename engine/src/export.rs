@@ -39,7 +39,7 @@ use crate::error::{Error, Result, error_chain};
 use crate::query::{QueryOptions, run_query_over_view, session};
 use crate::sink::{ExportTarget, RawSinkConfig, SinkConfig, TargetOptions, WrittenFile};
 use crate::store::Store;
-use crate::store::schema::{XACT_ID, xact_id_for_version};
+use crate::store::schema::XACT_ID;
 
 /// Version of the exported schema, recorded in every manifest. Additive
 /// changes keep it; breaking ones bump it.
@@ -743,7 +743,7 @@ async fn run_export_leased(
         return Ok(report);
     };
     let started = now_rfc3339();
-    let snapshot = snapshot_for(store, automation, cursor_to).await?;
+    let snapshot = snapshot_for(store, automation).await?;
     // The snapshot goes into the run's details first: while the run is
     // `running` and leased, vacuum keeps its files (StateDb::pinned_versions).
     state.start_run(
@@ -819,61 +819,17 @@ async fn run_export_leased(
 /// Key of the table version a run reads, in its details.
 pub const SNAPSHOT_VERSION: &str = "snapshot_version";
 
-/// The table version a run up to `cursor_to` reads: the version that
-/// committed `cursor_to`, moved past every later commit that adds no row
-/// version after `cursor_to` (a compaction's rewrite, a retention's delete,
-/// whose copied rows keep their `_xact_id`). The rows are the same, except
-/// that rows deleted by retention are gone, as they must be from every
-/// export at once; and a run that lags behind compactions reads current
-/// files, not ones that vacuum may have purged.
-async fn snapshot_for(store: &Store, automation: &Automation, cursor_to: i64) -> Result<i64> {
-    let version = cursor_to & !crate::store::schema::XACT_TOP_BITS;
-    debug_assert_eq!(xact_id_for_version(version), cursor_to);
+/// The table version a run reads: the latest when it starts. The run reads
+/// the row versions up to its `cursor_to` from it
+/// ([`ProjectLogs::resolved_view_between`](crate::store::ProjectLogs::resolved_view_between)),
+/// so rows that retention deleted since are not exported, and a run that
+/// lags behind compactions and vacuums reads current files, never ones that
+/// may have been purged.
+async fn snapshot_for(store: &Store, automation: &Automation) -> Result<i64> {
     let project = store.registry().resolve(&automation.project_id)?;
     let logs = store.logs(&project).await?;
-    let Some(table) = logs.table() else {
-        return Ok(version);
-    };
-    let latest = table
-        .version()
-        .and_then(|v| i64::try_from(v).ok())
-        .unwrap_or(version);
-    let mut snapshot = version;
-    while snapshot < latest {
-        let next = u64::try_from(snapshot + 1).unwrap_or(u64::MAX);
-        let Some(entry) = table.log_store().read_commit_entry(next).await? else {
-            break;
-        };
-        if !adds_nothing_after(&entry, cursor_to) {
-            break;
-        }
-        snapshot += 1;
-    }
-    Ok(snapshot)
-}
-
-/// Whether a commit (its log entry, JSON lines) adds no row version with an
-/// `_xact_id` after `cursor_to`, by its files' statistics (missing
-/// statistics count as adding).
-fn adds_nothing_after(entry: &[u8], cursor_to: i64) -> bool {
-    for line in entry.split(|&b| b == b'\n') {
-        let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
-            continue;
-        };
-        let Some(add) = action.get("add") else {
-            continue;
-        };
-        let max = add
-            .get("stats")
-            .and_then(|s| s.as_str())
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-            .and_then(|stats| stats["maxValues"][XACT_ID].as_i64());
-        match max {
-            Some(max) if max <= cursor_to => {}
-            _ => return false,
-        }
-    }
-    true
+    logs.version()
+        .ok_or_else(|| Error::Internal("an export run found no table to read".into()))
 }
 
 /// Write the data files of a run; on failure, the error and the files
@@ -906,7 +862,7 @@ async fn write_run(
     let options = QueryOptions::default();
     let ctx = session(&options).map_err(failed)?;
     let changed = logs
-        .resolved_view_after(&ctx, cursor_from)
+        .resolved_view_between(&ctx, cursor_from, Some(cursor_to))
         .await
         .map_err(failed)?;
     let (query, rows) = match config.data {
@@ -942,7 +898,10 @@ async fn write_run(
                     )
                     .map_err(|e| failed(e.into()))?;
             }
-            let all = logs.resolved_view(&ctx).await.map_err(failed)?;
+            let all = logs
+                .resolved_view_between(&ctx, None, Some(cursor_to))
+                .await
+                .map_err(failed)?;
             let spans = all
                 .join(
                     touched,

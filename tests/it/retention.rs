@@ -602,3 +602,71 @@ fn an_export_that_lags_behind_retention_and_compaction_exports_what_is_left() {
     );
     assert_eq!(again["rows"], 0, "{again}");
 }
+
+#[test]
+fn an_export_stopped_mid_way_by_its_row_cap_resumes_after_compaction_and_vacuum() {
+    let spanlake = Spanlake::new();
+    let spans = sixty_days(chrono::Utc::now(), 120);
+    let lines: Vec<String> = spans.iter().map(|(l, _)| l.clone()).collect();
+    ingest_in_chunks(&spanlake, &lines, 6, "spans");
+    let out = spanlake.root().join("export");
+    std::fs::create_dir_all(&out).unwrap();
+    let cap = lines.len().div_ceil(6).to_string();
+    spanlake.create_export(
+        "capped",
+        "spans",
+        &format!("file://{}", out.display()),
+        &["--format", "jsonl", "--max-rows-per-run", &cap],
+    );
+    let first = json_of(
+        &spanlake
+            .run(["automation", "run", "capped", "-p", "p", "--json"])
+            .ok(),
+    );
+    assert_eq!(first["status"], "behind", "{first}");
+    // Compaction rewrites every file; a retention that deletes nothing
+    // purges the replaced ones at once (grace 0s): the versions the export's
+    // cursor stands at are no longer readable.
+    spanlake.run(["store", "compact", "-p", "p"]).ok();
+    spanlake
+        .run([
+            "automation",
+            "create-retention",
+            "-p",
+            "p",
+            "--days",
+            "3650",
+            "--grace",
+            "0s",
+        ])
+        .ok();
+    let purge = json_of(
+        &spanlake
+            .run(["automation", "run", "retention-3650d", "-p", "p"])
+            .ok(),
+    );
+    assert!(purge["files_purged"].as_u64().unwrap() > 0, "{purge}");
+    let mut total = first["rows"].as_u64().unwrap();
+    for _ in 0..10 {
+        let run = json_of(
+            &spanlake
+                .run(["automation", "run", "capped", "-p", "p", "--json"])
+                .ok(),
+        );
+        total += run["rows"].as_u64().unwrap();
+        if run["rows"] == 0 {
+            break;
+        }
+    }
+    assert_eq!(total, lines.len() as u64);
+    if let Some(python) = crate::support::service_var("SPANLAKE_DUCKDB_PYTHON") {
+        let sql = format!(
+            "select count(*), count(distinct id) from read_json_auto('{}/**/*.jsonl')",
+            out.display()
+        );
+        assert_eq!(
+            crate::support::duckdb_rows(&python, &sql),
+            serde_json::json!([[lines.len(), lines.len()]])
+        );
+    }
+}

@@ -150,6 +150,20 @@ impl ProjectLogs {
         ctx: &SessionContext,
         after: Option<i64>,
     ) -> Result<DataFrame> {
+        self.resolved_view_between(ctx, after, None).await
+    }
+
+    /// [`ProjectLogs::resolved_view_after`] over the row versions with
+    /// `_xact_id <= upto` only: the rows as of transaction `upto`, read from
+    /// this (later) snapshot. Rows deleted since (retention) are gone, and a
+    /// row whose versions compaction folded into one after `upto` is left for
+    /// a read whose range covers its latest `_xact_id`.
+    pub async fn resolved_view_between(
+        &self,
+        ctx: &SessionContext,
+        after: Option<i64>,
+        upto: Option<i64>,
+    ) -> Result<DataFrame> {
         let Some(table) = self.table() else {
             return Ok(ctx.read_batch(RecordBatch::new_empty(spans_schema()))?);
         };
@@ -159,7 +173,10 @@ impl ProjectLogs {
             .table_provider()
             .with_session(Arc::new(ctx.state()))
             .await?;
-        let versions = ctx.read_table(provider)?;
+        let mut versions = ctx.read_table(provider)?;
+        if let Some(upto) = upto {
+            versions = versions.filter(col(XACT_ID).lt_eq(lit(upto)))?;
+        }
         let changed = match after {
             Some(cursor) => col(XACT_ID).gt(lit(cursor)),
             None => lit(true),
