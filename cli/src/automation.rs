@@ -426,11 +426,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                 return print_json(&preview);
             }
             let raw: RawExportConfig = serde_json::from_value(automation.config.clone())?;
-            let external_id = spanlake_engine::credentials::external_id(
-                store.registry().org_id(),
-                &automation.project_id,
-                &automation.id,
-            );
+            let external_id = spanlake_engine::export::automation_external_id(store, &automation)?;
             let steps = test_export_target(&raw.validate()?, Some(&external_id)).await;
             if selector.json {
                 print_json(&steps)?;

@@ -669,11 +669,7 @@ pub async fn run_export(
     let raw: RawExportConfig = serde_json::from_value(automation.config.clone())
         .map_err(|e| Error::Internal(format!("stored export config: {e}")))?;
     let config = raw.validate()?;
-    let external_id = crate::credentials::external_id(
-        store.registry().org_id(),
-        &automation.project_id,
-        &automation.id,
-    );
+    let external_id = automation_external_id(store, automation)?;
     let target = export_target_assumed(&config, Some(&external_id)).await?;
     let run_id = uuid::Uuid::now_v7().to_string();
     let holder = crate::automation::state::lease_holder(&run_id);
@@ -814,6 +810,17 @@ async fn run_export_leased(
     report.cursor_to = Some(cursor_to);
     report.manifest = Some(path.to_string());
     Ok(report)
+}
+
+/// The external id an export presents when it assumes its role:
+/// `spanlake:<org of its project>:<project>:<automation>`.
+pub fn automation_external_id(store: &Store, automation: &Automation) -> Result<String> {
+    let project = store.registry().resolve(&automation.project_id)?;
+    Ok(crate::credentials::external_id(
+        &project.org_id,
+        &project.id,
+        &automation.id,
+    ))
 }
 
 /// Key of the table version a run reads, in its details.

@@ -266,11 +266,13 @@ pub async fn ingest(
     // Approximate (after the fact) and best effort: a missing record only
     // makes a commit count as old.
     let committed = chrono::Utc::now().timestamp_micros();
+    // Never an error: the rows are committed, and a caller told otherwise
+    // would retry them.
     for commit in &report.commits {
-        if let Ok(xact) = commit.xact_id.parse::<i64>() {
-            store
-                .registry()
-                .record_commit(&project.id, xact, committed)?;
+        if let Ok(xact) = commit.xact_id.parse::<i64>()
+            && let Err(e) = store.registry().record_commit(&project.id, xact, committed)
+        {
+            tracing::warn!(project = %project.id, xact, error = %e, "could not record when a commit landed");
         }
     }
     report.rows = report.commits.iter().map(|c| c.rows).sum();

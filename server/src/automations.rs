@@ -264,11 +264,8 @@ pub(crate) async fn test(
             Kind::Export => {
                 let raw: RawExportConfig = serde_json::from_value(automation.config.clone())
                     .map_err(|e| ApiError::from(spanlake_engine::Error::Internal(e.to_string())))?;
-                let external_id = spanlake_engine::credentials::external_id(
-                    &org.id,
-                    &automation.project_id,
-                    &automation.id,
-                );
+                let external_id =
+                    spanlake_engine::export::automation_external_id(&state.store, &automation)?;
                 let steps = test_export_target(&raw.validate()?, Some(&external_id)).await;
                 let ok = steps.iter().all(|s| s.ok);
                 Ok(Json(serde_json::json!({"ok": ok, "steps": steps})))

@@ -364,12 +364,15 @@ async fn fetch(
     let project = state.store.registry().resolve_in_org(&org.id, &project)?;
     let mut text = format!("select: * | from: project_logs('{}')", project.id);
     if let Some(max) = &params.max_xact_id {
-        if !max.chars().all(|c| c.is_ascii_digit()) || max.is_empty() {
-            return Err(ApiError::bad_request(format!(
+        let max: u64 = max.parse().map_err(|_| {
+            ApiError::bad_request(format!(
                 "`max_xact_id` must be a transaction id (digits), not `{max}`"
-            )));
-        }
-        text.push_str(&format!(" | filter: _xact_id <= '{max}'"));
+            ))
+        })?;
+        // `_xact_id` reads as text of 19 digits (`0x0DE1 << 48 | version`):
+        // padded alike, text order is number order (a float cast would not
+        // tell neighbouring ids apart).
+        text.push_str(&format!(" | filter: _xact_id <= '{max:019}'"));
     }
     text.push_str(" | sort: _xact_id desc");
     if let Some(limit) = params.limit {

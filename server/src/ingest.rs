@@ -23,7 +23,7 @@
 //!   Digests are also written into the Delta commit itself, and recovered
 //!   from the table's recent commits when a committer starts, so a crash
 //!   between the commit and recording the digest does not let a replay in.
-//!   Digests are kept for 24 hours.
+//!   Digests are kept for an hour (see [`REPLAY_WINDOW`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -49,8 +49,12 @@ use crate::{AppState, Metrics, ServerConfig};
 
 /// Key of the request digests in a commit's `commitInfo`.
 const DIGESTS_KEY: &str = "spanlake.requests";
-/// How long request digests (and overflow uploads) are kept.
-const REPLAY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// How long a committer also keeps its own digests in memory.
+const REPLAY_MEMORY: Duration = Duration::from_secs(3600);
+/// How long request digests (and overflow uploads) are kept: far longer
+/// than the SDK's retries (seconds to minutes), short enough that a client
+/// deliberately sending the same body again an hour later is heard.
+const REPLAY_WINDOW: Duration = Duration::from_secs(3600);
 /// How long a committer waits for another writer (CLI ingest, retention,
 /// compaction) to release a project's write lock.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -80,13 +84,20 @@ pub(crate) struct Ingestor {
 impl Ingestor {
     pub(crate) fn new(store: Arc<Store>, config: &ServerConfig, metrics: Arc<Metrics>) -> Self {
         let overflow_dir = store.data_dir().join("overflow");
-        if let Err(e) = remove_old_uploads(&overflow_dir) {
-            tracing::warn!(error = %e, "could not clean old overflow uploads");
-        }
-        let since = chrono::Utc::now().timestamp_micros()
-            - i64::try_from(REPLAY_WINDOW.as_micros()).unwrap_or(i64::MAX);
-        if let Err(e) = store.registry().forget_requests_before(since) {
-            tracing::warn!(error = %e, "could not forget old request digests");
+        forget_old(&store, &overflow_dir);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // Again every few minutes, for as long as the server runs.
+            let store = Arc::downgrade(&store);
+            let dir = overflow_dir.clone();
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(REPLAY_WINDOW / 12);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(store) = store.upgrade() else { break };
+                    forget_old(&store, &dir);
+                }
+            });
         }
         Self {
             store,
@@ -116,6 +127,7 @@ impl Ingestor {
             max_rows: self.max_rows,
             metrics: Arc::clone(&self.metrics),
             cache: Arc::new(WriterCache::default()),
+            recent: std::sync::Mutex::new(HashMap::new()),
         };
         tokio::spawn(committer.run(receiver));
         committers.insert(project.id.clone(), sender.clone());
@@ -167,9 +179,33 @@ struct Committer {
     max_rows: usize,
     metrics: Arc<Metrics>,
     cache: Arc<WriterCache>,
+    /// Digests this committer committed, with their transaction and when:
+    /// replays are recognised even if recording them in the state database
+    /// failed.
+    recent: std::sync::Mutex<HashMap<String, (i64, Instant)>>,
 }
 
 impl Committer {
+    fn recent_xact(&self, digest: &str) -> Option<i64> {
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        recent.get(digest).map(|(xact, _)| *xact)
+    }
+
+    fn remember(&self, digests: &[String], xact: i64) {
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        recent.retain(|_, (_, at)| now.duration_since(*at) < REPLAY_MEMORY);
+        for digest in digests {
+            recent.insert(digest.clone(), (xact, now));
+        }
+    }
+
     async fn run(self, mut receiver: mpsc::Receiver<Pending>) {
         if let Err(e) = self.recover_digests().await {
             tracing::warn!(project = %self.project.id, error = %e, "could not recover request digests from the table's commits");
@@ -239,7 +275,11 @@ impl Committer {
         let mut fresh: Vec<Pending> = Vec::with_capacity(group.len());
         let mut duplicates: Vec<(Pending, usize)> = Vec::new();
         for pending in group {
-            match self.store.registry().request_xact(&pending.digest) {
+            let known = match self.recent_xact(&pending.digest) {
+                Some(xact) => Ok(Some(xact)),
+                None => self.store.registry().request_xact(&pending.digest),
+            };
+            match known {
                 Ok(Some(xact)) => {
                     self.metrics.replays.inc();
                     let _ = pending.reply.send(Ok(xact));
@@ -260,6 +300,7 @@ impl Committer {
                 Ok(xact) => {
                     let digests: Vec<String> =
                         remaining.iter().map(|&i| fresh[i].digest.clone()).collect();
+                    self.remember(&digests, xact);
                     if let Err(e) =
                         self.store
                             .registry()
@@ -763,6 +804,18 @@ fn read_upload(dir: &std::path::Path, key: &str, org_id: &str) -> Result<Vec<u8>
             "nothing was uploaded for overflow key `{key}`; PUT the body to its signedUrl first"
         ))
     })
+}
+
+/// Overflow uploads and request digests older than the replay window go.
+fn forget_old(store: &Store, overflow_dir: &std::path::Path) {
+    if let Err(e) = remove_old_uploads(overflow_dir) {
+        tracing::warn!(error = %e, "could not clean old overflow uploads");
+    }
+    let since = chrono::Utc::now().timestamp_micros()
+        - i64::try_from(REPLAY_WINDOW.as_micros()).unwrap_or(i64::MAX);
+    if let Err(e) = store.registry().forget_requests_before(since) {
+        tracing::warn!(error = %e, "could not forget old request digests");
+    }
 }
 
 fn remove_old_uploads(dir: &std::path::Path) -> std::io::Result<()> {

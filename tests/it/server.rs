@@ -443,6 +443,22 @@ fn api_keys_scope_requests_to_their_org_and_bad_input_commits_nothing() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["events"].as_array().unwrap().len(), 3);
+    // Only the rows up to a transaction (compared as numbers).
+    let first_xact = stored(&spanlake, &project)
+        .iter()
+        .map(|r| r["_xact_id"].as_str().unwrap().parse::<u64>().unwrap())
+        .min()
+        .unwrap()
+        .to_string();
+    let (status, body) = server.call(
+        "POST",
+        &format!("/v1/project_logs/{project}/fetch"),
+        Some(&alice),
+        &serde_json::json!({"max_xact_id": first_xact}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["events"][0]["id"], "a1");
 }
 
 #[test]
