@@ -80,21 +80,20 @@ pub struct IngestOptions {
     /// Entries added to the `commitInfo` of every commit (e.g. the request
     /// digests of a server's group commit, to recognise a replay after a crash).
     pub commit_metadata: HashMap<String, Value>,
-    /// Keep the open table and the set of known ids between ingests of one
-    /// process: a server commits many small batches, and reopening the table
-    /// (its log since the last checkpoint) or reading every id back each
-    /// time would cost more than the batch.
+    /// Keep the set of known ids between ingests of one process: a server
+    /// commits many small batches, and reading every id back each time would
+    /// cost as much as the table.
     pub writer_cache: Option<Arc<WriterCache>>,
 }
 
 /// What one process keeps between its ingests into one project (see
-/// [`IngestOptions::writer_cache`]): the table, brought up to date under the
-/// write lock before each use, and the ids of one table version, used only
-/// while the table has not moved.
+/// [`IngestOptions::writer_cache`]): the ids of one table version, used only
+/// while the table has not moved. (Keeping the table itself open and
+/// updating it was measured slower: its in-memory log grows with every
+/// commit, while reopening starts from the latest checkpoint.)
 #[derive(Debug, Default)]
 pub struct WriterCache {
     ids: std::sync::Mutex<Option<(i64, HashSet<u64, IdHasher>)>>,
-    table: std::sync::Mutex<Option<deltalake::DeltaTable>>,
 }
 
 impl WriterCache {
@@ -109,22 +108,11 @@ impl WriterCache {
         }
     }
 
-    fn put(&self, version: i64, ids: HashSet<u64, IdHasher>, table: Option<deltalake::DeltaTable>) {
+    fn put(&self, version: i64, ids: HashSet<u64, IdHasher>) {
         *self
             .ids
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((version, ids));
-        *self
-            .table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = table;
-    }
-
-    fn take_table(&self) -> Option<deltalake::DeltaTable> {
-        self.table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
     }
 }
 
@@ -203,8 +191,7 @@ pub async fn ingest(
             "`commit_rows` must be at least 1".into(),
         ));
     }
-    let open = options.writer_cache.as_ref().and_then(|c| c.take_table());
-    let (mut logs, lock) = store.logs_for_write_reusing(project, open).await?;
+    let (mut logs, lock) = store.logs_for_write(project).await?;
     let base_version = logs
         .version()
         .ok_or_else(|| Error::Internal("table has no version after creation".into()))?;
@@ -254,11 +241,7 @@ pub async fn ingest(
     let (mut report, errors, error_count, strict_failed, known_ids) = decoded?;
     drop(lock);
     if let (Some(cache), false) = (&options.writer_cache, strict_failed) {
-        cache.put(
-            base_version + written.commits.len() as i64,
-            known_ids,
-            logs.take_table(),
-        );
+        cache.put(base_version + written.commits.len() as i64, known_ids);
     }
 
     report.commits = written.commits;

@@ -109,17 +109,6 @@ impl Store {
     /// (failing at once if another process holds it) and create the table if
     /// it does not exist yet.
     pub async fn logs_for_write(&self, project: &Project) -> Result<(ProjectLogs, WriteLock)> {
-        self.logs_for_write_reusing(project, None).await
-    }
-
-    /// [`Store::logs_for_write`], bringing `open` (this project's table, kept
-    /// open by the caller since its last write) up to date instead of
-    /// opening the table again.
-    pub async fn logs_for_write_reusing(
-        &self,
-        project: &Project,
-        open: Option<DeltaTable>,
-    ) -> Result<(ProjectLogs, WriteLock)> {
         let dir = self.project_dir(project);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let lock_path = dir.join("write.lock");
@@ -136,18 +125,11 @@ impl Store {
         }
         let lock = WriteLock { _file: file };
         let location = dir.join("logs");
-        let table = match open {
-            Some(mut table) if location.join("_delta_log").is_dir() => {
-                table.update_incremental(None).await?;
-                table
-            }
-            _ if location.join("_delta_log").is_dir() => {
-                deltalake::open_table(dir_url(&location)?).await?
-            }
-            _ => {
-                std::fs::create_dir_all(&location).map_err(|e| Error::io(&location, e))?;
-                create_table(&location).await?
-            }
+        let table = if location.join("_delta_log").is_dir() {
+            deltalake::open_table(dir_url(&location)?).await?
+        } else {
+            std::fs::create_dir_all(&location).map_err(|e| Error::io(&location, e))?;
+            create_table(&location).await?
         };
         Ok((
             ProjectLogs {
@@ -217,11 +199,6 @@ impl ProjectLogs {
     /// The Delta table, `None` when nothing was ever ingested.
     pub fn table(&self) -> Option<&DeltaTable> {
         self.table.as_ref()
-    }
-
-    /// Take the table out (for a caller that keeps it open between writes).
-    pub fn take_table(&mut self) -> Option<DeltaTable> {
-        self.table.take()
     }
 
     /// Mutable access for writers.
