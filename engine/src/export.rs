@@ -673,7 +673,7 @@ pub async fn run_export(
     let target = export_target_assumed(&config, Some(&external_id)).await?;
     let run_id = uuid::Uuid::now_v7().to_string();
     let holder = crate::automation::state::lease_holder(&run_id);
-    if !state.try_lease(&automation.id, &holder, Duration::from_secs(3600))? {
+    if !state.try_lease(&automation.id, &holder, LEASE_TTL)? {
         return Err(Error::InvalidArgument(format!(
             "automation `{}` is running already (another process holds its lease); try again when it finishes",
             automation.name
@@ -686,9 +686,40 @@ pub async fn run_export(
         run_id: &run_id,
         progress: progress.as_ref(),
     };
+    // A long run renews its lease (and so its pin on the snapshot it reads)
+    // well before it expires.
+    let renewal = tokio::spawn(renew_lease(
+        store.data_dir().join(crate::store::STATE_DB),
+        automation.id.clone(),
+        holder.clone(),
+    ));
     let result = run_export_leased(store, state, &run, trigger).await;
+    renewal.abort();
     state.release_lease(&automation.id, &holder)?;
     result
+}
+
+/// How long an export run's lease lasts without renewal.
+const LEASE_TTL: Duration = Duration::from_secs(3600);
+
+/// Renew `holder`'s lease of `automation_id` every sixth of its lifetime,
+/// until aborted.
+async fn renew_lease(state_db: std::path::PathBuf, automation_id: String, holder: String) {
+    loop {
+        tokio::time::sleep(LEASE_TTL / 6).await;
+        let renewed = StateDb::open(&state_db)
+            .and_then(|db| db.try_lease(&automation_id, &holder, LEASE_TTL));
+        match renewed {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(%automation_id, "the export run lost its lease");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%automation_id, error = %e, "could not renew the export run's lease")
+            }
+        }
+    }
 }
 
 /// What one run works on.
