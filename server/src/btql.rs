@@ -166,9 +166,15 @@ async fn run_page(
             Some(limit) if limit.value < 1 => {
                 return Err(ApiError::bad_request("`limit` must be at least 1"));
             }
-            Some(limit) => u64::try_from(limit.value)
-                .unwrap_or(u64::MAX)
-                .min(state.config.max_page_rows),
+            Some(limit)
+                if u64::try_from(limit.value).unwrap_or(u64::MAX) > state.config.max_page_rows =>
+            {
+                return Err(ApiError::bad_request(format!(
+                    "`limit` is the page size and may be at most {}; read more rows by posting the query again with each answer's `cursor`",
+                    state.config.max_page_rows
+                )));
+            }
+            Some(limit) => u64::try_from(limit.value).unwrap_or(u64::MAX),
             None => state.config.default_page_rows,
         }
     };

@@ -44,6 +44,7 @@ pub struct Metrics {
     export_runs: Family<Labels, Gauge>,
     export_rows: Gauge,
     export_bytes: Gauge,
+    scrape: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -60,6 +61,7 @@ impl Default for Metrics {
             export_runs: Family::default(),
             export_rows: Gauge::default(),
             export_bytes: Gauge::default(),
+            scrape: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
         registry.register(
@@ -120,15 +122,21 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    fn refresh_exports(&self, state: &StateDb) -> spanlake_engine::Result<()> {
+    /// The export gauges for the automations of `projects` (the scraping
+    /// key's org: one org never sees another's figures).
+    fn refresh_exports(&self, state: &StateDb, projects: &[String]) -> spanlake_engine::Result<()> {
         let mut rows = 0u64;
         let mut bytes = 0u64;
         let mut by_status: std::collections::BTreeMap<String, i64> = Default::default();
-        for automation in state.list(None)? {
+        let mut automations = Vec::new();
+        for project in projects {
+            automations.extend(state.list(Some(project))?);
+        }
+        for automation in automations {
             if automation.kind != Kind::Export {
                 continue;
             }
-            for run in state.runs(&automation.id, usize::MAX)? {
+            for run in state.runs(&automation.id, 1_000_000)? {
                 rows += run.rows;
                 bytes += run.bytes;
                 let status = serde_json::to_value(run.status)
@@ -154,16 +162,29 @@ impl Metrics {
 
 /// `GET /metrics`.
 pub(crate) async fn handler(
-    _auth: crate::auth::Auth,
+    crate::auth::Auth(org): crate::auth::Auth,
     State(state): State<Arc<AppState>>,
 ) -> Result<Response, ApiError> {
+    let projects: Vec<String> = state
+        .store
+        .registry()
+        .list_in_org(&org.id)?
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
     let db = StateDb::open(
         &state
             .store
             .data_dir()
             .join(spanlake_engine::store::STATE_DB),
     )?;
-    state.metrics.refresh_exports(&db)?;
+    // One scrape at a time: the export gauges are set for the scraping org.
+    let _scrape = state
+        .metrics
+        .scrape
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    state.metrics.refresh_exports(&db, &projects)?;
     let mut text = String::new();
     encode(&mut text, &state.metrics.registry).map_err(|e| {
         ApiError::new(

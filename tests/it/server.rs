@@ -756,6 +756,39 @@ fn automations_over_rest_create_update_run_reset_and_delete() {
     let (_, history) = server.call("GET", &path("/history?limit=10"), Some(&key), "");
     assert_eq!(history["objects"].as_array().unwrap().len(), 1, "{history}");
 
+    // Export figures in /metrics are the scraping key's org's only.
+    let metrics = |key: &str| {
+        let (status, _, body) = server.raw("GET", "/metrics", Some(key), b"");
+        assert_eq!(status, 200);
+        String::from_utf8(body).unwrap()
+    };
+    assert!(
+        metrics(&key).contains("spanlake_export_rows_recorded 5"),
+        "{}",
+        metrics(&key)
+    );
+    assert!(
+        metrics(&other).contains("spanlake_export_rows_recorded 0"),
+        "{}",
+        metrics(&other)
+    );
+    // `limit` is a page size, bounded.
+    let (status, body) = server.call(
+        "POST",
+        "/btql",
+        Some(&key),
+        &serde_json::json!({"query": format!("select: id | from: project_logs('{project}') | limit: 1000000")})
+            .to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cursor"),
+        "{body}"
+    );
+
     // A retention automation: its test is the preview.
     let (status, retention) = server.call(
         "POST",
