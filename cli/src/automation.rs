@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use spanlake_engine::automation::state::{Automation, Kind, StateDb, Trigger};
 use spanlake_engine::export::{
-    ExportProgress, RawExportConfig, export_query, run_export, test_export_target,
+    ExportProgress, RawExportConfig, export_query, run_export, test_export_automation,
 };
 use spanlake_engine::query::QueryOptions;
 use spanlake_engine::store::{STATE_DB, Store};
@@ -425,9 +425,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                 .await?;
                 return print_json(&preview);
             }
-            let raw: RawExportConfig = serde_json::from_value(automation.config.clone())?;
-            let external_id = spanlake_engine::export::automation_external_id(store, &automation)?;
-            let steps = test_export_target(&raw.validate()?, Some(&external_id)).await;
+            let steps = test_export_automation(store, &automation).await?;
             if selector.json {
                 print_json(&steps)?;
             } else {

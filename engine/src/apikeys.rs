@@ -13,17 +13,6 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::projects::{ProjectRegistry, now_rfc3339};
 
-const SCHEMA_SQL: &str = "
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY,
-    org_id TEXT NOT NULL,
-    digest TEXT NOT NULL UNIQUE,
-    prefix TEXT NOT NULL,
-    created TEXT NOT NULL,
-    revoked TEXT
-);
-";
-
 /// Characters of a key kept to tell keys apart (`sl-` and 8 hex digits).
 const PREFIX_LEN: usize = 11;
 
@@ -71,11 +60,6 @@ fn new_key() -> String {
 }
 
 impl ProjectRegistry {
-    fn ensure_key_schema(&self) -> Result<()> {
-        self.connection().execute_batch(SCHEMA_SQL)?;
-        Ok(())
-    }
-
     /// The org named `name`, created when missing.
     pub fn org_get_or_create(&self, name: &str) -> Result<Org> {
         if name.trim().is_empty() || name.chars().any(char::is_control) {
@@ -120,7 +104,6 @@ impl ProjectRegistry {
     /// Create a key for the org named `org_name` (created when missing).
     /// Returns the key, which is not stored and cannot be shown again.
     pub fn create_api_key(&self, org_name: &str) -> Result<(String, ApiKeyInfo)> {
-        self.ensure_key_schema()?;
         let org = self.org_get_or_create(org_name)?;
         let key = new_key();
         let info = ApiKeyInfo {
@@ -139,7 +122,6 @@ impl ProjectRegistry {
 
     /// The org a key acts for, or `None` for an unknown or revoked key.
     pub fn authenticate(&self, key: &str) -> Result<Option<Org>> {
-        self.ensure_key_schema()?;
         Ok(self
             .connection()
             .query_row(
@@ -158,7 +140,6 @@ impl ProjectRegistry {
 
     /// Every key, newest first.
     pub fn list_api_keys(&self) -> Result<Vec<ApiKeyInfo>> {
-        self.ensure_key_schema()?;
         let mut stmt = self.connection().prepare(
             "SELECT k.id, o.id, o.name, k.prefix, k.created, k.revoked
              FROM api_keys k JOIN orgs o ON o.id = k.org_id ORDER BY k.created DESC",
@@ -180,7 +161,6 @@ impl ProjectRegistry {
 
     /// Revoke the key with id `id` (or whose prefix is `id`).
     pub fn revoke_api_key(&self, id: &str) -> Result<ApiKeyInfo> {
-        self.ensure_key_schema()?;
         let matching: Vec<ApiKeyInfo> = self
             .list_api_keys()?
             .into_iter()

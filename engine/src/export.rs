@@ -1019,6 +1019,18 @@ fn likely_fix(error: &object_store::Error) -> &'static str {
     }
 }
 
+/// [`test_export_target`] for a stored export automation: its configuration
+/// and the external id it presents (the same as its runs).
+pub async fn test_export_automation(
+    store: &Store,
+    automation: &Automation,
+) -> Result<Vec<TestStep>> {
+    let raw: RawExportConfig = serde_json::from_value(automation.config.clone())
+        .map_err(|e| Error::Internal(format!("stored export config: {e}")))?;
+    let external_id = automation_external_id(store, automation)?;
+    Ok(test_export_target(&raw.validate()?, Some(&external_id)).await)
+}
+
 /// Check that an export can write to its destination: assume its role
 /// (with `external_id`, when a `role_arn` is set), write a small probe object
 /// under the export path, read it back, delete it. Each step is reported; a

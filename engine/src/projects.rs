@@ -47,6 +47,14 @@ CREATE TABLE IF NOT EXISTS projects (
     created TEXT NOT NULL,
     UNIQUE (org_id, name)
 );
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    created TEXT NOT NULL,
+    revoked TEXT
+);
 CREATE TABLE IF NOT EXISTS ingest_requests (
     digest TEXT PRIMARY KEY,
     project_id TEXT NOT NULL,

@@ -18,7 +18,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use spanlake_engine::automation::state::{Automation, Kind, StateDb, Trigger};
-use spanlake_engine::export::{RawExportConfig, run_export, test_export_target};
+use spanlake_engine::export::{RawExportConfig, run_export, test_export_automation};
 use spanlake_engine::retention::{RetentionConfig, run_retention_automation};
 use spanlake_engine::store::STATE_DB;
 
@@ -262,11 +262,7 @@ pub(crate) async fn test(
                     .await?,
             ),
             Kind::Export => {
-                let raw: RawExportConfig = serde_json::from_value(automation.config.clone())
-                    .map_err(|e| ApiError::from(spanlake_engine::Error::Internal(e.to_string())))?;
-                let external_id =
-                    spanlake_engine::export::automation_external_id(&state.store, &automation)?;
-                let steps = test_export_target(&raw.validate()?, Some(&external_id)).await;
+                let steps = test_export_automation(&state.store, &automation).await?;
                 let ok = steps.iter().all(|s| s.ok);
                 Ok(Json(serde_json::json!({"ok": ok, "steps": steps})))
             }
