@@ -5,13 +5,15 @@
 //! - `export`: export automations, read back with DuckDB, on disk and S3;
 //! - `paging`: cursors over a pinned snapshot;
 //! - `retention`: retention automations (preview, run, history);
-//! - `server`: the HTTP API, with the unmodified Braintrust SDK.
+//! - `server`: the HTTP API, with the unmodified Braintrust SDK;
+//! - `http`: the harness of HTTP tests (a `spanlake serve` process).
 
 mod cli;
 mod compact;
 mod export;
 mod faults;
 mod golden;
+mod http;
 mod paging;
 mod retention;
 mod roles;
