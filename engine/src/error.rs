@@ -82,8 +82,21 @@ impl Error {
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
             ),
             Self::Delta(deltalake::DeltaTableError::Transaction { .. }) => true,
+            Self::State(_) => self.is_busy(),
             _ => false,
         }
+    }
+
+    /// Whether the state database was busy (another connection held its
+    /// write lock past the busy timeout): worth retrying shortly.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            Self::State(e) if matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            )
+        )
     }
 
     /// Whether this error was caused by the user's input (query or data), as

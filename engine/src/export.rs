@@ -599,7 +599,7 @@ async fn choose_cursor_to(
     max_rows: u64,
     trace_idle: Duration,
 ) -> Result<Option<(i64, bool, u64)>> {
-    let project = store.registry().resolve(&automation.project_id)?;
+    let project = store.registry().get(&automation.project_id)?;
     // With `trace_idle`, the run stops before the first commit that landed
     // within the idle period: traces touched since are not idle yet.
     let not_before = if trace_idle.is_zero() {
@@ -846,7 +846,7 @@ async fn run_export_leased(
 /// The external id an export presents when it assumes its role:
 /// `spanlake:<org of its project>:<project>:<automation>`.
 pub fn automation_external_id(store: &Store, automation: &Automation) -> Result<String> {
-    let project = store.registry().resolve(&automation.project_id)?;
+    let project = store.registry().get(&automation.project_id)?;
     Ok(crate::credentials::external_id(
         &project.org_id,
         &project.id,
@@ -864,7 +864,7 @@ pub const SNAPSHOT_VERSION: &str = "snapshot_version";
 /// lags behind compactions and vacuums reads current files, never ones that
 /// may have been purged.
 async fn snapshot_for(store: &Store, automation: &Automation) -> Result<i64> {
-    let project = store.registry().resolve(&automation.project_id)?;
+    let project = store.registry().get(&automation.project_id)?;
     let logs = store.logs(&project).await?;
     logs.version()
         .ok_or_else(|| Error::Internal("an export run found no table to read".into()))
@@ -889,7 +889,7 @@ async fn write_run(
     let failed = |e: Error| (e, Vec::new());
     let project = store
         .registry()
-        .resolve(&automation.project_id)
+        .get(&automation.project_id)
         .map_err(failed)?;
     let logs = store
         .logs_at(&project, Some(snapshot))

@@ -102,6 +102,13 @@ impl ProjectRegistry {
         Ok(Self { conn, org_id })
     }
 
+    /// How long a statement waits for another connection's write lock
+    /// before failing as busy ([`Error::is_busy`]); 10 s when opened. A
+    /// server sets it short and answers busy with 503 instead of stalling.
+    pub fn set_busy_timeout(&self, timeout: std::time::Duration) -> Result<()> {
+        Ok(self.conn.busy_timeout(timeout)?)
+    }
+
     pub(crate) fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -120,6 +127,7 @@ impl ProjectRegistry {
     /// has a project of that name.
     pub fn create_in_org(&self, org_id: &str, name: &str) -> Result<Project> {
         validate_name(name)?;
+        refuse_uuid_name(name)?;
         if self.by_name_in_org(org_id, name)?.is_some() {
             return Err(Error::ProjectExists(name.to_string()));
         }
@@ -130,6 +138,7 @@ impl ProjectRegistry {
     /// (`POST /v1/project`: get-or-create, idempotent).
     pub fn get_or_create_in_org(&self, org_id: &str, name: &str) -> Result<Project> {
         validate_name(name)?;
+        refuse_uuid_name(name)?;
         if let Some(project) = self.by_name_in_org(org_id, name)? {
             return Ok(project);
         }
@@ -143,17 +152,32 @@ impl ProjectRegistry {
         }
     }
 
-    /// Find a project of `org_id` by UUID or by name (a UUID is tried first).
-    /// A project of another org is reported as unknown.
+    /// Find a project of `org_id` by UUID or by name. A UUID-shaped argument
+    /// is only ever an id: it never falls back to a project *named* that
+    /// UUID, so no name can stand in for another org's project id (and
+    /// [`Self::create_in_org`] refuses UUID-shaped names). A project of
+    /// another org is reported as unknown, exactly like one that does not
+    /// exist.
     pub fn resolve_in_org(&self, org_id: &str, id_or_name: &str) -> Result<Project> {
-        if let Ok(uuid) = Uuid::parse_str(id_or_name)
-            && let Some(p) = self.by_id(&uuid.hyphenated().to_string())?
-            && p.org_id == org_id
-        {
-            return Ok(p);
+        let unknown = || Error::UnknownProject(id_or_name.to_string());
+        match Uuid::parse_str(id_or_name) {
+            Ok(uuid) => self
+                .get_in_org(org_id, &uuid.hyphenated().to_string())?
+                .ok_or_else(unknown),
+            Err(_) => self.by_name_in_org(org_id, id_or_name)?.ok_or_else(unknown),
         }
-        self.by_name_in_org(org_id, id_or_name)?
-            .ok_or_else(|| Error::UnknownProject(id_or_name.to_string()))
+    }
+
+    /// The project with id `id` if it belongs to `org_id` (by id only).
+    pub fn get_in_org(&self, org_id: &str, id: &str) -> Result<Option<Project>> {
+        Ok(self.by_id(id)?.filter(|p| p.org_id == org_id))
+    }
+
+    /// The project with id `id` (by id only, whatever its org): what an
+    /// automation, which stores its project's id, runs against.
+    pub fn get(&self, id: &str) -> Result<Project> {
+        self.by_id(id)?
+            .ok_or_else(|| Error::UnknownProject(id.to_string()))
     }
 
     /// The projects of `org_id`, by name.
@@ -401,6 +425,18 @@ fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Names that read as a UUID would be taken for a project id (another
+/// org's, perhaps): refused for projects created by name.
+fn refuse_uuid_name(name: &str) -> Result<()> {
+    if Uuid::parse_str(name.trim()).is_ok() {
+        return Err(Error::InvalidArgument(format!(
+            "project name `{name}` looks like a project id (a UUID); choose a name that is not a UUID, \
+             or address an existing project by its id"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,5 +459,31 @@ mod tests {
         drop(reg);
         let again = ProjectRegistry::open(&dir.path().join("state.db")).unwrap();
         assert_eq!(again.org_id(), org);
+    }
+
+    #[test]
+    fn a_uuid_never_resolves_by_name_in_an_org() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = ProjectRegistry::open(&dir.path().join("state.db")).unwrap();
+        let a = reg.create_in_org(reg.org_id(), "a-project").unwrap();
+        let other = "4f0a3c1e-0000-4000-8000-0000000000b0";
+        // Another org cannot name a project after a's id ...
+        let err = reg.create_in_org(other, &a.id).unwrap_err();
+        assert!(err.to_string().contains("looks like a project id"), "{err}");
+        assert!(
+            reg.get_or_create_in_org(other, &a.id.to_uppercase())
+                .is_err()
+        );
+        // ... and a's id does not resolve in the other org, even if such a
+        // name exists (written before names were checked).
+        reg.insert(&Uuid::new_v4().to_string(), &a.id, other)
+            .unwrap();
+        assert!(matches!(
+            reg.resolve_in_org(other, &a.id),
+            Err(Error::UnknownProject(_))
+        ));
+        assert_eq!(reg.resolve_in_org(reg.org_id(), &a.id).unwrap(), a);
+        assert!(reg.get_in_org(other, &a.id).unwrap().is_none());
+        assert_eq!(reg.get(&a.id).unwrap(), a);
     }
 }

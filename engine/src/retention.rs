@@ -1839,7 +1839,7 @@ pub async fn run_retention_automation(
     let config: RetentionConfig = serde_json::from_value(automation.config.clone())
         .map_err(|e| Error::Internal(format!("stored retention config: {e}")))?;
     let (grace, _interval) = config.validate()?;
-    let project = store.registry().resolve(&automation.project_id)?;
+    let project = store.registry().get(&automation.project_id)?;
     let cutoff = cutoff_for(Utc::now(), config.retention_days, config.force)?;
     if dry_run {
         let (plan, _) = run_retention(store, &project, cutoff, true).await?;

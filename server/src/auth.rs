@@ -1,12 +1,16 @@
 //! API keys: `Authorization: Bearer <key>` on every route but `/health`
 //! (and the overflow upload, which carries its own signed token).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use spanlake_engine::apikeys::Org;
+
+use sha2::Digest;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -14,6 +18,63 @@ use crate::error::ApiError;
 /// The org of the request's API key.
 #[derive(Debug, Clone)]
 pub(crate) struct Auth(pub(crate) Org);
+
+/// How long an answer of the key registry is trusted: a key revoked with
+/// `spanlake apikey revoke` (another process) stops working within this.
+pub(crate) const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Keys remembered at most (the cache starts over when full).
+const KEY_CACHE_ENTRIES: usize = 10_000;
+
+/// API key digest → org (or `None`: not a valid key), for
+/// [`KEY_CACHE_TTL`]: an authenticated request neither reads the state
+/// database nor queues behind another request's registry lock.
+/// A key's org (`None`: not a valid key) and when the registry said so.
+type CachedKey = (Option<Org>, Instant);
+
+#[derive(Debug, Default)]
+pub(crate) struct KeyCache {
+    entries: Mutex<HashMap<[u8; 32], CachedKey>>,
+}
+
+/// The key of an `Authorization: Bearer <key>` header value.
+pub(crate) fn bearer(header: &str) -> Option<&str> {
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+}
+
+fn key_digest(key: &str) -> [u8; 32] {
+    sha2::Sha256::digest(key.trim().as_bytes()).into()
+}
+
+impl KeyCache {
+    /// The org of `key` if the cache knows it as valid (no database read).
+    pub(crate) fn org_of(&self, key: &str) -> Option<Org> {
+        self.get(&key_digest(key)).flatten()
+    }
+
+    fn get(&self, digest: &[u8; 32]) -> Option<Option<Org>> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .get(digest)
+            .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
+            .map(|(org, _)| org.clone())
+    }
+
+    fn put(&self, digest: [u8; 32], org: Option<Org>) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= KEY_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(digest, (org, Instant::now()));
+    }
+}
 
 fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
@@ -34,11 +95,18 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         let header = header
             .to_str()
             .map_err(|_| unauthorized("the Authorization header is not ASCII"))?;
-        let key = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
+        let key = bearer(header)
             .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <key>`"))?;
-        let org = state.store.registry().authenticate(key)?;
+        let digest = key_digest(key);
+        let org = match state.keys.get(&digest) {
+            Some(org) => org,
+            None => {
+                let key = key.to_string();
+                let org = state.registry(move |r| r.authenticate(&key)).await?;
+                state.keys.put(digest, org.clone());
+                org
+            }
+        };
         match org {
             Some(org) => Ok(Self(org)),
             None => Err(unauthorized(

@@ -48,18 +48,19 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, A
     })
 }
 
-/// The automation `id`, if its project belongs to `org_id`.
+/// The automation `id`, if its project belongs to `org_id` (by the
+/// project's id, never its name): another org's automation is 404, exactly
+/// like one that does not exist.
 fn find(state: &AppState, db: &StateDb, org_id: &str, id: &str) -> Result<Automation, ApiError> {
     let not_found = || ApiError::not_found(format!("no automation with id `{id}`"));
     let automation = db.get(id)?.ok_or_else(not_found)?;
     match state
         .store
         .registry()
-        .resolve_in_org(org_id, &automation.project_id)
+        .get_in_org(org_id, &automation.project_id)?
     {
-        Ok(_) => Ok(automation),
-        Err(spanlake_engine::Error::UnknownProject(_)) => Err(not_found()),
-        Err(e) => Err(e.into()),
+        Some(_) => Ok(automation),
+        None => Err(not_found()),
     }
 }
 

@@ -103,6 +103,7 @@ pub(crate) async fn btql(
     .await;
     state
         .metrics
+        .org(&org.id)
         .query_seconds
         .observe(started.elapsed().as_secs_f64());
     let (page, schema) = page?;
@@ -388,6 +389,7 @@ async fn fetch(
     let result = run_page(&state, &org.id, &text, params.cursor, 0, Fmt::Json).await;
     state
         .metrics
+        .org(&org.id)
         .query_seconds
         .observe(started.elapsed().as_secs_f64());
     let (page, _) = result?;

@@ -17,7 +17,9 @@ pub struct ApiError {
     /// What is wrong, and what to do.
     pub message: String,
     /// Extra structured detail (line errors of an insert, query diagnostics).
-    pub details: Option<serde_json::Value>,
+    pub details: Option<Box<serde_json::Value>>,
+    /// Seconds for a `Retry-After` header (503 and 429 answers).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -28,6 +30,15 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after: None,
+        }
+    }
+
+    /// 503 `busy` with `Retry-After: seconds`: the request may be sent again.
+    pub fn busy(message: impl Into<String>, seconds: u32) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
         }
     }
 
@@ -43,7 +54,7 @@ impl ApiError {
 
     /// Attach structured detail.
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -51,18 +62,36 @@ impl ApiError {
     pub fn body(&self) -> serde_json::Value {
         let mut error = serde_json::json!({"code": self.code, "message": self.message});
         if let Some(details) = &self.details {
-            error["details"] = details.clone();
+            error["details"] = (**details).clone();
         }
         serde_json::json!({ "error": error })
     }
 }
 
 impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(status = %self.status, message = %self.message, "request failed");
+    fn into_response(mut self) -> Response {
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+            // An internal error's chain can hold file paths, plans and
+            // other tenants' names: it goes to the log under an id that the
+            // answer carries, never into the answer itself.
+            let id = uuid::Uuid::now_v7().to_string();
+            tracing::error!(error_id = %id, message = %self.message, "request failed");
+            self.message = format!(
+                "internal error {id}; nothing about it is shown here: the server's log has the details under this id"
+            );
+            self.details = Some(Box::new(serde_json::json!({ "error_id": id })));
+        } else if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, message = %self.message, "request failed");
         }
-        (self.status, axum::Json(self.body())).into_response()
+        let retry_after = self.retry_after;
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }
 
@@ -124,10 +153,10 @@ impl From<Error> for ApiError {
                 Self::new(StatusCode::CONFLICT, "conflict", error.to_string())
             }
             Error::InvalidArgument(message) => Self::bad_request(message.clone()),
-            Error::Locked { .. } => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                format!("{error}; retry shortly"),
+            Error::Locked { .. } => Self::busy(format!("{error}; retry shortly"), 1),
+            Error::State(_) if error.is_busy() => Self::busy(
+                "the state database is busy (another process holds its write lock); retry shortly",
+                1,
             ),
             _ => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

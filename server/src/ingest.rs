@@ -45,6 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::metrics::OrgMetrics;
 use crate::{AppState, Metrics, ServerConfig};
 
 /// Key of the request digests in a commit's `commitInfo`.
@@ -128,7 +129,7 @@ impl Ingestor {
             project: project.clone(),
             linger: self.linger,
             max_rows: self.max_rows,
-            metrics: Arc::clone(&self.metrics),
+            metrics: self.metrics.org(&project.org_id),
             cache: Arc::new(WriterCache::default()),
             recent: std::sync::Mutex::new(HashMap::new()),
         };
@@ -180,7 +181,8 @@ struct Committer {
     project: Project,
     linger: Duration,
     max_rows: usize,
-    metrics: Arc<Metrics>,
+    /// The figures of the project's org.
+    metrics: Arc<OrgMetrics>,
     cache: Arc<WriterCache>,
     /// Digests this committer committed, with their transaction and when:
     /// replays are recognised even if recording them in the state database

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 mod auth;
 mod automations;
+mod blocking;
 mod btql;
 pub mod error;
 mod ingest;
@@ -98,12 +99,20 @@ pub(crate) struct AppState {
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) ingestor: ingest::Ingestor,
+    pub(crate) keys: auth::KeyCache,
 }
 
 /// The router of every route, over `store`.
 pub fn router(store: Arc<Store>, config: ServerConfig, metrics: Arc<Metrics>) -> Router {
     let max_body = config.max_body_bytes;
+    if let Err(e) = store
+        .registry()
+        .set_busy_timeout(blocking::STATE_BUSY_TIMEOUT)
+    {
+        tracing::warn!(error = %e, "could not shorten the state database's busy timeout");
+    }
     let state = Arc::new(AppState {
+        keys: auth::KeyCache::default(),
         ingestor: ingest::Ingestor::new(Arc::clone(&store), &config, Arc::clone(&metrics)),
         store,
         config,

@@ -1,8 +1,9 @@
-//! `GET /metrics`: Prometheus text format. Counters of this process (rows
-//! ingested, commits and their latency, queries and their latency, requests
-//! and errors by route and status) and, read from the state database at
-//! scrape time, the export runs, rows and bytes of every automation's run
-//! history (all processes sharing the data directory).
+//! `GET /metrics`: Prometheus text format, of the scraping key's org only.
+//! Counters of this process (rows ingested, commits and their latency,
+//! queries and their latency, requests and errors by route and status) and,
+//! read from the state database at scrape time, the export runs, rows and
+//! bytes of the org's automations' run history (all processes sharing the
+//! data directory).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,9 +24,18 @@ use crate::error::ApiError;
 
 type Labels = Vec<(String, String)>;
 
-/// The server's metrics.
-#[derive(Debug)]
+/// The server's metrics: one set per org. A scrape shows the scraping key's
+/// org only; no org sees another's requests, ingest or exports (the
+/// process-wide sums are for the operator's own monitoring of the host).
+#[derive(Debug, Default)]
 pub struct Metrics {
+    orgs: std::sync::Mutex<std::collections::HashMap<String, Arc<OrgMetrics>>>,
+    scrape: std::sync::Mutex<()>,
+}
+
+/// The figures of one org.
+#[derive(Debug)]
+pub struct OrgMetrics {
     registry: Registry,
     /// Rows committed by ingest requests.
     pub rows_ingested: Counter,
@@ -44,10 +54,9 @@ pub struct Metrics {
     export_runs: Family<Labels, Gauge>,
     export_rows: Gauge,
     export_bytes: Gauge,
-    scrape: std::sync::Mutex<()>,
 }
 
-impl Default for Metrics {
+impl Default for OrgMetrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("spanlake");
         let metrics = Self {
@@ -61,7 +70,6 @@ impl Default for Metrics {
             export_runs: Family::default(),
             export_rows: Gauge::default(),
             export_bytes: Gauge::default(),
-            scrape: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
         registry.register(
@@ -122,8 +130,18 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The export gauges for the automations of `projects` (the scraping
-    /// key's org: one org never sees another's figures).
+    /// The figures of `org_id` (created on first use).
+    pub fn org(&self, org_id: &str) -> Arc<OrgMetrics> {
+        let mut orgs = self
+            .orgs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(orgs.entry(org_id.to_string()).or_default())
+    }
+}
+
+impl OrgMetrics {
+    /// The export gauges for the automations of `projects` (the org's).
     fn refresh_exports(&self, state: &StateDb, projects: &[String]) -> spanlake_engine::Result<()> {
         let mut rows = 0u64;
         let mut bytes = 0u64;
@@ -160,39 +178,44 @@ impl Metrics {
     }
 }
 
-/// `GET /metrics`.
+/// `GET /metrics`: the scraping key's org's figures.
 pub(crate) async fn handler(
     crate::auth::Auth(org): crate::auth::Auth,
     State(state): State<Arc<AppState>>,
 ) -> Result<Response, ApiError> {
-    let projects: Vec<String> = state
-        .store
-        .registry()
-        .list_in_org(&org.id)?
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
-    let db = StateDb::open(
-        &state
-            .store
-            .data_dir()
-            .join(spanlake_engine::store::STATE_DB),
-    )?;
-    // One scrape at a time: the export gauges are set for the scraping org.
-    let _scrape = state
-        .metrics
-        .scrape
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    state.metrics.refresh_exports(&db, &projects)?;
-    let mut text = String::new();
-    encode(&mut text, &state.metrics.registry).map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            e.to_string(),
-        )
-    })?;
+    let text = state
+        .blocking(move |state| {
+            let projects: Vec<String> = state
+                .store
+                .registry()
+                .list_in_org(&org.id)?
+                .into_iter()
+                .map(|p| p.id)
+                .collect();
+            let db = StateDb::open_with_busy_timeout(
+                &state
+                    .store
+                    .data_dir()
+                    .join(spanlake_engine::store::STATE_DB),
+                crate::blocking::STATE_BUSY_TIMEOUT,
+            )?;
+            let figures = state.metrics.org(&org.id);
+            // One scrape at a time: the export gauges are set at scrape time.
+            let _scrape = state
+                .metrics
+                .scrape
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            figures.refresh_exports(&db, &projects)?;
+            let mut text = String::new();
+            encode(&mut text, &figures.registry).map_err(|e| {
+                ApiError::from(spanlake_engine::Error::Internal(format!(
+                    "metrics encoding: {e}"
+                )))
+            })?;
+            Ok(text)
+        })
+        .await?;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -213,16 +236,27 @@ pub(crate) async fn track(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let key = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::auth::bearer)
+        .map(str::to_string);
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status();
-    let labels = vec![
-        ("route".to_string(), route.clone()),
-        ("status".to_string(), status.as_u16().to_string()),
-    ];
-    state.metrics.requests.get_or_create(&labels).inc();
-    if status.is_client_error() || status.is_server_error() {
-        state.metrics.errors.get_or_create(&labels).inc();
+    // Counted for the key's org (known once the handler authenticated it);
+    // requests without a valid key belong to no org and are only logged.
+    if let Some(org) = key.and_then(|key| state.keys.org_of(&key)) {
+        let figures = state.metrics.org(&org.id);
+        let labels = vec![
+            ("route".to_string(), route.clone()),
+            ("status".to_string(), status.as_u16().to_string()),
+        ];
+        figures.requests.get_or_create(&labels).inc();
+        if status.is_client_error() || status.is_server_error() {
+            figures.errors.get_or_create(&labels).inc();
+        }
     }
     tracing::debug!(%route, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
     response

@@ -56,8 +56,10 @@ pub(crate) async fn create(
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = parse_body(&body)?;
-    let name = name_field(&body, "name")?;
-    let project = state.store.registry().get_or_create_in_org(&org.id, name)?;
+    let name = name_field(&body, "name")?.to_string();
+    let project = state
+        .registry(move |r| r.get_or_create_in_org(&org.id, &name))
+        .await?;
     Ok(Json(project_json(&project)))
 }
 
@@ -67,7 +69,7 @@ pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let projects = state.store.registry().list_in_org(&org.id)?;
+    let projects = state.registry(move |r| r.list_in_org(&org.id)).await?;
     let objects: Vec<serde_json::Value> = projects
         .iter()
         .filter(|p| query.get("project_name").is_none_or(|name| &p.name == name))
@@ -82,7 +84,9 @@ pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let project = state.store.registry().resolve_in_org(&org.id, &id)?;
+    let project = state
+        .registry(move |r| r.resolve_in_org(&org.id, &id))
+        .await?;
     Ok(Json(project_json(&project)))
 }
 
@@ -93,7 +97,7 @@ pub(crate) async fn register(
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = parse_body(&body)?;
-    let name = name_field(&body, "project_name")?;
+    let name = name_field(&body, "project_name")?.to_string();
     if let Some(requested) = body.get("org_id").and_then(|v| v.as_str())
         && requested != org.id
     {
@@ -106,7 +110,9 @@ pub(crate) async fn register(
             ),
         ));
     }
-    let project = state.store.registry().get_or_create_in_org(&org.id, name)?;
+    let project = state
+        .registry(move |r| r.get_or_create_in_org(&org.id, &name))
+        .await?;
     Ok(Json(
         serde_json::json!({ "project": project_json(&project) }),
     ))
@@ -120,7 +126,10 @@ pub(crate) async fn get_by_query(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = query
         .get("id")
-        .ok_or_else(|| ApiError::bad_request("missing query parameter `id`"))?;
-    let project = state.store.registry().resolve_in_org(&org.id, id)?;
+        .ok_or_else(|| ApiError::bad_request("missing query parameter `id`"))?
+        .clone();
+    let project = state
+        .registry(move |r| r.resolve_in_org(&org.id, &id))
+        .await?;
     Ok(Json(project_json(&project)))
 }

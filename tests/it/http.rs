@@ -11,6 +11,7 @@ use crate::support::Spanlake;
 pub(crate) struct Server {
     pub(crate) child: Child,
     pub(crate) address: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -41,12 +42,27 @@ impl Server {
             }
         }
         let address = address.unwrap_or_else(|| panic!("the server did not start:\n{seen}"));
-        // Keep draining stderr so the server never blocks on a full pipe.
+        // Keep draining stderr so the server never blocks on a full pipe,
+        // keeping what it says for `log()`.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(seen));
+        let kept = std::sync::Arc::clone(&log);
         std::thread::spawn(move || {
-            let mut sink = String::new();
-            let _ = stderr.read_to_string(&mut sink);
+            let mut line = String::new();
+            while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+                kept.lock().unwrap().push_str(&line);
+                line.clear();
+            }
         });
-        Self { child, address }
+        Self {
+            child,
+            address,
+            log,
+        }
+    }
+
+    /// What the server wrote to its stderr so far (its log).
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub(crate) fn url(&self) -> String {
@@ -157,4 +173,3 @@ pub(crate) fn logs3_body(project: &str, rows: &[serde_json::Value]) -> String {
         .collect();
     serde_json::json!({ "rows": rows, "api_version": 2 }).to_string()
 }
-

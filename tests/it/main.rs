@@ -6,6 +6,7 @@
 //! - `paging`: cursors over a pinned snapshot;
 //! - `retention`: retention automations (preview, run, history);
 //! - `server`: the HTTP API, with the unmodified Braintrust SDK;
+//! - `tenants`: two orgs' keys on every route of the HTTP API;
 //! - `http`: the harness of HTTP tests (a `spanlake serve` process).
 
 mod cli;
@@ -19,3 +20,4 @@ mod retention;
 mod roles;
 mod server;
 mod support;
+mod tenants;

@@ -223,8 +223,15 @@ fn now_rfc3339() -> String {
 impl StateDb {
     /// Open (creating the tables if needed) the state database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_busy_timeout(path, Duration::from_secs(10))
+    }
+
+    /// [`Self::open`] with another busy timeout: how long a statement waits
+    /// for another connection's write lock before failing as busy
+    /// ([`Error::is_busy`]).
+    pub fn open_with_busy_timeout(path: &Path, busy_timeout: Duration) -> Result<Self> {
         let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(busy_timeout)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA_SQL)?;
