@@ -6,10 +6,12 @@
 //! - `paging`: cursors over a pinned snapshot;
 //! - `retention`: retention automations (preview, run, history);
 //! - `server`: the HTTP API, with the unmodified Braintrust SDK;
+//! - `destinations`: where exports created over the API may write;
 //! - `http`: the harness of HTTP tests (a `spanlake serve` process).
 
 mod cli;
 mod compact;
+mod destinations;
 mod export;
 mod faults;
 mod golden;
