@@ -94,12 +94,6 @@ struct Endpoint {
     port: u16,
 }
 
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
-    }
-}
-
 /// Which rule refused a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
@@ -160,11 +154,6 @@ impl DestinationPolicy {
             policy.endpoints.push(parsed);
         }
         Ok(policy)
-    }
-
-    /// Whether nothing is allowed beyond the defaults.
-    pub fn is_default(&self) -> bool {
-        self.prefixes.is_empty() && self.endpoints.is_empty()
     }
 
     fn allows_endpoint(&self, endpoint: &Endpoint) -> bool {

@@ -643,3 +643,31 @@ fn the_cli_creates_and_runs_file_exports_freely() {
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["rows"], 0, "{report}");
 }
+
+#[test]
+fn bad_allow_flags_stop_serve_with_the_flag_named() {
+    let spanlake = Spanlake::new();
+    for (flag, value, says) in [
+        (
+            "--allow-export-to",
+            "file:///srv/../etc",
+            "`..` segments are not allowed",
+        ),
+        ("--allow-export-to", "s3://", "no bucket"),
+        (
+            "--allow-endpoint",
+            "ftp://files.example.com",
+            "is not `http` or `https`",
+        ),
+        ("--allow-endpoint", "http://minio:9000/bucket", "no path"),
+    ] {
+        let run = spanlake
+            .run(["serve", "--once", flag, value])
+            .expect_code(2);
+        assert!(
+            run.stderr.contains(&format!("{flag} `{value}`: ")) && run.stderr.contains(says),
+            "{}",
+            run.stderr
+        );
+    }
+}
