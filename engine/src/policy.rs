@@ -114,6 +114,20 @@ pub enum Rule {
     Malformed,
 }
 
+impl Rule {
+    /// Its stable name in API answers, e.g. `local_destination`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LocalDestination => "local_destination",
+            Self::AmbientCredentials => "ambient_credentials",
+            Self::CustomEndpoint => "custom_endpoint",
+            Self::NonPublicAddress => "non_public_address",
+            Self::PlainHttp => "plain_http",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
 /// One refused part of an export configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {

@@ -77,7 +77,7 @@ fn refused(refused: &DestinationRefused) -> ApiError {
     let details: Vec<serde_json::Value> = refused
         .refusals
         .iter()
-        .map(|r| serde_json::json!({"rule": format!("{:?}", r.rule), "message": r.message}))
+        .map(|r| serde_json::json!({"rule": r.rule.name(), "message": r.message}))
         .collect();
     ApiError::new(
         StatusCode::FORBIDDEN,

@@ -149,6 +149,18 @@ fn file_exports_over_rest_are_refused_and_write_nothing() {
         )),
         "{message}"
     );
+    let answer = create_export(
+        &server,
+        &key,
+        &project,
+        "to-disk",
+        serde_json::json!({"data": "spans", "export_path": url, "format": "jsonl"}),
+    );
+    assert_eq!(
+        answer.1["error"]["details"][0]["rule"], "local_destination",
+        "{}",
+        answer.1
+    );
     // A bare path, a sibling that shares the allowed prefix's first
     // characters, and `..` out of the allowed prefix are refused too.
     let okay = spanlake.root().join("okay");
