@@ -503,7 +503,7 @@ async fn resolved_class(host: &str, port: u16) -> Option<String> {
     };
     for address in addresses {
         if let Some(class) = non_public_class(address.ip()) {
-            return Some(format!("`{host}` resolves to {} ({class})", address.ip()));
+            return Some(format!("`{host}` resolves to {}, {class}", address.ip()));
         }
     }
     None
@@ -911,6 +911,48 @@ mod tests {
             )
             .await,
             [Rule::NonPublicAddress]
+        );
+    }
+
+    #[tokio::test]
+    async fn implied_endpoints_are_https_and_public_unless_allowed() {
+        // A name is checked by what it resolves to (here through /etc/hosts).
+        let class = resolved_class("localhost", 443).await.unwrap();
+        assert!(
+            class.starts_with("`localhost` resolves to ") && class.ends_with("a loopback"),
+            "{class}"
+        );
+        let none = DestinationPolicy::default();
+        let plain = none
+            .check_implied_endpoint("http://sts.example.com", "the STS endpoint")
+            .await
+            .unwrap();
+        assert_eq!(plain.rule, Rule::PlainHttp);
+        assert!(
+            plain
+                .message
+                .contains("--allow-endpoint http://sts.example.com`"),
+            "{}",
+            plain.message
+        );
+        let private = none
+            .check_implied_endpoint("https://10.1.2.3:8443", "AWS_ENDPOINT")
+            .await
+            .unwrap();
+        assert_eq!(private.rule, Rule::NonPublicAddress);
+        assert!(
+            private
+                .message
+                .starts_with("AWS_ENDPOINT `https://10.1.2.3:8443`: a private address"),
+            "{}",
+            private.message
+        );
+        let allowed = policy(&[], &["http://10.1.2.3:9000"]);
+        assert_eq!(
+            allowed
+                .check_implied_endpoint("http://10.1.2.3:9000/", "AWS_ENDPOINT")
+                .await,
+            None
         );
     }
 
