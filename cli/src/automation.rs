@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use spanlake_engine::automation::state::{Automation, Kind, StateDb, Trigger};
+use spanlake_engine::automation::state::{Automation, Kind, Origin, StateDb, Trigger};
 use spanlake_engine::export::{
     ExportProgress, RawExportConfig, export_query, run_export, test_export_automation,
 };
@@ -262,6 +262,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                 &args.description,
                 Kind::Export,
                 &serde_json::to_value(&raw)?,
+                Origin::Cli,
             )?;
             println!("{}", automation.id);
             eprintln!(
@@ -297,6 +298,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                 "",
                 Kind::Retention,
                 &serde_json::to_value(&config)?,
+                Origin::Cli,
             )?;
             println!("{}", automation.id);
             eprintln!(

@@ -44,6 +44,19 @@ pub struct ServeHttpArgs {
     /// How long a group commit waits for more requests, e.g. `10ms` (at most `200ms`).
     #[arg(long, default_value = "10ms", value_name = "DURATION")]
     pub group_commit_linger: String,
+    /// Let exports created over the API write under this URL prefix (e.g.
+    /// `s3://bucket/team-a/` or `file:///srv/exports/`), with the server's
+    /// own credentials or on its disk; repeatable. Matched on whole path
+    /// segments. Without it, API exports go to `s3://` through a `role_arn`
+    /// only. The CLI's exports are not limited.
+    #[arg(long, value_name = "PREFIX")]
+    pub allow_export_to: Vec<String>,
+    /// Let exports created over the API use this endpoint (exact scheme,
+    /// host and port, e.g. `http://127.0.0.1:9000`), even when it is plain
+    /// http or a private, loopback or link-local address; also for STS;
+    /// repeatable.
+    #[arg(long, value_name = "URL")]
+    pub allow_endpoint: Vec<String>,
 }
 
 impl ServeHttpArgs {
@@ -62,7 +75,15 @@ impl ServeHttpArgs {
             );
         }
         config.group_commit_linger = linger;
+        config.destinations = self.destinations()?;
         Ok(config)
+    }
+
+    /// The destination policy of `--allow-export-to` and `--allow-endpoint`,
+    /// for the HTTP API and the scheduler.
+    pub fn destinations(&self) -> anyhow::Result<spanlake_engine::policy::DestinationPolicy> {
+        spanlake_engine::policy::DestinationPolicy::new(&self.allow_export_to, &self.allow_endpoint)
+            .map_err(anyhow::Error::msg)
     }
 }
 

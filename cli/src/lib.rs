@@ -307,6 +307,7 @@ async fn serve_command(
     let options = spanlake_engine::scheduler::SchedulerOptions {
         once,
         compaction: compaction.policy(),
+        destinations: http.destinations()?,
         ..Default::default()
     };
     if !once {

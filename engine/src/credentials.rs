@@ -107,12 +107,15 @@ pub enum AssumeRoleErrorKind {
     Rejected {
         /// HTTP status.
         status: u16,
-        /// STS error code, e.g. `AccessDenied`.
+        /// STS error code, e.g. `AccessDenied` (`HTTP <status>` when the
+        /// reply has none that looks like an AWS code).
         code: String,
-        /// STS error message.
+        /// STS error message, for programs; never shown in the error's
+        /// text, which users of a shared server see.
         message: String,
     },
-    /// STS answered something that is not an AssumeRole reply.
+    /// STS answered something that is not an AssumeRole reply (what is
+    /// missing, never the reply's text).
     BadReply(String),
 }
 
@@ -187,15 +190,10 @@ impl std::fmt::Display for AssumeRoleError {
             AssumeRoleErrorKind::Transport { endpoint, message } => {
                 write!(f, "STS at {endpoint} did not answer: {message}")?;
             }
-            AssumeRoleErrorKind::Rejected {
-                status,
-                code,
-                message,
-            } => {
-                write!(f, "{status} {code}")?;
-                if !message.is_empty() {
-                    write!(f, ": {message}")?;
-                }
+            // The reply's message is not shown: it is the STS server's
+            // text (status and code say what happened).
+            AssumeRoleErrorKind::Rejected { status, code, .. } => {
+                write!(f, "STS answered {status} {code}")?;
             }
             AssumeRoleErrorKind::BadReply(message) => {
                 write!(f, "unexpected STS reply: {message}")?;
@@ -248,6 +246,30 @@ fn env(name: &str, ignore_env: bool) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+fn resolve_region(region: Option<&str>, ignore_env: bool) -> String {
+    region
+        .map(str::to_string)
+        .or_else(|| env("AWS_REGION", ignore_env))
+        .or_else(|| env("AWS_DEFAULT_REGION", ignore_env))
+        .unwrap_or_else(|| "us-east-1".to_string())
+}
+
+/// The STS endpoint a provider with this `region` and export `endpoint`
+/// calls (see the module docs), without a trailing `/`.
+pub fn sts_endpoint(region_name: Option<&str>, endpoint: Option<&str>, ignore_env: bool) -> String {
+    env("AWS_ENDPOINT_URL_STS", ignore_env)
+        .or_else(|| endpoint.map(str::to_string))
+        .or_else(|| env("AWS_ENDPOINT_URL", ignore_env))
+        .unwrap_or_else(|| {
+            format!(
+                "https://sts.{}.amazonaws.com",
+                resolve_region(region_name, ignore_env)
+            )
+        })
+        .trim_end_matches('/')
+        .to_string()
+}
+
 impl AssumeRoleProvider {
     /// Build the provider; nothing is requested until the first credential.
     pub fn new(options: AssumeRoleOptions) -> Result<Self, AssumeRoleError> {
@@ -256,17 +278,12 @@ impl AssumeRoleProvider {
             external_id: options.external_id.clone(),
             kind,
         };
-        let region = options
-            .region
-            .clone()
-            .or_else(|| env("AWS_REGION", options.ignore_env))
-            .or_else(|| env("AWS_DEFAULT_REGION", options.ignore_env))
-            .unwrap_or_else(|| "us-east-1".to_string());
-        let endpoint = env("AWS_ENDPOINT_URL_STS", options.ignore_env)
-            .or_else(|| options.endpoint.clone())
-            .or_else(|| env("AWS_ENDPOINT_URL", options.ignore_env))
-            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
-        let endpoint = endpoint.trim_end_matches('/').to_string();
+        let region = resolve_region(options.region.as_deref(), options.ignore_env);
+        let endpoint = sts_endpoint(
+            options.region.as_deref(),
+            options.endpoint.as_deref(),
+            options.ignore_env,
+        );
         let base = match options.base.clone() {
             Some(base) => base,
             None => {
@@ -431,7 +448,8 @@ impl AssumeRoleProvider {
             .map_err(|e| transport(e.to_string()))?;
         let text = String::from_utf8_lossy(&bytes);
         if !(200..300).contains(&status) {
-            let code = xml_text(&text, "Code").unwrap_or_else(|| format!("HTTP {status}"));
+            let code =
+                crate::policy::aws_error_code(&text).unwrap_or_else(|| format!("HTTP {status}"));
             let message = xml_text(&text, "Message").unwrap_or_default();
             return Err(self.error(AssumeRoleErrorKind::Rejected {
                 status,
@@ -535,7 +553,7 @@ fn parse_credentials(xml: &str) -> Result<Cached, String> {
     };
     let expiration = field("Expiration")?;
     let expires = DateTime::parse_from_rfc3339(&expiration)
-        .map_err(|e| format!("bad <Expiration> `{expiration}`: {e}"))?
+        .map_err(|e| format!("<Expiration> is not an RFC 3339 time ({e})"))?
         .with_timezone(&Utc);
     Ok(Cached {
         credential: Arc::new(AwsCredential {
@@ -618,7 +636,9 @@ mod tests {
         });
         let text = denied.to_string();
         assert!(
-            text.contains("sts:ExternalId = `spanlake:o:p:a`") && text.contains("403 AccessDenied"),
+            text.contains("sts:ExternalId = `spanlake:o:p:a`")
+                && text.contains("STS answered 403 AccessDenied")
+                && !text.contains("not authorized"),
             "{text}"
         );
     }

@@ -35,7 +35,7 @@ use spanlake_dsl::schema::JSON_COLUMNS;
 use crate::automation::config::{parse_bytes, parse_duration};
 use crate::automation::state::{Automation, RunOutcome, RunStatus, StateDb, Trigger};
 use crate::credentials::{AssumeRoleOptions, AssumeRoleProvider};
-use crate::error::{Error, Result, error_chain};
+use crate::error::{Error, Result};
 use crate::query::{QueryOptions, run_query_over_view, session};
 use crate::sink::{ExportTarget, RawSinkConfig, SinkConfig, TargetOptions, WrittenFile};
 use crate::store::Store;
@@ -397,8 +397,13 @@ fn manifest_path(target: &ExportTarget, run_id: &str) -> Path {
     }
 }
 
+/// A failed object store request, as runs and their history show it: the
+/// destination's reply summarised, never its body.
 fn object_error(operation: &str, key: &Path, error: object_store::Error) -> Error {
-    Error::InvalidArgument(format!("{operation} `{key}` failed: {error}"))
+    Error::InvalidArgument(format!(
+        "{operation} `{key}` failed: {}",
+        crate::policy::store_error_summary(&error)
+    ))
 }
 
 /// Write `manifest` create-only (a committed manifest is never rewritten):
@@ -989,7 +994,10 @@ async fn write_run(
         .map_err(|e| {
             let completed = e.completed.clone();
             (
-                Error::InvalidArgument(format!("export failed: {}", error_chain(&e))),
+                Error::InvalidArgument(format!(
+                    "export failed: {}",
+                    crate::policy::error_chain_summary(&e)
+                )),
                 completed,
             )
         })
@@ -1096,7 +1104,11 @@ pub async fn test_export_target(config: &ExportConfig, external_id: Option<&str>
     let failed = |step: &'static str, e: &object_store::Error| TestStep {
         step,
         ok: false,
-        message: format!("{step} `{key}` failed: {e}; {}", likely_fix(e)),
+        message: format!(
+            "{step} `{key}` failed: {}; {}",
+            crate::policy::store_error_summary(e),
+            likely_fix(e)
+        ),
     };
     if let Err(e) = target.store.put(&key, PutPayload::from(body.clone())).await {
         steps.push(failed("write", &e));
@@ -1166,7 +1178,7 @@ pub async fn export_query(
             let _ = delete_run_files(&target, &run_id).await;
             return Err(Error::InvalidArgument(format!(
                 "export failed: {}",
-                error_chain(&e)
+                crate::policy::error_chain_summary(&e)
             )));
         }
     };

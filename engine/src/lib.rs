@@ -10,6 +10,7 @@ pub mod export;
 pub mod ingest;
 pub mod merge;
 pub mod pivot;
+pub mod policy;
 pub mod projects;
 pub mod query;
 pub mod retention;

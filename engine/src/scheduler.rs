@@ -10,6 +10,12 @@
 //!    stop requested? finish the current run, then return
 //! ```
 //!
+//! An export created or changed over the HTTP API (`origin = api`) is
+//! checked against the operator's [`DestinationPolicy`] before each run: a
+//! refused destination (a flag removed since, a host that now resolves to a
+//! private address) is recorded as a failed run, with the refusal as its
+//! error, and nothing is written or requested.
+//!
 //! A run is never interrupted by a shutdown request: the current one
 //! finishes (a second signal in the CLI exits at once, which is safe too: the
 //! next run recovers).
@@ -25,9 +31,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::automation::state::{Kind, RunStatus, StateDb, Trigger};
+use crate::automation::state::{Automation, Kind, Origin, RunStatus, StateDb, Trigger};
 use crate::error::Result;
 use crate::export::{RawExportConfig, run_export};
+use crate::policy::DestinationPolicy;
 use crate::store::compact::{CompactionPolicy, compact};
 use crate::store::{STATE_DB, Store};
 
@@ -44,6 +51,9 @@ pub struct SchedulerOptions {
     pub compaction: Option<CompactionPolicy>,
     /// How often projects are checked against the compaction policy.
     pub compaction_check: Duration,
+    /// What exports created over the API may write to (checked before each
+    /// of their runs).
+    pub destinations: DestinationPolicy,
 }
 
 impl Default for SchedulerOptions {
@@ -54,6 +64,7 @@ impl Default for SchedulerOptions {
             once: false,
             compaction: Some(CompactionPolicy::default()),
             compaction_check: Duration::from_secs(60),
+            destinations: DestinationPolicy::default(),
         }
     }
 }
@@ -145,6 +156,22 @@ pub async fn run_due(
                 }
                 break;
             }
+            if let Some(refused) = refused_destination(&options.destinations, &automation).await {
+                summary.failures += 1;
+                tracing::warn!(automation = %automation.name, error = %refused, "export run refused by the destination policy");
+                let run_id = uuid::Uuid::now_v7().to_string();
+                let cursor = state.cursor(&automation.id)?;
+                state.start_run(
+                    &automation.id,
+                    &run_id,
+                    Trigger::Schedule,
+                    cursor,
+                    None,
+                    &serde_json::json!({ "refused": true }),
+                )?;
+                state.fail_run(&run_id, &refused)?;
+                break;
+            }
             match run_export(store, &state, &automation, Trigger::Schedule, None).await {
                 Ok(report) => {
                     tracing::info!(
@@ -167,6 +194,25 @@ pub async fn run_due(
         }
     }
     Ok(summary)
+}
+
+/// Why `policy` refuses the destination of an export created or changed
+/// over the API (nothing for the CLI's, or an allowed one).
+async fn refused_destination(
+    policy: &DestinationPolicy,
+    automation: &Automation,
+) -> Option<String> {
+    if automation.origin != Origin::Api || automation.kind != Kind::Export {
+        return None;
+    }
+    let config = serde_json::from_value::<RawExportConfig>(automation.config.clone())
+        .ok()
+        .and_then(|raw| raw.validate().ok())?;
+    policy
+        .check_export(&config)
+        .await
+        .err()
+        .map(|refused| format!("{refused}; nothing was written"))
 }
 
 /// Compact every project that `policy` says is due, one at a time; returns

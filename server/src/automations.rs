@@ -10,15 +10,24 @@
 //! - `DELETE /v1/project_automation/{id}` (exported files stay)
 //! - `POST   /v1/project_automation/{id}/run` (run now), `/test`, `/reset`
 //! - `GET    /v1/project_automation/{id}/status`, `/history?limit=`
+//!
+//! An export created, or whose configuration is changed, here is marked
+//! `origin: api` and its destination is held to the operator's
+//! [`DestinationPolicy`](spanlake_engine::policy::DestinationPolicy) (`spanlake
+//! serve --allow-export-to`, `--allow-endpoint`) when it is stored, and
+//! again at each `run` and `test` (and scheduled run): a refusal is a 403
+//! naming the rule and the flag that lifts it, and nothing is written.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use serde::Deserialize;
-use spanlake_engine::automation::state::{Automation, Kind, StateDb, Trigger};
-use spanlake_engine::export::{RawExportConfig, run_export, test_export_automation};
+use spanlake_engine::automation::state::{Automation, Kind, Origin, StateDb, Trigger};
+use spanlake_engine::export::{ExportConfig, RawExportConfig, run_export, test_export_automation};
+use spanlake_engine::policy::DestinationRefused;
 use spanlake_engine::retention::{RetentionConfig, run_retention_automation};
 use spanlake_engine::store::STATE_DB;
 
@@ -64,13 +73,61 @@ fn find(state: &AppState, db: &StateDb, org_id: &str, id: &str) -> Result<Automa
     }
 }
 
-/// Validate `config` for `kind`; the stored (normalized) configuration.
-fn validated_config(kind: Kind, config: serde_json::Value) -> Result<serde_json::Value, ApiError> {
+/// 403 with every refusal of the destination policy.
+fn refused(refused: &DestinationRefused) -> ApiError {
+    let details: Vec<serde_json::Value> = refused
+        .refusals
+        .iter()
+        .map(|r| serde_json::json!({"rule": r.rule.name(), "message": r.message}))
+        .collect();
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "destination_refused",
+        format!("{refused}; nothing was written"),
+    )
+    .with_details(serde_json::Value::Array(details))
+}
+
+/// Check an export's destination against the server's policy.
+async fn check_destination(state: &AppState, config: &ExportConfig) -> Result<(), ApiError> {
+    state
+        .config
+        .destinations
+        .check_export(config)
+        .await
+        .map_err(|e| refused(&e))
+}
+
+/// Check the destination of a stored export whose configuration was chosen
+/// over the API (the policy may have changed since it was stored); the
+/// CLI's automations are the owner's.
+async fn check_stored_destination(
+    state: &AppState,
+    automation: &Automation,
+) -> Result<(), ApiError> {
+    if automation.kind != Kind::Export || automation.origin != Origin::Api {
+        return Ok(());
+    }
+    let raw: RawExportConfig = serde_json::from_value(automation.config.clone()).map_err(|e| {
+        ApiError::from(spanlake_engine::Error::Internal(format!(
+            "stored export config: {e}"
+        )))
+    })?;
+    check_destination(state, &raw.validate()?).await
+}
+
+/// Validate `config` for `kind`, an export's destination against the
+/// server's policy too; the stored (normalized) configuration.
+async fn validated_config(
+    state: &AppState,
+    kind: Kind,
+    config: serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
     match kind {
         Kind::Export => {
             let raw: RawExportConfig = serde_json::from_value(config)
                 .map_err(|e| ApiError::bad_request(format!("invalid export config: {e}")))?;
-            raw.validate()?;
+            check_destination(state, &raw.validate()?).await?;
             Ok(serde_json::to_value(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?)
         }
         Kind::Retention => {
@@ -112,9 +169,16 @@ pub(crate) async fn create(
         .store
         .registry()
         .resolve_in_org(&org.id, &body.project_id)?;
-    let config = validated_config(kind, body.config)?;
+    let config = validated_config(&state, kind, body.config).await?;
     let db = state_db(&state)?;
-    let automation = db.create(&project.id, &body.name, &body.description, kind, &config)?;
+    let automation = db.create(
+        &project.id,
+        &body.name,
+        &body.description,
+        kind,
+        &config,
+        Origin::Api,
+    )?;
     to_json(&automation)
 }
 
@@ -178,15 +242,20 @@ pub(crate) async fn update(
             "`status` must be `active` or `paused`, not `{status}`"
         )));
     }
-    let config = match body.config {
-        Some(config) => validated_config(current.kind, config)?,
-        None => current.config.clone(),
+    // A configuration given here is the API's choice from now on.
+    let (config, origin) = match body.config {
+        Some(config) => (
+            validated_config(&state, current.kind, config).await?,
+            Some(Origin::Api),
+        ),
+        None => (current.config.clone(), None),
     };
     let mut updated = db.update(
         &id,
         body.name.as_deref().unwrap_or(&current.name),
         body.description.as_deref().unwrap_or(&current.description),
         &config,
+        origin,
     )?;
     if let Some(status) = body.status {
         db.set_status(&id, &status)?;
@@ -234,6 +303,7 @@ pub(crate) async fn run(
 ) -> Answer {
     on_own_thread(&state, move |state, db| async move {
         let automation = find(&state, &db, &org.id, &id)?;
+        check_stored_destination(&state, &automation).await?;
         match automation.kind {
             Kind::Retention => to_json(
                 &run_retention_automation(&state.store, &db, &automation, Trigger::Manual, false)
@@ -257,6 +327,7 @@ pub(crate) async fn test(
 ) -> Answer {
     on_own_thread(&state, move |state, db| async move {
         let automation = find(&state, &db, &org.id, &id)?;
+        check_stored_destination(&state, &automation).await?;
         match automation.kind {
             Kind::Retention => to_json(
                 &run_retention_automation(&state.store, &db, &automation, Trigger::Test, true)

@@ -65,6 +65,9 @@ pub struct ServerConfig {
     pub max_page_rows: u64,
     /// Memory for one query's sorts and aggregations before they spill.
     pub query_memory_bytes: usize,
+    /// Export destinations and endpoints allowed to automations created or
+    /// changed over the API (`--allow-export-to`, `--allow-endpoint`).
+    pub destinations: spanlake_engine::policy::DestinationPolicy,
 }
 
 impl ServerConfig {
@@ -80,6 +83,7 @@ impl ServerConfig {
             default_page_rows: 1000,
             max_page_rows: 100_000,
             query_memory_bytes: 256 * 1024 * 1024,
+            destinations: spanlake_engine::policy::DestinationPolicy::default(),
         }
     }
 

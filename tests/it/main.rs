@@ -7,10 +7,12 @@
 //! - `retention`: retention automations (preview, run, history);
 //! - `server`: the HTTP API, with the unmodified Braintrust SDK;
 //! - `tenants`: two orgs' keys on every route of the HTTP API;
+//! - `destinations`: where exports created over the API may write;
 //! - `http`: the harness of HTTP tests (a `spanlake serve` process).
 
 mod cli;
 mod compact;
+mod destinations;
 mod export;
 mod faults;
 mod golden;

@@ -24,7 +24,15 @@ fn the_braintrust_sdk_logs_traces_that_btql_returns_merged_and_an_export_writes(
     };
     let spanlake = Spanlake::new();
     let key = api_key(&spanlake, "sdk-org");
-    let server = Server::start(&spanlake, &[]);
+    let server = Server::start(
+        &spanlake,
+        &[
+            "--allow-export-to",
+            "s3://sdk-e2e/",
+            "--allow-endpoint",
+            &endpoint,
+        ],
+    );
     let bucket = "sdk-e2e";
     create_bucket(&endpoint, bucket);
     let script = crate::support::tests_dir().join("sdk/sdk_e2e.py");
@@ -517,7 +525,8 @@ fn automations_over_rest_create_update_run_reset_and_delete() {
     let spanlake = Spanlake::new();
     let key = api_key(&spanlake, "acme");
     let other = api_key(&spanlake, "other");
-    let server = Server::start(&spanlake, &[]);
+    let allow = format!("file://{}/", spanlake.root().join("out").display());
+    let server = Server::start(&spanlake, &["--allow-export-to", &allow]);
     let project = create_project(&server, &key, "auto");
     let rows: Vec<serde_json::Value> = (0..5)
         .map(|i| serde_json::json!({"id": format!("r{i}"), "created": "2026-11-01T00:00:00Z", "input": i}))

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS automations (
     status TEXT NOT NULL CHECK (status IN ('active', 'paused')),
     created TEXT NOT NULL,
     updated TEXT NOT NULL,
+    origin TEXT NOT NULL DEFAULT 'cli' CHECK (origin IN ('api', 'cli')),
     UNIQUE (project_id, name)
 );
 CREATE TABLE IF NOT EXISTS cursors (
@@ -84,6 +85,39 @@ impl Kind {
     }
 }
 
+/// Who last chose an automation's configuration: the HTTP API (its
+/// destination is then held to the server's
+/// [`DestinationPolicy`](crate::policy::DestinationPolicy), at every run) or
+/// the CLI, run by the machine's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Created, or its configuration changed, over the HTTP API.
+    Api,
+    /// Created with the CLI (and its configuration never changed over the
+    /// API); automations stored before origins were recorded are `cli`.
+    Cli,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Cli => "cli",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        match text {
+            "api" => Ok(Self::Api),
+            "cli" => Ok(Self::Cli),
+            other => Err(Error::Internal(format!(
+                "unknown automation origin `{other}`"
+            ))),
+        }
+    }
+}
+
 /// A stored automation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Automation {
@@ -105,6 +139,8 @@ pub struct Automation {
     pub created: String,
     /// RFC 3339.
     pub updated: String,
+    /// Who last chose its configuration.
+    pub origin: Origin,
 }
 
 /// What started a run.
@@ -235,10 +271,12 @@ impl StateDb {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA_SQL)?;
+        add_origin_column(&conn)?;
         Ok(Self { conn })
     }
 
-    /// Store a new automation. Fails if the project has one of that name.
+    /// Store a new automation, created by `origin`. Fails if the project
+    /// has one of that name.
     pub fn create(
         &self,
         project_id: &str,
@@ -246,6 +284,7 @@ impl StateDb {
         description: &str,
         kind: Kind,
         config: &serde_json::Value,
+        origin: Origin,
     ) -> Result<Automation> {
         if self.find_by_name(project_id, name)?.is_some() {
             return Err(Error::InvalidArgument(format!(
@@ -263,10 +302,11 @@ impl StateDb {
             status: "active".to_string(),
             created: now.clone(),
             updated: now,
+            origin,
         };
         self.conn.execute(
-            "INSERT INTO automations (id, project_id, name, description, kind, config, status, created, updated)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO automations (id, project_id, name, description, kind, config, status, created, updated, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 automation.id,
                 automation.project_id,
@@ -276,7 +316,8 @@ impl StateDb {
                 automation.config.to_string(),
                 automation.status,
                 automation.created,
-                automation.updated
+                automation.updated,
+                origin.as_str()
             ],
         )?;
         Ok(automation)
@@ -284,7 +325,7 @@ impl StateDb {
 
     fn row_to_automation(
         row: &rusqlite::Row<'_>,
-    ) -> rusqlite::Result<(Automation, String, String)> {
+    ) -> rusqlite::Result<(Automation, String, String, String)> {
         Ok((
             Automation {
                 id: row.get(0)?,
@@ -296,23 +337,26 @@ impl StateDb {
                 status: row.get(6)?,
                 created: row.get(7)?,
                 updated: row.get(8)?,
+                origin: Origin::Cli,
             },
             row.get(4)?,
             row.get(5)?,
+            row.get(9)?,
         ))
     }
 
     fn finish_automation(
-        (mut a, kind, config): (Automation, String, String),
+        (mut a, kind, config, origin): (Automation, String, String, String),
     ) -> Result<Automation> {
         a.kind = Kind::parse(&kind)?;
+        a.origin = Origin::parse(&origin)?;
         a.config = serde_json::from_str(&config)
             .map_err(|e| Error::Internal(format!("stored config of `{}`: {e}", a.id)))?;
         Ok(a)
     }
 
     const COLUMNS: &'static str =
-        "id, project_id, name, description, kind, config, status, created, updated";
+        "id, project_id, name, description, kind, config, status, created, updated, origin";
 
     /// The automation with this id.
     pub fn get(&self, id: &str) -> Result<Option<Automation>> {
@@ -605,6 +649,33 @@ impl StateDb {
     }
 }
 
+/// Migration: state databases made before origins were recorded get the
+/// `origin` column, every existing automation `cli` (they could only be
+/// told apart by org, which a local-org API key shares). Two processes
+/// opening an old database at once may both try: the loser finds it there.
+fn add_origin_column(conn: &Connection) -> Result<()> {
+    let has_origin = |conn: &Connection| -> Result<bool> {
+        let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('automations')")?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for name in names {
+            if name? == "origin" {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    if has_origin(conn)? {
+        return Ok(());
+    }
+    match conn.execute_batch(
+        "ALTER TABLE automations ADD COLUMN origin TEXT NOT NULL DEFAULT 'cli' CHECK (origin IN ('api', 'cli'))",
+    ) {
+        Ok(()) => Ok(()),
+        Err(_) if has_origin(conn)? => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -633,13 +704,15 @@ fn holder_is_dead(holder: &str) -> bool {
 
 impl StateDb {
     /// Change an automation's name, description and validated configuration
-    /// (its cursor and history stay).
+    /// (its cursor and history stay); with `origin`, who chose the
+    /// configuration now (in the same statement).
     pub fn update(
         &self,
         id: &str,
         name: &str,
         description: &str,
         config: &serde_json::Value,
+        origin: Option<Origin>,
     ) -> Result<Automation> {
         let current = self
             .get(id)?
@@ -650,8 +723,16 @@ impl StateDb {
             )));
         }
         self.conn.execute(
-            "UPDATE automations SET name = ?2, description = ?3, config = ?4, updated = ?5 WHERE id = ?1",
-            params![id, name, description, config.to_string(), now_rfc3339()],
+            "UPDATE automations SET name = ?2, description = ?3, config = ?4, updated = ?5,
+                 origin = COALESCE(?6, origin) WHERE id = ?1",
+            params![
+                id,
+                name,
+                description,
+                config.to_string(),
+                now_rfc3339(),
+                origin.map(Origin::as_str)
+            ],
         )?;
         self.get(id)?
             .ok_or_else(|| Error::Internal(format!("automation `{id}` vanished")))
@@ -692,10 +773,10 @@ mod tests {
         let (_dir, db) = db();
         let config = serde_json::json!({"data": "spans"});
         let a = db
-            .create("p", "nightly", "", Kind::Export, &config)
+            .create("p", "nightly", "", Kind::Export, &config, Origin::Cli)
             .unwrap();
         assert!(
-            db.create("p", "nightly", "", Kind::Export, &config)
+            db.create("p", "nightly", "", Kind::Export, &config, Origin::Api)
                 .is_err()
         );
         assert_eq!(db.get(&a.id).unwrap().unwrap(), a);
@@ -750,6 +831,47 @@ mod tests {
         assert_eq!(db.get(&a.id).unwrap().unwrap().status, "paused");
         db.delete(&a.id).unwrap();
         assert!(db.get(&a.id).unwrap().is_none());
+    }
+
+    #[test]
+    fn origins_are_recorded_and_old_databases_default_to_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            // A database of before origins: the old `automations` table.
+            let conn = Connection::open(&path).unwrap();
+            let old_schema = SCHEMA_SQL.replace(
+                "    origin TEXT NOT NULL DEFAULT 'cli' CHECK (origin IN ('api', 'cli')),\n",
+                "",
+            );
+            assert!(!old_schema.contains("origin"));
+            conn.execute_batch(&old_schema).unwrap();
+            conn.execute(
+                "INSERT INTO automations (id, project_id, name, kind, config, status, created, updated)
+                 VALUES ('old', 'p', 'old', 'export', '{}', 'active', 't', 't')",
+                [],
+            )
+            .unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        let again = StateDb::open(&path).unwrap();
+        assert_eq!(again.get("old").unwrap().unwrap().origin, Origin::Cli);
+        let config = serde_json::json!({});
+        let api = db
+            .create("p", "api", "", Kind::Export, &config, Origin::Api)
+            .unwrap();
+        assert_eq!(db.get(&api.id).unwrap().unwrap().origin, Origin::Api);
+        // A rename keeps the origin; a configuration chosen over the API sets it.
+        let renamed = db.update("old", "old2", "", &config, None).unwrap();
+        assert_eq!(renamed.origin, Origin::Cli);
+        let changed = db
+            .update("old", "old2", "", &config, Some(Origin::Api))
+            .unwrap();
+        assert_eq!(changed.origin, Origin::Api);
+        assert_eq!(
+            serde_json::to_value(&changed).unwrap()["origin"],
+            serde_json::json!("api")
+        );
     }
 
     #[test]
