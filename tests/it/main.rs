@@ -6,8 +6,10 @@
 //! - `paging`: cursors over a pinned snapshot;
 //! - `retention`: retention automations (preview, run, history);
 //! - `server`: the HTTP API, with the unmodified Braintrust SDK;
-//! - `http`: the harness of HTTP tests (a `spanlake serve` process).
+//! - `http`: the harness of HTTP tests (a `spanlake serve` process);
+//! - `bounds`: memory and time per request of the HTTP API.
 
+mod bounds;
 mod cli;
 mod compact;
 mod export;
