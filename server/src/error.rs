@@ -180,8 +180,8 @@ pub(crate) async fn json_errors(
 /// answered with `Retry-After`.
 #[derive(Debug, Clone)]
 pub struct ErrorAnswer {
-    /// The error.
-    pub error: ApiError,
+    /// The error (boxed: results carrying it stay small).
+    pub error: Box<ApiError>,
     /// The `Retry-After` header, in whole seconds (at least 1).
     pub retry_after: Option<std::time::Duration>,
 }
@@ -190,7 +190,7 @@ impl ApiError {
     /// This error, answered with `Retry-After: after`.
     pub fn retry_after(self, after: std::time::Duration) -> ErrorAnswer {
         ErrorAnswer {
-            error: self,
+            error: Box::new(self),
             retry_after: Some(after),
         }
     }
@@ -199,7 +199,7 @@ impl ApiError {
 impl From<ApiError> for ErrorAnswer {
     fn from(error: ApiError) -> Self {
         Self {
-            error,
+            error: Box::new(error),
             retry_after: None,
         }
     }
@@ -213,7 +213,7 @@ impl From<Error> for ErrorAnswer {
 
 impl IntoResponse for ErrorAnswer {
     fn into_response(self) -> Response {
-        let mut response = self.error.into_response();
+        let mut response = (*self.error).into_response();
         if let Some(after) = self.retry_after {
             let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             response.headers_mut().insert(

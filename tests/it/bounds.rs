@@ -541,7 +541,8 @@ fn bounds_the_ingest_queue_is_bounded_in_bytes_and_loses_nothing_accepted() {
     std::thread::sleep(Duration::from_millis(300));
     let burst: Vec<String> = (0..8).map(|c| body_of(&format!("burst{c}"), 50)).collect();
     assert!(burst[0].len() > 4 * 1024);
-    let answers: Vec<(u16, Vec<(String, String)>, Vec<u8>)> = std::thread::scope(|scope| {
+    type Raw = (u16, Vec<(String, String)>, Vec<u8>);
+    let answers: Vec<Raw> = std::thread::scope(|scope| {
         let handles: Vec<_> = burst
             .iter()
             .map(|body| {
