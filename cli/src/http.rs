@@ -57,6 +57,32 @@ pub struct ServeHttpArgs {
     /// repeatable.
     #[arg(long, value_name = "URL")]
     pub allow_endpoint: Vec<String>,
+    /// Longest a query (`/btql`, `/v1/project_logs/{id}/fetch`) may run
+    /// before it is cancelled and answered 504, e.g. `30s`.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub query_timeout: String,
+    /// Queries one API key may run at once; more are answered 429 with
+    /// `Retry-After`.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_queries_per_key: usize,
+    /// Memory of one query (its sorts, aggregations, pivot and page); a
+    /// query needing more is answered 413, e.g. `256MiB`.
+    #[arg(long, default_value = "256MiB", value_name = "SIZE")]
+    pub query_memory: String,
+    /// How long a connection has to send a request's headers, from when it
+    /// opens or its previous answer ends (so also how long an idle
+    /// keep-alive connection stays open), e.g. `30s`.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub header_timeout: String,
+    /// How long a request has to send its whole body once its headers
+    /// arrived (408 after), e.g. `2m`.
+    #[arg(long, default_value = "2m", value_name = "DURATION")]
+    pub body_timeout: String,
+    /// Bytes of ingest request bodies read, queued or being committed at
+    /// once, over every project; a request that does not fit is answered
+    /// 503 with `Retry-After`, e.g. `256MiB`.
+    #[arg(long, default_value = "256MiB", value_name = "SIZE")]
+    pub ingest_queue_bytes: String,
 }
 
 impl ServeHttpArgs {
@@ -76,6 +102,16 @@ impl ServeHttpArgs {
         }
         config.group_commit_linger = linger;
         config.destinations = self.destinations()?;
+        config.query_timeout = positive_duration("--query-timeout", &self.query_timeout)?;
+        if self.max_queries_per_key == 0 {
+            anyhow::bail!("--max-queries-per-key: at least 1 (0 would refuse every query)");
+        }
+        config.max_queries_per_key = self.max_queries_per_key;
+        config.query_memory_bytes = size_at_least("--query-memory", &self.query_memory, 1 << 20)?;
+        config.header_timeout = positive_duration("--header-timeout", &self.header_timeout)?;
+        config.body_timeout = positive_duration("--body-timeout", &self.body_timeout)?;
+        config.ingest_queue_bytes =
+            size_at_least("--ingest-queue-bytes", &self.ingest_queue_bytes, 1 << 10)?;
         Ok(config)
     }
 
@@ -85,6 +121,28 @@ impl ServeHttpArgs {
         spanlake_engine::policy::DestinationPolicy::new(&self.allow_export_to, &self.allow_endpoint)
             .map_err(anyhow::Error::msg)
     }
+}
+
+/// The duration of `flag`, which must be more than zero.
+fn positive_duration(flag: &str, text: &str) -> anyhow::Result<std::time::Duration> {
+    let duration = spanlake_engine::automation::config::parse_duration(text)
+        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    if duration.is_zero() {
+        anyhow::bail!("{flag}: must be more than zero, e.g. `30s`");
+    }
+    Ok(duration)
+}
+
+/// The size of `flag`, at least `min` bytes.
+fn size_at_least(flag: &str, text: &str, min: usize) -> anyhow::Result<usize> {
+    let bytes = usize::try_from(
+        spanlake_engine::automation::config::parse_bytes(text)
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?,
+    )?;
+    if bytes < min {
+        anyhow::bail!("{flag}: at least {min} bytes, e.g. `256MiB`");
+    }
+    Ok(bytes)
 }
 
 fn parse_linger(text: &str) -> anyhow::Result<std::time::Duration> {

@@ -7,13 +7,13 @@
 //!
 //! Results are streamed: nothing here collects a result. Memory for sorts and
 //! other blocking operators is bounded by [`QueryOptions::memory_limit_bytes`]
-//! (they spill to disk beyond it).
+//! (they spill to disk beyond it), a pivot's included (see [`crate::pivot`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::datasource::{ViewTable, provider_as_source};
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::TableSource;
 use datafusion::physical_plan::SendableRecordBatchStream;
@@ -30,6 +30,10 @@ pub struct QueryOptions {
     pub tz_offset_minutes: i32,
     /// Memory for sorts, aggregations and joins before they spill to disk.
     pub memory_limit_bytes: usize,
+    /// The pool the query's memory is accounted in, when the caller
+    /// accounts more in it (the server, the page it encodes); otherwise a
+    /// pool of `memory_limit_bytes` of its own.
+    pub memory_pool: Option<Arc<dyn MemoryPool>>,
     /// Rows per record batch.
     pub batch_rows: usize,
     /// The time `now()` means (taken once per query).
@@ -105,6 +109,7 @@ impl Default for QueryOptions {
         Self {
             tz_offset_minutes: 0,
             memory_limit_bytes: 512 * 1024 * 1024,
+            memory_pool: None,
             batch_rows: 8192,
             now: chrono::Utc::now(),
             page: None,
@@ -136,8 +141,12 @@ impl std::fmt::Debug for QueryStream {
 
 /// A session configured for spanlake queries.
 pub fn session(options: &QueryOptions) -> Result<SessionContext> {
+    let pool = match &options.memory_pool {
+        Some(pool) => Arc::clone(pool),
+        None => Arc::new(FairSpillPool::new(options.memory_limit_bytes)) as Arc<dyn MemoryPool>,
+    };
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(options.memory_limit_bytes)))
+        .with_memory_pool(pool)
         .build_arc()?;
     let mut config = SessionConfig::new()
         .with_batch_size(options.batch_rows)

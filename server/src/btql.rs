@@ -6,24 +6,151 @@
 //! (also in the `x-bt-cursor` header) that reads the next page of the same
 //! snapshot: post the same query with it (`query.cursor` in the AST form,
 //! or a top-level `cursor`). Memory is bounded by the page, not the result.
+//!
+//! Bounds per query: its memory (the engine's sorts and aggregations, a
+//! pivot's, and the page being encoded) is accounted in one memory pool of
+//! `query_memory_bytes` (413 `query_memory_limit` beyond it); it runs at
+//! most `query_timeout` (then it is cancelled: 504 `query_timeout`); and an
+//! API key runs at most `max_queries_per_key` queries at once (429 with
+//! `Retry-After` beyond it, see [`QuerySlot`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow::datatypes::{DataType, Schema};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use datafusion::execution::memory_pool::{
+    FairSpillPool, MemoryConsumer, MemoryPool, MemoryReservation,
+};
 use futures::StreamExt;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use spanlake_engine::Error;
 use spanlake_engine::query::{Paging, QueryOptions, QueryStream, run_parsed_query};
 use spanlake_engine::rows::write_row_object;
 
 use crate::AppState;
 use crate::auth::Auth;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorAnswer};
+
+/// How long a client refused for too many queries at once is told to wait.
+const QUERY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Queries running, per API key (by the SHA-256 of the key).
+#[derive(Debug)]
+pub(crate) struct QueryGate {
+    max_per_key: usize,
+    running: Mutex<HashMap<[u8; 32], usize>>,
+}
+
+impl QueryGate {
+    pub(crate) fn new(max_per_key: usize) -> Self {
+        Self {
+            max_per_key: max_per_key.max(1),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn enter(self: &Arc<Self>, key: [u8; 32]) -> Result<QuerySlot, ErrorAnswer> {
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = running.entry(key).or_insert(0);
+        if *count >= self.max_per_key {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_queries",
+                format!(
+                    "this API key already runs {count} queries, the most it may run at once (`--max-queries-per-key {}`); retry when one has answered",
+                    self.max_per_key
+                ),
+            )
+            .retry_after(QUERY_RETRY_AFTER));
+        }
+        *count += 1;
+        Ok(QuerySlot {
+            gate: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+/// One of the queries an API key may run at once, held from the request's
+/// head to its answer (taken before the body is read). The handler's
+/// `Auth` comes first, so the key is valid.
+#[derive(Debug)]
+pub(crate) struct QuerySlot {
+    gate: Arc<QueryGate>,
+    key: [u8; 32],
+}
+
+impl Drop for QuerySlot {
+    fn drop(&mut self) {
+        let mut running = self
+            .gate
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = running.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                running.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for QuerySlot {
+    type Rejection = ErrorAnswer;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let key = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        let key = key
+            .strip_prefix(b"Bearer ")
+            .or_else(|| key.strip_prefix(b"bearer "))
+            .unwrap_or(key);
+        state.queries.enter(Sha256::digest(key).into())
+    }
+}
+
+/// The answer to a query that failed: running out of its memory pool is
+/// the request's doing (413), anything else maps as usual.
+fn query_failure(state: &AppState, error: Error) -> ApiError {
+    let exhausted = match &error {
+        Error::DataFusion(e) => matches!(
+            e.find_root(),
+            datafusion::error::DataFusionError::ResourcesExhausted(_)
+        ),
+        _ => false,
+    };
+    if exhausted {
+        return memory_limit(state);
+    }
+    error.into()
+}
+
+fn memory_limit(state: &AppState) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "query_memory_limit",
+        format!(
+            "the query needs more memory than its limit of {} MiB (`--query-memory`); filter the rows, read fewer columns, add a smaller `limit`, or pivot on fewer keys",
+            state.config.query_memory_bytes / (1024 * 1024)
+        ),
+    )
+}
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct BtqlBody {
@@ -53,6 +180,7 @@ struct Page {
 pub(crate) async fn btql(
     Auth(org): Auth,
     State(state): State<Arc<AppState>>,
+    _slot: QuerySlot,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let body: BtqlBody = serde_json::from_slice(&body).map_err(|e| {
@@ -140,9 +268,45 @@ pub(crate) async fn btql(
     Ok((headers, body).into_response())
 }
 
-/// Run one page of `text` for `org_id`; the page and the JSON schema of
-/// its columns.
+/// Run one page of `text` for `org_id` within the query time limit; the
+/// page and the JSON schema of its columns. Past the limit the query's
+/// future, and with it every stream and task of its plan, is dropped.
 async fn run_page(
+    state: &AppState,
+    org_id: &str,
+    text: &str,
+    cursor: Option<String>,
+    tz_offset_minutes: i32,
+    fmt: Fmt,
+) -> Result<(Page, serde_json::Value), ApiError> {
+    let limit = state.config.query_timeout;
+    let page = run_page_untimed(state, org_id, text, cursor, tz_offset_minutes, fmt);
+    match tokio::time::timeout(limit, page).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "query_timeout",
+            format!(
+                "the query ran longer than the limit of {} and was cancelled (`--query-timeout`); filter the rows (a narrower time range), add a smaller `limit`, or pivot on fewer keys",
+                humantime_duration(limit)
+            ),
+        )),
+    }
+}
+
+/// `1.5s`, `30s`, `2m`: a duration as the flags are written.
+fn humantime_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis.is_multiple_of(60_000) && millis > 0 {
+        format!("{}m", millis / 60_000)
+    } else if millis.is_multiple_of(1000) {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{millis}ms")
+    }
+}
+
+async fn run_page_untimed(
     state: &AppState,
     org_id: &str,
     text: &str,
@@ -179,9 +343,11 @@ async fn run_page(
             None => state.config.default_page_rows,
         }
     };
+    let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(state.config.query_memory_bytes));
     let options = QueryOptions {
         tz_offset_minutes,
         memory_limit_bytes: state.config.query_memory_bytes,
+        memory_pool: Some(Arc::clone(&pool)),
         page: (!pivoted).then(|| Paging {
             size,
             cursor: cursor.clone(),
@@ -192,18 +358,23 @@ async fn run_page(
     let stream = match run_parsed_query(&state.store, query, text, &options).await {
         Ok(stream) => stream,
         Err(Error::Query(diagnostics)) => return Err(query_error(diagnostics)),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(query_failure(state, e)),
     };
     if pivoted && cursor.is_some() {
         return Err(ApiError::bad_request(
             "pivoted results are not paged; run the query without a cursor",
         ));
     }
-    collect_page(stream, size, fmt, pivoted).await
+    let page = MemoryConsumer::new("btql page").register(&pool);
+    collect_page(state, stream, page, size, fmt, pivoted).await
 }
 
+/// The first `size` rows of `query`, encoded; the page's bytes are held
+/// in `reservation` (of the query's pool) as they grow.
 async fn collect_page(
+    state: &AppState,
     query: QueryStream,
+    reservation: MemoryReservation,
     size: u64,
     fmt: Fmt,
     pivoted: bool,
@@ -218,8 +389,9 @@ async fn collect_page(
     let mut batches = Vec::new();
     let mut rows = 0u64;
     let mut more = false;
+    let mut held_batches = 0usize;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| ApiError::from(Error::DataFusion(e)))?;
+        let batch = batch.map_err(|e| query_failure(state, Error::DataFusion(e)))?;
         let room = usize::try_from(size - rows).unwrap_or(usize::MAX);
         if batch.num_rows() > room {
             more = true;
@@ -238,8 +410,14 @@ async fn collect_page(
                     }
                 }
             }
-            Fmt::Parquet => batches.push(batch.clone()),
+            Fmt::Parquet => {
+                held_batches += batch.get_array_memory_size();
+                batches.push(batch.clone());
+            }
         }
+        reservation
+            .try_resize(body.capacity() + held_batches)
+            .map_err(|_| memory_limit(state))?;
         rows += batch.num_rows() as u64;
         if more {
             break;
@@ -326,6 +504,7 @@ pub(crate) struct FetchParams {
 pub(crate) async fn fetch_get(
     auth: Auth,
     state: State<Arc<AppState>>,
+    _slot: QuerySlot,
     Path(project): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
@@ -347,6 +526,7 @@ pub(crate) async fn fetch_get(
 pub(crate) async fn fetch_post(
     auth: Auth,
     state: State<Arc<AppState>>,
+    _slot: QuerySlot,
     Path(project): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {

@@ -24,6 +24,15 @@
 //!   from the table's recent commits when a committer starts, so a crash
 //!   between the commit and recording the digest does not let a replay in.
 //!   Digests are kept for an hour (see [`REPLAY_WINDOW`]).
+//! - Memory: every ingest request reserves its body's bytes (its
+//!   `Content-Length`, and the size of an overflow upload it references) in
+//!   one budget of `ingest_queue_bytes` over every project before its body
+//!   is read, and holds them until it is answered and its rows are out of
+//!   the queue. A request that does not fit is answered 503 with
+//!   `Retry-After` at once, before its body is read; nothing of it is
+//!   committed (the SDK retries).
+//! - Overflow uploads check their token before reading the body, then
+//!   stream it to its file, stopping at `max_body_bytes`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,9 +40,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
-use futures::TryStreamExt;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -41,11 +52,12 @@ use spanlake_engine::Error;
 use spanlake_engine::ingest::{IngestOptions, WriterCache, ingest};
 use spanlake_engine::projects::Project;
 use spanlake_engine::store::Store;
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::auth::Auth;
-use crate::error::ApiError;
 use crate::metrics::OrgMetrics;
+use crate::error::{ApiError, ErrorAnswer};
 use crate::{AppState, Metrics, ServerConfig};
 
 /// Key of the request digests in a commit's `commitInfo`.
@@ -62,6 +74,11 @@ const REPLAY_WINDOW: Duration = Duration::from_secs(3600);
 /// How long a committer waits for another writer (CLI ingest, retention,
 /// compaction) to release a project's write lock.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// How long a client refused for a full ingest queue is told to wait.
+const QUEUE_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The ingest budget counts in units of this many bytes (a semaphore's
+/// permits are `u32`).
+const BUDGET_UNIT: usize = 1024;
 
 /// The rows of one request for one project.
 #[derive(Debug)]
@@ -72,6 +89,9 @@ struct Pending {
     rows: Vec<usize>,
     digest: String,
     reply: oneshot::Sender<Result<i64, ApiError>>,
+    /// The request's share of the ingest budget, released when the request
+    /// is answered and every part of it has left its queue.
+    _budget: Arc<OwnedSemaphorePermit>,
 }
 
 /// The group committers, one per project, started on first use.
@@ -83,6 +103,11 @@ pub(crate) struct Ingestor {
     metrics: Arc<Metrics>,
     committers: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
     overflow_dir: PathBuf,
+    /// The ingest budget, in [`BUDGET_UNIT`]s.
+    budget: Arc<Semaphore>,
+    budget_units: u32,
+    budget_bytes: usize,
+    max_body_bytes: usize,
 }
 
 impl Ingestor {
@@ -110,7 +135,34 @@ impl Ingestor {
             metrics,
             committers: Mutex::new(HashMap::new()),
             overflow_dir,
+            budget: Arc::new(Semaphore::new(units(config.ingest_queue_bytes) as usize)),
+            budget_units: units(config.ingest_queue_bytes),
+            budget_bytes: config.ingest_queue_bytes,
+            max_body_bytes: config.max_body_bytes,
         }
+    }
+
+    /// `bytes` of the ingest budget (all of it, for a request larger than
+    /// the whole budget: it then waits for an empty queue), or a 503 to
+    /// retry later when they are not free now.
+    fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ErrorAnswer> {
+        let wanted = units(bytes).clamp(1, self.budget_units);
+        Arc::clone(&self.budget)
+            .try_acquire_many_owned(wanted)
+            .map_err(|_| {
+                let queued = (self.budget_units as usize)
+                    .saturating_sub(self.budget.available_permits())
+                    * BUDGET_UNIT;
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ingest_queue_full",
+                    format!(
+                        "the ingest queue is full: {queued} bytes of requests are being committed, and this request of {bytes} bytes does not fit in the limit of {} bytes (`--ingest-queue-bytes`); nothing of it was committed, retry shortly",
+                        self.budget_bytes
+                    ),
+                )
+                .retry_after(QUEUE_RETRY_AFTER)
+            })
     }
 
     fn committer(&self, project: &Project) -> mpsc::Sender<Pending> {
@@ -145,6 +197,7 @@ impl Ingestor {
         project: &Project,
         lines: Vec<u8>,
         rows: Vec<usize>,
+        budget: Arc<OwnedSemaphorePermit>,
     ) -> Result<i64, ApiError> {
         let mut hasher = Sha256::new();
         hasher.update(project.id.as_bytes());
@@ -161,6 +214,7 @@ impl Ingestor {
             rows,
             digest,
             reply,
+            _budget: budget,
         };
         self.committer(project)
             .send(pending)
@@ -169,6 +223,38 @@ impl Ingestor {
         answer
             .await
             .map_err(|_| internal("the project's committer stopped before answering; retry"))?
+    }
+}
+
+/// `bytes` in [`BUDGET_UNIT`]s, rounded up.
+fn units(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX)
+}
+
+/// A request's share of the ingest budget, taken from its `Content-Length`
+/// before its body is read (a body without one takes `max_body_bytes`).
+/// Handlers take it after `Auth`, so an unauthenticated request takes none.
+#[derive(Debug)]
+pub(crate) struct IngestPermit(OwnedSemaphorePermit);
+
+impl FromRequestParts<Arc<AppState>> for IngestPermit {
+    type Rejection = ErrorAnswer;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let ingestor = &state.ingestor;
+        let declared = parts
+            .headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        // A larger body is refused with 413 as it is read.
+        let bytes = declared
+            .unwrap_or(ingestor.max_body_bytes)
+            .min(ingestor.max_body_bytes);
+        ingestor.reserve(bytes).map(Self)
     }
 }
 
@@ -545,7 +631,9 @@ async fn commit_rows(
     state: &AppState,
     org_id: &str,
     rows: Vec<(Row, String)>,
+    budget: IngestPermit,
 ) -> Result<(Vec<String>, i64), ApiError> {
+    let budget = Arc::new(budget.0);
     let mut ids = Vec::with_capacity(rows.len());
     let mut by_project: Vec<(Project, Vec<u8>, Vec<usize>)> = Vec::new();
     for (index, (row, project_id)) in rows.into_iter().enumerate() {
@@ -568,11 +656,15 @@ async fn commit_rows(
         // first, so that a bad row leaves no project's rows committed.
         validate_all(&by_project)?;
     }
-    let commits = by_project
-        .into_iter()
-        .map(|(project, lines, indexes)| async move {
-            state.ingestor.submit(&project, lines, indexes).await
-        });
+    let commits = by_project.into_iter().map(|(project, lines, indexes)| {
+        let budget = Arc::clone(&budget);
+        async move {
+            state
+                .ingestor
+                .submit(&project, lines, indexes, budget)
+                .await
+        }
+    });
     let mut xact = 0;
     for result in futures::future::join_all(commits).await {
         xact = xact.max(result?);
@@ -630,8 +722,9 @@ fn json_error(e: &serde_json::Error) -> ApiError {
 pub(crate) async fn logs3(
     Auth(org): Auth,
     State(state): State<Arc<AppState>>,
+    mut budget: IngestPermit,
     body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<serde_json::Value>, ErrorAnswer> {
     let parsed: Logs3Body<'_> = serde_json::from_slice(&body).map_err(|e| json_error(&e))?;
     let rows = parsed.rows.ok_or_else(|| {
         ApiError::bad_request("missing `rows`: expected {\"rows\": [...], \"api_version\": 2}")
@@ -644,8 +737,11 @@ pub(crate) async fn logs3(
             return Err(ApiError::bad_request(format!(
                 "`rows` must be an array or a `logs3_overflow` reference, not type `{}`",
                 reference.kind
-            )));
+            ))
+            .into());
         }
+        let size = upload_size(&state.ingestor.overflow_dir, &reference.key, &org.id)?;
+        budget.0.merge(state.ingestor.reserve(size)?);
         uploaded = read_upload(&state.ingestor.overflow_dir, &reference.key, &org.id)?;
         let inner: Logs3Body<'_> = serde_json::from_slice(&uploaded).map_err(|e| json_error(&e))?;
         inner
@@ -665,13 +761,14 @@ pub(crate) async fn logs3(
         if other_object {
             return Err(ApiError::bad_request(format!(
                 "rows[{index}] is for an experiment, dataset or playground; spanlake stores project logs only (rows with `project_id` and `log_id: \"g\"`)"
-            )));
+            ))
+            .into());
         }
         let project_id = project_id
             .ok_or_else(|| ApiError::bad_request(format!("rows[{index}] has no `project_id`")))?;
         prepared.push((row, project_id));
     }
-    let (ids, xact) = commit_rows(&state, &org.id, prepared).await?;
+    let (ids, xact) = commit_rows(&state, &org.id, prepared, budget).await?;
     Ok(Json(
         serde_json::json!({"ids": ids, "xact_id": xact.to_string()}),
     ))
@@ -688,6 +785,7 @@ pub(crate) async fn insert(
     Auth(org): Auth,
     State(state): State<Arc<AppState>>,
     Path(project): Path<String>,
+    budget: IngestPermit,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let project = state.store.registry().resolve_in_org(&org.id, &project)?;
@@ -704,7 +802,7 @@ pub(crate) async fn insert(
         let (row, _, _) = prepare_row(raw, index, &body_digest)?;
         prepared.push((row, project.id.clone()));
     }
-    let (ids, _) = commit_rows(&state, &org.id, prepared).await?;
+    let (ids, _) = commit_rows(&state, &org.id, prepared, budget).await?;
     Ok(Json(serde_json::json!({ "row_ids": ids })))
 }
 
@@ -771,12 +869,15 @@ fn read_meta(dir: &std::path::Path, key: &str) -> Result<serde_json::Value, ApiE
 }
 
 /// `PUT /logs3/overflow/upload/{key}?token=...`: the batch's body (no API
-/// key: the token of the signed URL proves the upload was granted).
+/// key: the token of the signed URL proves the upload was granted). The
+/// token is checked before a byte of the body is read; the body is then
+/// streamed to its file (bounded memory), and refused with 413 past
+/// `max_body_bytes`.
 pub(crate) async fn overflow_upload(
     State(state): State<Arc<AppState>>,
     Path(key): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = upload_key(&key)?;
     let dir = &state.ingestor.overflow_dir;
@@ -789,11 +890,126 @@ pub(crate) async fn overflow_upload(
             "the upload token does not match this overflow key",
         ));
     }
-    let temporary = dir.join(format!("{key}.body.tmp"));
-    std::fs::write(&temporary, &body).map_err(|e| internal(&e.to_string()))?;
-    std::fs::rename(&temporary, dir.join(format!("{key}.body")))
+    // A name of its own per upload, so that two uploads of one key never
+    // write into one file.
+    let temporary = dir.join(format!("{key}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let written = stream_to_file(body, &temporary, state.config.max_body_bytes).await;
+    if let Err(error) = written {
+        let _ = tokio::fs::remove_file(&temporary).await;
+        return Err(error);
+    }
+    tokio::fs::rename(&temporary, dir.join(format!("{key}.body")))
+        .await
         .map_err(|e| internal(&e.to_string()))?;
     Ok(Json(serde_json::json!({})))
+}
+
+/// Write `body` to `path` as it arrives; 413 past `max_bytes`.
+async fn stream_to_file(
+    body: axum::body::Body,
+    path: &std::path::Path,
+    max_bytes: usize,
+) -> Result<(), ApiError> {
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| internal(&format!("{}: {e}", path.display())))?;
+    let mut frames = body.into_data_stream();
+    let mut written = 0usize;
+    while let Some(frame) = frames.next().await {
+        let chunk = frame.map_err(|e| {
+            ApiError::bad_request(format!("the upload's body could not be read: {e}"))
+        })?;
+        written += chunk.len();
+        if written > max_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the upload is larger than this server accepts ({max_bytes} bytes); send smaller batches (the SDK's BRAINTRUST_MAX_REQUEST_SIZE) or raise the server's --max-body"
+                ),
+            ));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| internal(&format!("{}: {e}", path.display())))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| internal(&format!("{}: {e}", path.display())))?;
+    Ok(())
+}
+
+/// The size of the uploaded body of overflow `key`, if it belongs to `org_id`.
+fn upload_size(dir: &std::path::Path, key: &str, org_id: &str) -> Result<usize, ApiError> {
+    let key = upload_key(key)?;
+    let meta = read_meta(dir, &key)?;
+    if meta["org_id"].as_str() != Some(org_id) {
+        return Err(ApiError::bad_request(format!(
+            "unknown or expired overflow key `{key}`"
+        )));
+    }
+    let size = std::fs::metadata(dir.join(format!("{key}.body")))
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "nothing was uploaded for overflow key `{key}`; PUT the body to its signedUrl first"
+            ))
+        })?
+        .len();
+    Ok(usize::try_from(size).unwrap_or(usize::MAX))
+}
+
+/// Request bodies must arrive within `limit` of the request's head (a
+/// slowly dripping body would hold its connection, and its share of the
+/// ingest budget or a query slot). Past it the body read fails, and the
+/// answer becomes 408 with the connection closed.
+pub(crate) async fn body_deadline(
+    State(limit): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deadline = tokio::time::Instant::now() + limit;
+    let (parts, body) = request.into_parts();
+    let seen = Arc::clone(&expired);
+    let frames = futures::stream::unfold(Some(body.into_data_stream()), move |frames| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let mut frames = frames?;
+            match tokio::time::timeout_at(deadline, frames.next()).await {
+                Ok(Some(frame)) => Some((frame, Some(frames))),
+                Ok(None) => None,
+                Err(_) => {
+                    seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Some((
+                        Err(axum::Error::new(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the request body did not arrive in time",
+                        ))),
+                        None,
+                    ))
+                }
+            }
+        }
+    });
+    let request = axum::extract::Request::from_parts(parts, axum::body::Body::from_stream(frames));
+    let response = next.run(request).await;
+    if !expired.load(std::sync::atomic::Ordering::SeqCst) {
+        return response;
+    }
+    let mut response = ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        format!(
+            "the request body did not arrive within {} s of its headers (`--body-timeout`); send it faster or in smaller requests",
+            limit.as_secs_f64()
+        ),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// The uploaded body of overflow `key`, if it belongs to `org_id`. It stays

@@ -68,6 +68,25 @@ pub struct ServerConfig {
     /// Export destinations and endpoints allowed to automations created or
     /// changed over the API (`--allow-export-to`, `--allow-endpoint`).
     pub destinations: spanlake_engine::policy::DestinationPolicy,
+    /// Longest a query (`/btql`, `/v1/project_logs/{id}/fetch`) may run, from
+    /// parsing to the last row of its page; it is then cancelled and answered
+    /// 504 `query_timeout`.
+    pub query_timeout: Duration,
+    /// Queries one API key may run at once (from their headers to their
+    /// answer); more are answered 429 with `Retry-After`.
+    pub max_queries_per_key: usize,
+    /// How long a connection has to send a complete request head, from when
+    /// it opens or its previous answer ends: a slow or silent client is
+    /// disconnected, and so is a keep-alive connection idle that long.
+    pub header_timeout: Duration,
+    /// How long a request has to send its whole body once its head arrived
+    /// (408 and the connection closed after).
+    pub body_timeout: Duration,
+    /// Bytes of ingest request bodies (`/logs3`, `insert`, overflow uploads
+    /// referenced) being read, queued or committed at once, over every
+    /// project; a request that does not fit is answered 503 with
+    /// `Retry-After` and nothing of it is committed.
+    pub ingest_queue_bytes: usize,
 }
 
 impl ServerConfig {
@@ -84,6 +103,11 @@ impl ServerConfig {
             max_page_rows: 100_000,
             query_memory_bytes: 256 * 1024 * 1024,
             destinations: spanlake_engine::policy::DestinationPolicy::default(),
+            query_timeout: Duration::from_secs(30),
+            max_queries_per_key: 4,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(120),
+            ingest_queue_bytes: 256 * 1024 * 1024,
         }
     }
 
@@ -104,6 +128,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) ingestor: ingest::Ingestor,
     pub(crate) keys: auth::KeyCache,
+    /// Queries running, per API key.
+    pub(crate) queries: Arc<btql::QueryGate>,
 }
 
 /// The router of every route, over `store`.
@@ -115,9 +141,11 @@ pub fn router(store: Arc<Store>, config: ServerConfig, metrics: Arc<Metrics>) ->
     {
         tracing::warn!(error = %e, "could not shorten the state database's busy timeout");
     }
+    let body_timeout = config.body_timeout;
     let state = Arc::new(AppState {
         keys: auth::KeyCache::default(),
         ingestor: ingest::Ingestor::new(Arc::clone(&store), &config, Arc::clone(&metrics)),
+        queries: Arc::new(btql::QueryGate::new(config.max_queries_per_key)),
         store,
         config,
         metrics,
@@ -174,6 +202,10 @@ pub fn router(store: Arc<Store>, config: ServerConfig, metrics: Arc<Metrics>) ->
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            body_timeout,
+            ingest::body_deadline,
+        ))
         .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(state)
 }
@@ -190,6 +222,15 @@ pub async fn bind(config: &ServerConfig) -> anyhow::Result<tokio::net::TcpListen
 
 /// Serve the API on `listener` until `stop` turns true; requests in flight
 /// are finished first (their commits included).
+///
+/// Connections are served by hyper's HTTP/1 connection builder rather than
+/// `axum::serve`, which sets no timer and so has no header read timeout: a
+/// client sending a partial request head (slowloris) or nothing at all on a
+/// keep-alive connection would hold its connection forever. hyper starts
+/// its header timer whenever a connection waits for a request head, so
+/// `header_timeout` bounds both. Body reads are bounded by
+/// `ingest::body_deadline` (a layer, not tower-http's timeout, whose feature
+/// would rebuild the HTTP client crates under object_store and DataFusion).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<Store>,
@@ -202,17 +243,59 @@ pub async fn serve(
     config.listen = local;
     tracing::info!(address = %local, "HTTP API listening");
     eprintln!("HTTP API listening on http://{local}");
+    let header_timeout = config.header_timeout;
     let app = router(store, config, metrics);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            while !*stop.borrow() {
-                if stop.changed().await.is_err() {
+    let (closing, closing_seen) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    while !*stop.borrow() {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, or a connection reset
+                        // before it was accepted: keep serving the others.
+                        tracing::warn!(error = %e, "could not accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let mut closing = closing_seen.clone();
+                connections.spawn(async move {
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(header_timeout);
+                    let connection =
+                        builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        result = connection.as_mut() => {
+                            if let Err(e) = result {
+                                tracing::debug!(error = %e, "connection ended");
+                            }
+                        }
+                        () = async { let _ = closing.wait_for(|closing| *closing).await; } => {
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
                     break;
                 }
             }
-        })
-        .await
-        .context("HTTP server failed")
+        }
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 async fn health() -> axum::Json<serde_json::Value> {

@@ -9,7 +9,10 @@
 //! - `tenants`: two orgs' keys on every route of the HTTP API;
 //! - `destinations`: where exports created over the API may write;
 //! - `http`: the harness of HTTP tests (a `spanlake serve` process).
+//! - `http`: the harness of HTTP tests (a `spanlake serve` process);
+//! - `bounds`: memory and time per request of the HTTP API.
 
+mod bounds;
 mod cli;
 mod compact;
 mod destinations;
