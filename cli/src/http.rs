@@ -166,7 +166,7 @@ pub async fn start(
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let config = args.config()?;
     let listener = spanlake_server::bind(&config).await?;
-    let store = Arc::new(Store::open(store.data_dir())?);
+    let store = Arc::new(store.reopen()?);
     let metrics = Arc::new(spanlake_server::Metrics::default());
     Ok(tokio::spawn(spanlake_server::serve(
         listener, store, config, metrics, stop,

@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand};
 use spanlake_engine::Error as EngineError;
 use spanlake_engine::ingest::{IngestOptions, IngestReport, ingest};
 use spanlake_engine::query::{QueryOptions, run_query};
-use spanlake_engine::store::Store;
+use spanlake_engine::store::{Store, StoreOptions};
 
 /// spanlake: a store and query engine for LLM trace logs (Braintrust-style spans).
 #[derive(Debug, Parser)]
@@ -38,6 +38,16 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub data_dir: PathBuf,
+
+    /// Do not fsync: faster writes for throwaway stores. By default every
+    /// writer (`ingest`, `serve`'s HTTP ingest, retention, compaction,
+    /// exports to a local folder) fsyncs its data files, its commit or
+    /// manifest and their folders before it reports success, so that what
+    /// was acknowledged survives a power loss. Without fsync a killed
+    /// process still loses nothing, but a power loss may lose the last
+    /// seconds of acknowledged writes.
+    #[arg(long, global = true, env = "SPANLAKE_NO_FSYNC")]
+    pub no_fsync: bool,
 
     /// What to do.
     #[command(subcommand)]
@@ -197,7 +207,10 @@ pub fn main() -> ExitCode {
 
 /// Run a parsed command line; returns the exit code. Errors are printed here, once.
 pub async fn run(cli: Cli) -> u8 {
-    let store = match Store::open(&cli.data_dir) {
+    let options = StoreOptions {
+        fsync: !cli.no_fsync,
+    };
+    let store = match Store::open_with(&cli.data_dir, options) {
         Ok(store) => store,
         Err(e) => {
             return report_error(&anyhow::Error::new(e).context(format!(

@@ -18,6 +18,15 @@
 //! files that the next run deletes (their names carry the run id); a run
 //! that dies after its manifest but before the cursor moved is finished by
 //! the next run from the manifest, without writing again.
+//!
+//! On a local folder (a path or `file://`), with the store's fsync on (the
+//! default): the data files and their folders are fsynced before the
+//! manifest is written, and the manifest before the cursor moves, so a
+//! committed run survives a power loss. object_store's local store writes
+//! each file as a staging file `<name>#<n>` first, which its listings hide;
+//! the cleanup of a failed or killed run walks the folder itself and deletes
+//! the run's staging files too, so that once the next run has recovered,
+//! every file of the folder is a manifest or a file a manifest lists.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -287,7 +296,9 @@ pub struct RunReport {
 /// with SIGKILL at that point of a run (`after_files`: data files written, no
 /// manifest; `after_manifest`: manifest written, cursor not moved;
 /// `mid_upload`: in the sink, once the first data file is complete and the
-/// others are not), as a crash there would. Used by the crash tests; inert
+/// others are not; `before_complete`: in the sink, once every part of a
+/// multipart upload is uploaded and before it completes), as a crash there
+/// would. Used by the crash tests; inert
 /// otherwise.
 pub(crate) fn kill_point(point: &str) {
     if std::env::var("SPANLAKE_TEST_KILL_AT").is_ok_and(|at| at == point) {
@@ -473,9 +484,95 @@ impl From<ManifestError> for Error {
     }
 }
 
+/// A destination on the local file system: the folder of the export path.
+#[derive(Debug, Clone)]
+struct LocalFolder {
+    /// The folder (absolute).
+    root: std::path::PathBuf,
+    /// fsync data files and manifests (the store's setting).
+    fsync: bool,
+}
+
+impl LocalFolder {
+    /// The local folder of `export_path`, `None` when it is not local (the
+    /// same rule as [`crate::sink::target_from_url`]: a path, or `file://`).
+    fn of(export_path: &str, fsync: bool) -> Option<Self> {
+        let root = if export_path.contains("://") {
+            let url = url::Url::parse(export_path).ok()?;
+            if url.scheme() != "file" {
+                return None;
+            }
+            url.to_file_path().ok()?
+        } else {
+            std::path::absolute(export_path).ok()?
+        };
+        Some(Self { root, fsync })
+    }
+
+    /// The file of object `key` (a full key of the local store, whose root
+    /// is `/`).
+    fn file_of(key: &str) -> Result<std::path::PathBuf> {
+        let path = Path::parse(key)
+            .map_err(|e| Error::Internal(format!("exported key `{key}` is not a path: {e}")))?;
+        object_store::local::LocalFileSystem::new()
+            .path_to_filesystem(&path)
+            .map_err(|e| Error::Internal(format!("exported key `{key}` is not a local file: {e}")))
+    }
+
+    /// fsync the files of `keys`, their folders, and every folder up to the
+    /// export folder's parent (partition folders, `_manifests` and the
+    /// export folder itself may be new). Nothing without fsync.
+    async fn sync(&self, keys: Vec<String>) -> Result<()> {
+        if !self.fsync || keys.is_empty() {
+            return Ok(());
+        }
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let files = keys
+                .iter()
+                .map(|key| Self::file_of(key))
+                .collect::<Result<Vec<_>>>()?;
+            crate::store::durable::sync_files(&files)?;
+            let folders: std::collections::BTreeSet<&std::path::Path> =
+                files.iter().filter_map(|f| f.parent()).collect();
+            for folder in folders {
+                crate::store::durable::sync_dirs_up_to(folder, &root)?;
+            }
+            root.parent()
+                .map_or(Ok(()), crate::store::durable::sync_path)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("fsync task failed: {e}")))?
+    }
+
+    /// Delete the staging files (`<name>#<n>`) of `run_id`'s data files and
+    /// manifest left under the folder by uploads that never finished (a
+    /// killed process). Returns their paths.
+    fn delete_staging(&self, run_id: &str) -> Result<Vec<String>> {
+        let marker = format!("-{run_id}.");
+        let manifest = format!("{run_id}.json");
+        let owned = |name: &str| name.contains(&marker) || name == manifest;
+        let mut deleted = Vec::new();
+        for path in crate::store::durable::staging_files(&self.root, &owned)? {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+            deleted.push(path.display().to_string());
+        }
+        Ok(deleted)
+    }
+}
+
 /// Delete every object under the export prefix whose name carries `run_id`
-/// (the data files of a run that never committed). Returns their keys.
-async fn delete_run_files(target: &ExportTarget, run_id: &str) -> Result<Vec<String>> {
+/// (the data files of a run that never committed), and on a local folder
+/// the run's staging files too. Returns their keys (or paths).
+async fn delete_run_files(
+    target: &ExportTarget,
+    local: Option<&LocalFolder>,
+    run_id: &str,
+) -> Result<Vec<String>> {
     let marker = format!("-{run_id}.");
     let prefix = (!target.prefix.as_ref().is_empty()).then_some(&target.prefix);
     let mut listing = target.store.list(prefix);
@@ -495,6 +592,9 @@ async fn delete_run_files(target: &ExportTarget, run_id: &str) -> Result<Vec<Str
             .map_err(|e| object_error("delete", &path, e))?;
         deleted.push(path.to_string());
     }
+    if let Some(local) = local {
+        deleted.extend(local.delete_staging(run_id)?);
+    }
     Ok(deleted)
 }
 
@@ -505,10 +605,11 @@ async fn delete_run_files(target: &ExportTarget, run_id: &str) -> Result<Vec<Str
 async fn cleanup_failed_run(
     state: &StateDb,
     target: &ExportTarget,
+    local: Option<&LocalFolder>,
     run_id: &str,
     error: &Error,
 ) -> Result<()> {
-    match delete_run_files(target, run_id).await {
+    match delete_run_files(target, local, run_id).await {
         Ok(_) => state.fail_run(run_id, &error.to_string()),
         Err(cleanup) => {
             state.fail_run(
@@ -529,11 +630,12 @@ async fn recover(
     state: &StateDb,
     automation: &Automation,
     target: &ExportTarget,
+    local: Option<&LocalFolder>,
 ) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     for run in state.runs(&automation.id, 1000)? {
         if run.status == RunStatus::Failed && run.details[CLEANUP_PENDING] == true {
-            let deleted = delete_run_files(target, &run.run_id).await?;
+            let deleted = delete_run_files(target, local, &run.run_id).await?;
             state
                 .update_run_details(&run.run_id, &serde_json::json!({ CLEANUP_PENDING: false }))?;
             notes.push(format!(
@@ -566,6 +668,14 @@ async fn recover(
                     cursor_to: Some(cursor_to),
                     details: serde_json::json!({"manifest": path.to_string(), "recovered": true}),
                 };
+                // Killed after its manifest: its data files are complete, but
+                // the manifest's own staging file may be left (killed
+                // between linking it into place and removing the staging
+                // name), and the manifest may not be on disk yet.
+                if let Some(local) = local {
+                    local.delete_staging(&run.run_id)?;
+                    local.sync(vec![path.to_string()]).await?;
+                }
                 state.finish_run(&run.run_id, RunStatus::Succeeded, &outcome)?;
                 notes.push(format!(
                     "run {} had committed its manifest; its cursor is now committed",
@@ -573,7 +683,7 @@ async fn recover(
                 ));
             }
             Err(object_store::Error::NotFound { .. }) => {
-                let deleted = delete_run_files(target, &run.run_id).await?;
+                let deleted = delete_run_files(target, local, &run.run_id).await?;
                 state.fail_run(
                     &run.run_id,
                     &format!(
@@ -684,10 +794,12 @@ pub async fn run_export(
             automation.name
         )));
     }
+    let local = LocalFolder::of(&config.export_path, store.fsync());
     let run = RunContext {
         automation,
         config: &config,
         target: &target,
+        local: local.as_ref(),
         run_id: &run_id,
         progress: progress.as_ref(),
     };
@@ -733,6 +845,8 @@ struct RunContext<'a> {
     automation: &'a Automation,
     config: &'a ExportConfig,
     target: &'a ExportTarget,
+    /// The destination's folder, when it is local.
+    local: Option<&'a LocalFolder>,
     run_id: &'a str,
     progress: Option<&'a Arc<ExportProgress>>,
 }
@@ -747,10 +861,11 @@ async fn run_export_leased(
         automation,
         config,
         target,
+        local,
         run_id,
         progress,
     } = *run;
-    let recovered = recover(state, automation, target).await?;
+    let recovered = recover(state, automation, target, local).await?;
     let cursor_from = state.cursor(&automation.id)?;
     let mut report = RunReport {
         run_id: run_id.to_string(),
@@ -794,10 +909,19 @@ async fn run_export_leased(
     let written = match write_run(store, run, cursor_from, cursor_to, snapshot).await {
         Ok(written) => written,
         Err((error, _completed)) => {
-            cleanup_failed_run(state, target, run_id, &error).await?;
+            cleanup_failed_run(state, target, local, run_id, &error).await?;
             return Err(error);
         }
     };
+    // The manifest must never name a file that a power loss could take.
+    if let Some(local) = local
+        && let Err(error) = local
+            .sync(written.iter().map(|f| f.key.clone()).collect())
+            .await
+    {
+        cleanup_failed_run(state, target, Some(local), run_id, &error).await?;
+        return Err(error);
+    }
     kill_point("after_files");
     let manifest = Manifest {
         run_id: run_id.to_string(),
@@ -816,7 +940,7 @@ async fn run_export_leased(
     let path = match write_manifest(target, &manifest).await {
         Ok(path) => path,
         Err(ManifestError::NotWritten(error)) => {
-            cleanup_failed_run(state, target, run_id, &error).await?;
+            cleanup_failed_run(state, target, local, run_id, &error).await?;
             return Err(error);
         }
         Err(ManifestError::Unknown(error)) => {
@@ -825,6 +949,12 @@ async fn run_export_leased(
             return Err(error);
         }
     };
+    // The run is committed; the cursor moves only once its manifest is on
+    // disk. A failed fsync leaves the run `running`: the next run's recovery
+    // syncs the manifest again and moves the cursor.
+    if let Some(local) = local {
+        local.sync(vec![path.to_string()]).await?;
+    }
     kill_point("after_manifest");
     let status = if behind {
         RunStatus::Behind
@@ -888,6 +1018,7 @@ async fn write_run(
         automation,
         config,
         target,
+        local: _,
         run_id,
         progress,
     } = *run;
@@ -1155,6 +1286,7 @@ pub async fn export_query(
     options: &QueryOptions,
 ) -> Result<Manifest> {
     let target = export_target_assumed(config, None).await?;
+    let local = LocalFolder::of(&config.export_path, store.fsync());
     let run_id = uuid::Uuid::now_v7().to_string();
     let started = now_rfc3339();
     let result = crate::query::run_query(store, text, options).await?;
@@ -1175,13 +1307,21 @@ pub async fn export_query(
     {
         Ok((files, _)) => files,
         Err(e) => {
-            let _ = delete_run_files(&target, &run_id).await;
+            let _ = delete_run_files(&target, local.as_ref(), &run_id).await;
             return Err(Error::InvalidArgument(format!(
                 "export failed: {}",
                 crate::policy::error_chain_summary(&e)
             )));
         }
     };
+    if let Some(local) = &local
+        && let Err(error) = local
+            .sync(files.iter().map(|f| f.key.clone()).collect())
+            .await
+    {
+        let _ = delete_run_files(&target, Some(local), &run_id).await;
+        return Err(error);
+    }
     let manifest = Manifest {
         run_id: run_id.clone(),
         automation_id: String::new(),
@@ -1196,8 +1336,11 @@ pub async fn export_query(
         rows: files.iter().map(|f| f.rows).sum(),
         files,
     };
-    write_manifest(&target, &manifest)
+    let path = write_manifest(&target, &manifest)
         .await
         .map_err(Error::from)?;
+    if let Some(local) = &local {
+        local.sync(vec![path.to_string()]).await?;
+    }
     Ok(manifest)
 }

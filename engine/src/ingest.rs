@@ -33,6 +33,14 @@
 //! `rejects`, invalid lines are written there with their reasons and the
 //! valid ones are committed. With `commit_rows`, a commit is made every that
 //! many rows; an invalid line then stops the input after the last commit.
+//!
+//! # Durability
+//! A commit reported in [`IngestReport::commits`] is on disk: with the
+//! store's fsync on (the default), its data files were fsynced before it and
+//! its log entry after it, folders included. Once a log entry exists the
+//! commit is reported, even if the work after it (checkpoint, fsync of the
+//! entry, the record of when it landed) failed: that is logged, so a caller
+//! never retries rows that are committed.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -48,7 +56,6 @@ use arrow::array::{
 };
 use datafusion::logical_expr::col;
 use deltalake::kernel::Action;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt;
@@ -62,7 +69,7 @@ use crate::error::{Error, Result};
 use crate::merge;
 use crate::projects::Project;
 use crate::store::schema::{self, VersionOp, physical_schema, xact_id_for_version};
-use crate::store::{ProjectLogs, Store};
+use crate::store::{ProjectLogs, Store, commit_durably};
 
 /// Options of an ingest.
 #[derive(Debug, Clone)]
@@ -229,6 +236,7 @@ pub async fn ingest(
         &mut receiver,
         base_version,
         &options.commit_metadata,
+        store.fsync(),
     )
     .await;
     // Whatever happened to the writer, let the decoder finish (or see the
@@ -341,6 +349,7 @@ async fn write_chunks(
     receiver: &mut tokio::sync::mpsc::Receiver<Chunk>,
     base_version: i64,
     commit_metadata: &HashMap<String, Value>,
+    fsync: bool,
 ) -> Result<Written> {
     let table = logs
         .table_mut()
@@ -360,7 +369,7 @@ async fn write_chunks(
                     writer.flush().await?.into_iter().map(Action::Add).collect();
                 if rows_in_commit > 0 {
                     let expected = base_version + 1 + written.commits.len() as i64;
-                    let version = commit(table, adds, commit_metadata).await?;
+                    let version = commit(table, adds, commit_metadata, fsync).await?;
                     if version != expected {
                         return Err(Error::Internal(format!(
                             "commit landed at version {version}, expected {expected}: another writer bypassed the lock"
@@ -382,25 +391,21 @@ async fn write_chunks(
     Ok(written)
 }
 
+/// One commit of the rows written so far (see [`commit_durably`]): once its
+/// log entry exists it is a success, whatever happens to the after-commit
+/// work (fsync of the entry, checkpoint), so a caller is never told to retry
+/// rows that are committed.
 async fn commit(
     table: &mut deltalake::DeltaTable,
     adds: Vec<Action>,
     metadata: &HashMap<String, Value>,
+    fsync: bool,
 ) -> Result<i64> {
     let operation = DeltaOperation::Write {
         mode: SaveMode::Append,
         partition_by: None,
         predicate: None,
     };
-    // No retries: the rows carry `_xact_id` of the version they were written
-    // for, so a commit that would land elsewhere must fail instead.
-    // A checkpoint every 100 commits (the table's default interval) keeps
-    // opening the table cheap when a server commits many small batches; old
-    // log entries are kept, so pinned snapshots stay readable.
-    let properties = CommitProperties::default()
-        .with_create_checkpoint(true)
-        .with_cleanup_expired_logs(Some(false))
-        .with_max_retries(0);
     // The transaction id goes into `commitInfo` too, so that what a commit
     // was (e.g. which server requests) can be matched to its rows later.
     let expected = table.snapshot()?.version() + 1;
@@ -409,14 +414,7 @@ async fn commit(
         "spanlake.xact_id".to_string(),
         Value::String(xact_id_for_version(i64::try_from(expected).unwrap_or(i64::MAX)).to_string()),
     );
-    let finalized = CommitBuilder::from(properties)
-        .with_actions(adds)
-        .with_app_metadata(metadata)
-        .build(Some(table.snapshot()?), table.log_store(), operation)
-        .await?;
-    let version = finalized.version();
-    table.state = Some(finalized.snapshot());
-    i64::try_from(version).map_err(|_| Error::Internal(format!("version {version} out of range")))
+    commit_durably(table, adds, operation, metadata, fsync).await
 }
 
 async fn delete_uncommitted(logs: &ProjectLogs, actions: &[Action]) {

@@ -86,7 +86,6 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::kernel::Action;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::{StreamExt, TryStreamExt};
@@ -95,7 +94,7 @@ use object_store::ObjectStoreExt;
 use crate::error::{Error, Result};
 use crate::projects::Project;
 use crate::store::schema::{OP, SEQ, VersionOp, XACT_ID};
-use crate::store::{ProjectLogs, STATE_DB, Store, schema};
+use crate::store::{ProjectLogs, STATE_DB, Store, commit_durably, durable, schema};
 
 /// Name of the column holding each row's data file in the planning scans.
 const FILE_COLUMN: &str = "__spanlake_file";
@@ -983,25 +982,29 @@ pub async fn run_retention(
             cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         )),
     };
-    let properties = CommitProperties::default()
-        .with_create_checkpoint(true)
-        .with_cleanup_expired_logs(Some(false))
-        .with_max_retries(0);
-    let committed = CommitBuilder::from(properties)
-        .with_actions(actions)
-        .build(Some(table.snapshot()?), table.log_store(), operation)
-        .await;
+    // Once its log entry exists the commit stands (its after-commit work
+    // never fails it): the files it adds are deleted only when nothing was
+    // committed, never from under a commit.
+    let mut table = table.clone();
+    let committed = commit_durably(
+        &mut table,
+        actions,
+        operation,
+        HashMap::new(),
+        store.fsync(),
+    )
+    .await;
     let version = match committed {
-        Ok(finalized) => finalized.version(),
+        Ok(version) => version,
         Err(e) => {
-            delete_written(table, &adds).await;
-            return Err(e.into());
+            delete_written(&table, &adds).await;
+            return Err(e);
         }
     };
     drop(lock);
     let metrics = RetentionMetrics {
         dry_run: false,
-        version: i64::try_from(version).ok(),
+        version: Some(version),
         rows_deleted: plan.rows,
         files_removed: gone.len() as u64,
         files_added,
@@ -1077,13 +1080,23 @@ fn read_record(dir: &Path) -> Result<Option<VacuumRecord>> {
     }
 }
 
-fn write_record(dir: &Path, record: &VacuumRecord) -> Result<()> {
+/// Replace the vacuum record (write a temporary file, rename it). With
+/// `fsync`, the record is on disk when this returns: the vacuum deletes files
+/// only after it, so a power loss cannot leave purged snapshots unrecorded.
+fn write_record(dir: &Path, record: &VacuumRecord, fsync: bool) -> Result<()> {
     let path = dir.join(VACUUM_RECORD);
     let temp = dir.join(format!("{VACUUM_RECORD}.tmp"));
     let body = serde_json::to_vec_pretty(record)
         .map_err(|e| Error::Internal(format!("vacuum record: {e}")))?;
     std::fs::write(&temp, body).map_err(|e| Error::io(&temp, e))?;
-    std::fs::rename(&temp, &path).map_err(|e| Error::io(&path, e))
+    if fsync {
+        durable::sync_path(&temp)?;
+    }
+    std::fs::rename(&temp, &path).map_err(|e| Error::io(&path, e))?;
+    if fsync {
+        durable::sync_path(dir)?;
+    }
+    Ok(())
 }
 
 /// Fail with a clear error when table version `version` of the project in
@@ -1310,6 +1323,7 @@ pub async fn vacuum_at(
                     purged_before_version: purged_before,
                     vacuumed_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 },
+                store.fsync(),
             )?;
         }
     }

@@ -2,6 +2,8 @@
 //!
 //! - `golden`: the BTQL behaviour suite over `tests/btql/*.test`;
 //! - `cli`: exit codes, ingest atomicity, output formats, configuration;
+//! - `durability`: no error after a commit, kill -9 of the server and of
+//!   local exports;
 //! - `export`: export automations, read back with DuckDB, on disk and S3;
 //! - `paging`: cursors over a pinned snapshot;
 //! - `retention`: retention automations (preview, run, history);
@@ -16,6 +18,7 @@ mod bounds;
 mod cli;
 mod compact;
 mod destinations;
+mod durability;
 mod export;
 mod faults;
 mod golden;

@@ -189,6 +189,9 @@ impl Upload {
                 while !in_flight.is_empty() {
                     join_one(in_flight, &self.path).await?;
                 }
+                // Every part is uploaded (on a local folder: in the staging
+                // file `<name>#<n>`), the object is not visible yet.
+                crate::export::kill_point("before_complete");
                 upload
                     .complete()
                     .await

@@ -71,7 +71,6 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::DeltaTable;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add};
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -79,6 +78,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
+use super::commit_durably;
 use super::resolve::{IdInSet, PAGINATION_KEY, needs_fold, stored_pagination_key, utf8};
 use super::schema::{self, MERGE, OP, SEQ, VersionOp, XACT_ID, physical_schema};
 use super::{ProjectLogs, Store};
@@ -805,12 +805,10 @@ async fn commit(
         predicate: None,
         target_size: i64::try_from(options.target_file_bytes).unwrap_or(i64::MAX),
     };
-    // As ingest: a checkpoint every 100 commits, old log entries kept (so
-    // pinned snapshots stay readable), no retry (the lock is held).
-    let properties = CommitProperties::default()
-        .with_create_checkpoint(true)
-        .with_cleanup_expired_logs(Some(false))
-        .with_max_retries(0);
+    // As ingest: durable, a checkpoint every 100 commits, old log entries
+    // kept (so pinned snapshots stay readable), no retry (the lock is held),
+    // and a success once the log entry exists (an error here makes the
+    // caller delete the files it wrote, so it must mean "not committed").
     let metadata = HashMap::from([(
         "spanlake.compaction".to_string(),
         serde_json::json!({
@@ -820,14 +818,9 @@ async fn commit(
             "rows_out": plan.rows_out(),
         }),
     )]);
-    let finalized = CommitBuilder::from(properties)
-        .with_actions(actions)
-        .with_app_metadata(metadata)
-        .build(Some(table.snapshot()?), table.log_store(), operation)
-        .await?;
-    let version = finalized.version();
+    let version = commit_durably(table, actions, operation, metadata, store.fsync()).await;
     drop(lock);
-    i64::try_from(version).map_err(|_| Error::Internal(format!("version {version} out of range")))
+    version
 }
 
 async fn delete_files(table: &DeltaTable, adds: &[Add]) {

@@ -12,10 +12,17 @@
 //! Guarantees: a commit is atomic (all rows of an ingest or none); `_xact_id`
 //! increases with every commit and is durable (it is the Delta version, which
 //! never changes once written); a reader sees one snapshot for its whole query.
+//! With [`StoreOptions::fsync`] (the default), a writer returns only once its
+//! data files, its log entry and the folders holding them are fsynced (see
+//! [`durable`]), so an acknowledged commit survives a power loss.
 
+mod commit;
 pub mod compact;
+pub mod durable;
 pub mod resolve;
 pub mod schema;
+
+pub(crate) use commit::commit_durably;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -33,16 +40,42 @@ use crate::projects::{Project, ProjectRegistry};
 /// File name of the state database inside the data directory.
 pub const STATE_DB: &str = "state.db";
 
+/// How a [`Store`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// fsync data files before a commit, and the commit (with the folders
+    /// involved) before the writer returns, so that what was acknowledged
+    /// survives a power loss; the same for the manifests and data files of
+    /// exports to a local folder. Default `true`; `false` (the CLI's
+    /// `--no-fsync`) trades that for speed on throwaway stores: a crash of
+    /// the process loses nothing, a crash of the machine may lose the last
+    /// seconds of commits or leave a commit whose data files are empty.
+    pub fsync: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { fsync: true }
+    }
+}
+
 /// A data directory: the project registry and the log tables.
 #[derive(Debug)]
 pub struct Store {
     data_dir: PathBuf,
     registry: Mutex<ProjectRegistry>,
+    options: StoreOptions,
 }
 
 impl Store {
-    /// Open the data directory, creating it if it does not exist.
+    /// Open the data directory, creating it if it does not exist, with the
+    /// default options (fsync on).
     pub fn open(data_dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(data_dir, StoreOptions::default())
+    }
+
+    /// Open the data directory, creating it if it does not exist.
+    pub fn open_with(data_dir: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
         let data_dir = data_dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
         let data_dir = data_dir
@@ -52,12 +85,29 @@ impl Store {
         Ok(Self {
             data_dir,
             registry: Mutex::new(registry),
+            options,
         })
+    }
+
+    /// The same data directory opened again, with the same options (its own
+    /// registry connection), e.g. for a server sharing the process.
+    pub fn reopen(&self) -> Result<Self> {
+        Self::open_with(&self.data_dir, self.options)
     }
 
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// How this store writes.
+    pub fn options(&self) -> StoreOptions {
+        self.options
+    }
+
+    /// Whether writers fsync (see [`StoreOptions::fsync`]).
+    pub fn fsync(&self) -> bool {
+        self.options.fsync
     }
 
     /// The project registry.
@@ -129,7 +179,22 @@ impl Store {
             deltalake::open_table(dir_url(&location)?).await?
         } else {
             std::fs::create_dir_all(&location).map_err(|e| Error::io(&location, e))?;
-            create_table(&location).await?
+            let table = create_table(&location).await?;
+            if self.fsync() {
+                // The first log entry, and every folder from `_delta_log` up
+                // to the data directory (created just now, or by `open`).
+                let log = location.join("_delta_log");
+                let first = log.join(format!("{:020}.json", 0));
+                let data_dir = self.data_dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    durable::sync_files(&[first])?;
+                    durable::sync_dirs_up_to(&location, &data_dir)?;
+                    data_dir.parent().map_or(Ok(()), durable::sync_path)
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("fsync task failed: {e}")))??;
+            }
+            table
         };
         Ok((
             ProjectLogs {
