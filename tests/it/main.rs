@@ -6,7 +6,8 @@
 //! - `paging`: cursors over a pinned snapshot;
 //! - `retention`: retention automations (preview, run, history);
 //! - `server`: the HTTP API, with the unmodified Braintrust SDK;
-//! - `http`: the harness of HTTP tests (a `spanlake serve` process).
+//! - `http`: the harness of HTTP tests (a `spanlake serve` process);
+//! - `limits`: bounded work per query over HTTP (deep and adversarial queries).
 
 mod cli;
 mod compact;
@@ -14,6 +15,7 @@ mod export;
 mod faults;
 mod golden;
 mod http;
+mod limits;
 mod paging;
 mod retention;
 mod roles;
