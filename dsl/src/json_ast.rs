@@ -31,15 +31,27 @@ use crate::ast::{
     SampleMethod, SelectList, Shape, SortItem, Source, UnaryOp, UnpivotItem,
 };
 use crate::error::{Diagnostic, Diagnostics, Span, codes};
+use crate::limits::{self, MAX_EXPRESSION_DEPTH};
 use crate::sql::map_expr_spans;
-use crate::syntax::parse_expr;
+use crate::syntax::parse_expr_here;
 
 /// Nesting limit of JSON expressions (deeper is a diagnostic, not a stack
-/// overflow); serde_json itself stops at 128 levels.
-const MAX_DEPTH: usize = 100;
+/// overflow): the one every front end keeps to (`crate::limits`).
+const MAX_DEPTH: usize = MAX_EXPRESSION_DEPTH;
 
 /// Parses a JSON AST (spec §1.9) into a [`Query`].
+///
+/// `{` and `[` nested deeper than [`limits::MAX_JSON_DEPTH`] are refused before
+/// serde_json reads the text, and expressions deeper than
+/// [`MAX_EXPRESSION_DEPTH`] before the converter recurses into them.
+///
+/// Runs on the parser thread ([`limits::on_parser_stack`]).
 pub fn parse_json_ast(text: &str) -> Result<Query, Diagnostics> {
+    limits::on_parser_stack(|| parse_json_ast_here(text))
+}
+
+fn parse_json_ast_here(text: &str) -> Result<Query, Diagnostics> {
+    limits::check_json_nesting(text)?;
     let value: Value = serde_json::from_str(text).map_err(|error| {
         let at = byte_offset(text, error.line(), error.column());
         Diagnostic::new(
@@ -116,6 +128,20 @@ fn describe(value: &Value) -> &'static str {
 impl JsonAstConverter<'_> {
     fn whole(&self) -> Span {
         Span::new(0, self.text.len())
+    }
+
+    /// `BTQL0004` for an expression at `path` nesting deeper than
+    /// [`MAX_DEPTH`].
+    fn too_deep(&self, path: &str) -> Diagnostic {
+        let at = if path.is_empty() {
+            "the top level"
+        } else {
+            path
+        };
+        Diagnostic {
+            message: format!("expression at `{at}` nested more than {MAX_DEPTH} levels deep"),
+            ..limits::too_deep(self.whole())
+        }
     }
 
     fn error(&self, path: &str, problem: impl std::fmt::Display) -> Diagnostic {
@@ -568,10 +594,7 @@ impl JsonAstConverter<'_> {
     /// Converts an expression object at `path`.
     fn expr(&self, value: &Value, path: &str, depth: usize) -> Result<Expr, Diagnostic> {
         if depth > MAX_DEPTH {
-            return Err(self.error(
-                path,
-                format!("expressions nest deeper than {MAX_DEPTH} levels"),
-            ));
+            return Err(self.too_deep(path));
         }
         let depth = depth + 1;
         let object = self.object(value, path)?;
@@ -618,6 +641,10 @@ impl JsonAstConverter<'_> {
                         "expected a list of names starting with a string",
                     ));
                 };
+                // Each step nests one level deeper.
+                if depth + rest.len() > MAX_DEPTH {
+                    return Err(self.too_deep(&name_path));
+                }
                 let mut e = self.node(ExprKind::Ident(first.clone()));
                 for (i, piece) in rest.iter().enumerate() {
                     let step = match piece {
@@ -739,10 +766,7 @@ impl JsonAstConverter<'_> {
                 }
                 // Folded left: each operand nests one level deeper.
                 if depth + operands.len() > MAX_DEPTH {
-                    return Err(self.error(
-                        path,
-                        format!("expressions nest deeper than {MAX_DEPTH} levels"),
-                    ));
+                    return Err(self.too_deep(path));
                 }
                 let mut operands = operands.into_iter();
                 // An empty conjunction is true, an empty disjunction false.
@@ -756,10 +780,7 @@ impl JsonAstConverter<'_> {
                 let conds_path = join(path, "conds");
                 let conds = self.array(self.field(object, "conds", path)?, &conds_path)?;
                 if depth + conds.len() > MAX_DEPTH {
-                    return Err(self.error(
-                        path,
-                        format!("expressions nest deeper than {MAX_DEPTH} levels"),
-                    ));
+                    return Err(self.too_deep(path));
                 }
                 let mut acc = match object.get("else") {
                     None | Some(Value::Null) => self.node(ExprKind::Literal(Literal::Null)),
@@ -849,7 +870,7 @@ impl JsonAstConverter<'_> {
             Some(at) => Span::new(span.start + at, span.end + at),
             None => whole,
         };
-        match parse_expr(snippet) {
+        match parse_expr_here(snippet) {
             Ok(mut e) => {
                 map_expr_spans(&mut e, &place);
                 Ok(e)

@@ -15,6 +15,7 @@ pub mod diagnostics;
 mod error;
 pub mod functions;
 mod json_ast;
+mod limits;
 mod plan;
 pub mod schema;
 mod sql;
@@ -22,9 +23,9 @@ mod syntax;
 
 pub use error::{Diagnostic, Diagnostics, Span};
 pub use json_ast::parse_json_ast;
+pub use limits::{MAX_EXPRESSION_DEPTH, MAX_JSON_DEPTH};
 pub use plan::{
-    Catalog, CompiledQuery, MAX_EXPRESSION_DEPTH, OutputColumn, PivotSort, PivotSpec, PlanOptions,
-    plan_query,
+    Catalog, CompiledQuery, OutputColumn, PivotSort, PivotSpec, PlanOptions, plan_query,
 };
 pub use sql::parse_sql;
 pub use syntax::{parse_expr, parse_query};

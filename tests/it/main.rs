@@ -13,6 +13,8 @@
 //! - `http`: the harness of HTTP tests (a `spanlake serve` process).
 //! - `http`: the harness of HTTP tests (a `spanlake serve` process);
 //! - `bounds`: memory and time per request of the HTTP API.
+//! - `http`: the harness of HTTP tests (a `spanlake serve` process);
+//! - `limits`: bounded work per query over HTTP (deep and adversarial queries).
 
 mod bounds;
 mod cli;
@@ -23,6 +25,7 @@ mod export;
 mod faults;
 mod golden;
 mod http;
+mod limits;
 mod paging;
 mod retention;
 mod roles;

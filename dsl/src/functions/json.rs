@@ -13,6 +13,7 @@ use std::fmt;
 use arrow::array::{Array, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
 use arrow::datatypes::DataType;
 use datafusion_common::Result;
+use datafusion_expr::interval_arithmetic::Interval;
 use datafusion_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility};
 use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -224,6 +225,12 @@ impl ScalarUDFImpl for JsonGet {
             JsonKind::Bool => DataType::Boolean,
         })
     }
+    /// Unbounded, of the return type. DataFusion's default is an interval
+    /// of type `Null`, on which deriving the ordering of `-f(x)` fails
+    /// (and with it the physical plan's sanity check of a sort by it).
+    fn evaluate_bounds(&self, _input: &[&Interval]) -> Result<Interval> {
+        Interval::make_unbounded(&self.return_type(&[])?)
+    }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let input = utf8_arg(&args.args[0], args.number_rows)?;
         let rows = input
@@ -310,6 +317,12 @@ impl ScalarUDFImpl for JsonLength {
     }
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(DataType::Int64)
+    }
+    /// Unbounded, of the return type. DataFusion's default is an interval
+    /// of type `Null`, on which deriving the ordering of `-f(x)` fails
+    /// (and with it the physical plan's sanity check of a sort by it).
+    fn evaluate_bounds(&self, _input: &[&Interval]) -> Result<Interval> {
+        Interval::make_unbounded(&self.return_type(&[])?)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let input = utf8_arg(&args.args[0], args.number_rows)?;

@@ -419,6 +419,11 @@ impl<'a> Lowerer<'a> {
 
     // ---- expressions ---------------------------------------------------------
 
+    /// Lowers an expression. It recurses once per tree level, and a debug
+    /// build takes tens of kilobytes per level (a nested call overflowed a
+    /// 2 MiB tokio worker's stack at 60 levels): `recursive` grows the
+    /// stack on the heap when little is left, as DataFusion's planner does.
+    #[recursive::recursive]
     pub(crate) fn lower(&self, e: &ast::Expr, scope: Scope) -> Result<Val, Diagnostic> {
         let span = e.span;
         if let Some(grouping) = self.grouping {

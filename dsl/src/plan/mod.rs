@@ -36,6 +36,7 @@ use datafusion_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 
 use crate::ast::{self, PathStep, SelectList, Shape};
 use crate::error::{Diagnostic, Diagnostics, Span, codes};
+use crate::limits::MAX_EXPRESSION_DEPTH;
 #[cfg(test)]
 use crate::schema;
 
@@ -101,9 +102,6 @@ pub(crate) struct SelectItem<'q> {
     pub(crate) span: Span,
 }
 
-/// Deepest expression the planner accepts.
-pub const MAX_EXPRESSION_DEPTH: usize = 64;
-
 /// Plans a parsed query against `catalog`.
 pub fn plan_query(
     query: &ast::Query,
@@ -111,19 +109,14 @@ pub fn plan_query(
     options: &PlanOptions,
 ) -> Result<CompiledQuery, Diagnostics> {
     // The planner recurses once per level: refuse absurd nesting up front
-    // rather than overflow the stack.
+    // rather than overflow the stack. The parsers refuse it already (see
+    // `crate::limits`); an AST built by hand may not have been parsed.
     if let Some(deep) = query
         .expressions()
         .into_iter()
         .find(|e| e.depth() > MAX_EXPRESSION_DEPTH)
     {
-        return Err(Diagnostic::new(
-            codes::TOO_DEEP,
-            format!("expression nested more than {MAX_EXPRESSION_DEPTH} levels deep"),
-            deep.span,
-        )
-        .with_help("split it, or use `in [...]` instead of long chains of `or`")
-        .into());
+        return Err(crate::limits::too_deep(deep.span).into());
     }
     let mut errors = Vec::new();
     refuse_unsupported(query, &mut errors);

@@ -187,10 +187,7 @@ fn plan_inner(
                 .lower(&item.expr, Scope::Sort)
                 .and_then(|v| rows.sort_keys(v))
             {
-                Ok(keys) => sorts.extend(
-                    keys.into_iter()
-                        .map(|k| k.sort(!item.descending, item.descending)),
-                ),
+                Ok(keys) => sorts.extend(keys.into_iter().map(|k| sort_expr(k, item.descending))),
                 Err(d) => errors.push(d),
             }
         }
@@ -317,10 +314,7 @@ fn choose_traces(
             let keys = lowerer
                 .lower(&item.expr, Scope::Sort)
                 .and_then(|v| lowerer.sort_keys(v))?;
-            sorts.extend(
-                keys.into_iter()
-                    .map(|k| k.sort(!item.descending, item.descending)),
-            );
+            sorts.extend(keys.into_iter().map(|k| sort_expr(k, item.descending)));
         }
         sorts.push(column("root_span_id").sort(true, false));
         roots = roots
@@ -632,10 +626,7 @@ fn grouped_plan(
                 .and_then(|v| post.sort_keys(v)),
         };
         match keys {
-            Ok(keys) => sorts.extend(
-                keys.into_iter()
-                    .map(|k| k.sort(!item.descending, item.descending)),
-            ),
+            Ok(keys) => sorts.extend(keys.into_iter().map(|k| sort_expr(k, item.descending))),
             Err(d) => errors.push(d),
         }
     }
@@ -668,4 +659,20 @@ fn grouped_plan(
         .collect();
     let builder = builder.project(projection).map_err(internal)?;
     Ok(Some((builder, columns, None)))
+}
+
+/// `key` in `sort:` order: ascending with nulls last, or descending with
+/// nulls first. A negation sorts as its operand the other way (`-x asc` is
+/// `x desc`): the same order, the right one for the smallest integer (whose
+/// negation wraps), and a sort DataFusion can check. Its physical sanity
+/// check derives the ordering of `-f(x)` through `NegativeExpr`, which
+/// fails for a function without bounds (DataFusion's default) and refused
+/// `sort: -model` over a JSON dimension (issue 14).
+fn sort_expr(mut key: Expr, descending: bool) -> SortExpr {
+    let mut ascending = !descending;
+    while let Expr::Negative(operand) = key {
+        key = *operand;
+        ascending = !ascending;
+    }
+    key.sort(ascending, descending)
 }

@@ -12,10 +12,28 @@
 //! [`Dialect::dialect`] answers `GenericDialect`'s `TypeId`, so every
 //! `dialect_of!(… is GenericDialect)` check inside sqlparser behaves
 //! exactly as for the generic dialect.
+//!
+//! Two guards keep parse time linear in the query's length:
+//!
+//! - **Identifier chains.** sqlparser parses each `.segment` of a path by
+//!   trying to parse the rest of the path as an expression (`maybe_parse`)
+//!   and, when that fails, taking the segment alone and trying again at the
+//!   next dot: a path that fails at its end (`a."x"."x"…."x".)`) is parsed
+//!   2^n times. [`Dialect::parse_prefix`] here reads a path of words and
+//!   quoted identifiers (`a.b."c d"`) in one pass into the
+//!   `CompoundIdentifier` sqlparser would have built, so the retry never
+//!   starts.
+//! - **Fuel.** Every hook sqlparser calls (a prefix, an infix, a precedence
+//!   peek) spends one unit of a budget proportional to the number of
+//!   tokens ([`BtqlSqlDialect::with_fuel_for`]); when it runs out, the hook
+//!   answers `RecursionLimitExceeded`, the one error `maybe_parse` does not
+//!   swallow, so any other backtracking sqlparser may do ends in linear
+//!   time with a "too complex" diagnostic instead of an exponential search.
 
 use std::any::TypeId;
+use std::cell::Cell;
 
-use sqlparser::ast::{BinaryOperator, Expr, UnaryOperator};
+use sqlparser::ast::{BinaryOperator, Expr, Ident, UnaryOperator};
 use sqlparser::dialect::{Dialect, GenericDialect, Precedence};
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::Token;
@@ -25,10 +43,105 @@ pub(super) const MATCH: &str = "MATCH";
 pub(super) const INCLUDES: &str = "INCLUDES";
 pub(super) const CONTAINS: &str = "CONTAINS";
 
+/// Hook calls allowed per token of the query (see the module docs). The
+/// queries of the test suite need at most a handful per token; an
+/// exponential search needs far more.
+pub(super) const FUEL_PER_TOKEN: usize = 64;
+
+/// Hook calls allowed whatever the query's length.
+const BASE_FUEL: usize = 4096;
+
 /// `GenericDialect` with BTQL's infix `MATCH` (see the module docs).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct BtqlSqlDialect {
     generic: GenericDialect,
+    /// Hook calls left before the parse is refused as too complex.
+    fuel: Cell<usize>,
+    /// Whether the fuel ran out (the parse error is then "too complex").
+    exhausted: Cell<bool>,
+}
+
+impl Default for BtqlSqlDialect {
+    /// A dialect with unlimited fuel, for tokenizing.
+    fn default() -> Self {
+        Self {
+            generic: GenericDialect {},
+            fuel: Cell::new(usize::MAX),
+            exhausted: Cell::new(false),
+        }
+    }
+}
+
+impl BtqlSqlDialect {
+    /// A dialect whose parses may call its hooks [`FUEL_PER_TOKEN`] times
+    /// per token of a `tokens`-token query.
+    pub(super) fn with_fuel_for(tokens: usize) -> Self {
+        let dialect = Self::default();
+        dialect
+            .fuel
+            .set(BASE_FUEL.saturating_add(tokens.saturating_mul(FUEL_PER_TOKEN)));
+        dialect
+    }
+
+    /// Whether a parse ran out of fuel.
+    pub(super) fn exhausted(&self) -> bool {
+        self.exhausted.get()
+    }
+
+    /// Spends `units` of fuel; `RecursionLimitExceeded` once there is none.
+    fn spend(&self, units: usize) -> Result<(), ParserError> {
+        match self.fuel.get().checked_sub(units) {
+            Some(left) => {
+                self.fuel.set(left);
+                Ok(())
+            }
+            None => {
+                self.fuel.set(0);
+                self.exhausted.set(true);
+                Err(ParserError::RecursionLimitExceeded)
+            }
+        }
+    }
+}
+
+/// A path of two or more words or quoted identifiers (`a.b."c d"`) at the
+/// parser's position, read in one pass (see the module docs); `None`
+/// (nothing consumed) for anything else. The last segment is left to
+/// sqlparser when a `(` follows it (`a.f(x)`), and `[...]`, `.*` and other
+/// steps after the path are left to it too.
+fn identifier_chain(
+    dialect: &BtqlSqlDialect,
+    parser: &mut Parser,
+) -> Option<Result<Expr, ParserError>> {
+    let is_word = |t: &Token| matches!(t, Token::Word(_));
+    let step_follows = |parser: &Parser| {
+        parser.peek_nth_token_ref(0).token == Token::Period
+            && is_word(&parser.peek_nth_token_ref(1).token)
+            && parser.peek_nth_token_ref(2).token != Token::LParen
+    };
+    if !is_word(&parser.peek_nth_token_ref(0).token)
+        || parser.peek_nth_token_ref(1).token != Token::Period
+        || !is_word(&parser.peek_nth_token_ref(2).token)
+        || parser.peek_nth_token_ref(3).token == Token::LParen
+    {
+        return None;
+    }
+    let mut parts: Vec<Ident> = Vec::new();
+    let mut take_word = |parser: &mut Parser| {
+        let token = parser.next_token();
+        if let Token::Word(word) = &token.token {
+            parts.push(word.to_ident(token.span));
+        }
+    };
+    take_word(parser);
+    while step_follows(parser) {
+        if let Err(error) = dialect.spend(1) {
+            return Some(Err(error));
+        }
+        parser.next_token();
+        take_word(parser);
+    }
+    Some(Ok(Expr::CompoundIdentifier(parts)))
 }
 
 /// The infix word at `token`, if it is one of ours (unquoted).
@@ -68,7 +181,17 @@ impl Dialect for BtqlSqlDialect {
         self.generic.is_identifier_part(ch)
     }
 
+    fn parse_prefix(&self, parser: &mut Parser) -> Option<Result<Expr, ParserError>> {
+        if let Err(error) = self.spend(1) {
+            return Some(Err(error));
+        }
+        identifier_chain(self, parser)
+    }
+
     fn get_next_precedence(&self, parser: &Parser) -> Option<Result<u8, ParserError>> {
+        if let Err(error) = self.spend(1) {
+            return Some(Err(error));
+        }
         let first = &parser.peek_nth_token_ref(0).token;
         let ours = infix_word(first).is_some()
             || (is_not(first) && infix_word(&parser.peek_nth_token_ref(1).token).is_some());
@@ -81,6 +204,9 @@ impl Dialect for BtqlSqlDialect {
         expr: &Expr,
         precedence: u8,
     ) -> Option<Result<Expr, ParserError>> {
+        if let Err(error) = self.spend(1) {
+            return Some(Err(error));
+        }
         let negated = is_not(&parser.peek_nth_token_ref(0).token);
         let word_at = usize::from(negated);
         let word = infix_word(&parser.peek_nth_token_ref(word_at).token)?;

@@ -29,7 +29,7 @@ use crate::schema;
 
 /// Deepest expression the converter builds: the planner and `Drop` recurse
 /// over the tree, so depth is bounded here rather than by the stack.
-pub(super) const MAX_EXPR_DEPTH: usize = 200;
+pub(super) const MAX_EXPR_DEPTH: usize = crate::limits::MAX_EXPRESSION_DEPTH;
 
 /// Aggregate function names (spec §1.6.6), as the planner knows them.
 const AGGREGATES: &[&str] = &[
@@ -369,6 +369,7 @@ impl SqlConverter<'_> {
             .split_first()
             .ok_or_else(|| Diagnostic::internal("empty compound identifier", self.whole()))?;
         let first_span = self.raw(first.span).unwrap_or_else(|| self.whole());
+        self.check_steps(rest.len(), || first_span)?;
         let mut e = Expr {
             kind: ExprKind::Ident(first.value.clone()),
             span: first_span,
@@ -378,6 +379,15 @@ impl SqlConverter<'_> {
             e = Self::access(e, PathStep::Key(ident.value.clone()), span);
         }
         Ok(e)
+    }
+
+    /// Refuses a path of `steps` steps that would nest the expression
+    /// deeper than [`MAX_EXPR_DEPTH`] (each step is one level).
+    fn check_steps(&self, steps: usize, span: impl Fn() -> Span) -> Result<(), Diagnostic> {
+        if self.depth.get() + steps > MAX_EXPR_DEPTH {
+            return Err(crate::limits::too_deep(span()));
+        }
+        Ok(())
     }
 
     fn subscript(&self, base: Expr, subscript: &sql::Subscript) -> Result<Expr, Diagnostic> {
@@ -422,13 +432,11 @@ impl SqlConverter<'_> {
     pub(super) fn expr(&self, e: &sql::Expr) -> Result<Expr, Diagnostic> {
         let depth = self.depth.get();
         if depth >= MAX_EXPR_DEPTH {
-            return Err(Diagnostic::new(
-                codes::SYNTAX,
-                "syntax error: the expression is nested too deeply",
+            return Err(crate::limits::too_deep(
                 self.span_of(e).unwrap_or_else(|| self.whole()),
             )
             .with_help(format!(
-                "expressions may nest at most {MAX_EXPR_DEPTH} operators deep; split long `AND`/`OR` chains with `IN (...)` lists"
+                "expressions may nest at most {MAX_EXPR_DEPTH} levels of brackets and operators; split long `AND`/`OR` chains with `IN (...)` lists"
             )));
         }
         self.depth.set(depth + 1);
@@ -444,6 +452,14 @@ impl SqlConverter<'_> {
             sql::Expr::Identifier(ident) => self.ident(ident),
             sql::Expr::CompoundIdentifier(idents) => self.path(idents)?,
             sql::Expr::CompoundFieldAccess { root, access_chain } => {
+                let steps = access_chain
+                    .iter()
+                    .map(|access| match access {
+                        sql::AccessExpr::Dot(sql::Expr::CompoundIdentifier(idents)) => idents.len(),
+                        _ => 1,
+                    })
+                    .sum();
+                self.check_steps(steps, || span)?;
                 let mut base = match root.as_ref() {
                     // `"my field".x`: a quoted identifier, never a string.
                     sql::Expr::Identifier(ident) => self.path(std::slice::from_ref(ident))?,
@@ -745,12 +761,7 @@ impl SqlConverter<'_> {
             } => {
                 // Each WHEN nests one ternary deeper.
                 if self.depth.get() + conditions.len() >= MAX_EXPR_DEPTH {
-                    return Err(Diagnostic::new(
-                        codes::SYNTAX,
-                        "syntax error: the expression is nested too deeply",
-                        span,
-                    )
-                    .with_help(format!(
+                    return Err(crate::limits::too_deep(span).with_help(format!(
                         "a `CASE` may have at most {MAX_EXPR_DEPTH} `WHEN` branches, fewer inside other expressions"
                     )));
                 }

@@ -44,61 +44,74 @@ use std::collections::HashSet;
 
 use sqlparser::ast as sql;
 use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::{Location, Tokenizer};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 use crate::ast::{
     AliasedExpr, Clause, Expr, ExprKind, Literal, Query, Sample, SampleMethod, SelectList, Shape,
     SortItem, Source, UnpivotItem,
 };
 use crate::error::{Diagnostic, Diagnostics, Span, codes};
+use crate::limits::{self, MAX_EXPRESSION_DEPTH};
 
 use dialect::BtqlSqlDialect;
 
-/// sqlparser's nesting limit: deeper input is a diagnostic, not a stack
-/// overflow (the converter recurses as deep as the parser did).
-const RECURSION_LIMIT: usize = 64;
+/// sqlparser's recursion limit: above what [`MAX_EXPRESSION_DEPTH`]
+/// brackets take (a function call takes two levels, a query, its `SELECT`
+/// and a clause a few), so the bracket check before parsing names the
+/// bracket that goes too deep; the limit itself stops prefix chains
+/// (`NOT NOT …`), which nest without brackets.
+const RECURSION_LIMIT: usize = 2 * MAX_EXPRESSION_DEPTH + 16;
 
 /// Most operators a SQL query may have: each may add a level to the
-/// expression tree, which sqlparser (`Spanned::span`), the converter and the
-/// planner walk recursively.
+/// expression tree, which sqlparser (`Spanned::span`, `Drop`) walks
+/// recursively before the converter refuses a tree deeper than
+/// [`MAX_EXPRESSION_DEPTH`].
 const MAX_OPERATORS: usize = 500;
-
-/// Stack of the thread that parses and converts: the walks above recurse
-/// once per tree level, and debug builds take kilobytes per level.
-const PARSER_STACK_BYTES: usize = 64 << 20;
 
 /// Parses Braintrust SQL (spec §1.7) into a [`Query`].
 ///
-/// Runs on a scoped thread with a [`PARSER_STACK_BYTES`] stack (falling
-/// back to the caller's thread if it cannot be spawned), so a deep but
+/// Runs on the parser thread ([`limits::on_parser_stack`]), so a deep but
 /// legal query never overflows a small caller stack such as a tokio
 /// worker's. Panics propagate.
 pub fn parse_sql(text: &str) -> Result<Query, Diagnostics> {
-    std::thread::scope(|scope| {
-        match std::thread::Builder::new()
-            .name("spanlake-sql-parser".to_string())
-            .stack_size(PARSER_STACK_BYTES)
-            .spawn_scoped(scope, || parse_sql_here(text))
-        {
-            Ok(handle) => handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            Err(_) => parse_sql_here(text),
-        }
-    })
+    limits::on_parser_stack(|| parse_sql_here(text))
 }
 
-/// Refuses a query with more than [`MAX_OPERATORS`] operators before
-/// sqlparser builds a tree too deep to walk.
-fn check_operator_count(dialect: &BtqlSqlDialect, text: &str) -> Result<(), Diagnostic> {
-    use sqlparser::tokenizer::Token;
-    // A tokenizer error is reported by the parser, with its position.
-    let Ok(tokens) = Tokenizer::new(dialect, text).tokenize() else {
-        return Ok(());
-    };
+/// Refuses, before sqlparser builds a tree too deep to walk, a query with
+/// more than [`MAX_OPERATORS`] operators or with `(` / `[` nested more than
+/// [`MAX_EXPRESSION_DEPTH`] levels (at the bracket that goes too deep).
+fn check_tokens(text: &str, index: &LineIndex, tokens: &[TokenWithSpan]) -> Result<(), Diagnostic> {
+    let at = |t: &TokenWithSpan| index.span(text, t.span).unwrap_or(Span::new(0, text.len()));
+    let mut depth = 0usize;
+    // Consecutive `NOT`, `-` and `+`: all but maybe the first are prefix
+    // operators, each a level (sqlparser turns its own limit on them into
+    // "expected end of statement").
+    let mut prefix_run = 0usize;
+    for t in tokens {
+        match &t.token {
+            Token::Whitespace(_) => continue,
+            Token::LParen | Token::LBracket => {
+                if depth >= MAX_EXPRESSION_DEPTH {
+                    return Err(limits::too_deep(at(t)));
+                }
+                depth += 1;
+            }
+            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        let prefix = match &t.token {
+            Token::Minus | Token::Plus => true,
+            Token::Word(w) => w.quote_style.is_none() && w.value.eq_ignore_ascii_case("NOT"),
+            _ => false,
+        };
+        prefix_run = if prefix { prefix_run + 1 } else { 0 };
+        if prefix_run > MAX_EXPRESSION_DEPTH {
+            return Err(limits::too_deep(at(t)));
+        }
+    }
     let count = tokens
         .iter()
-        .filter(|t| match t {
+        .filter(|t| match &t.token {
             Token::Plus
             | Token::Minus
             | Token::Mul
@@ -140,21 +153,36 @@ fn check_operator_count(dialect: &BtqlSqlDialect, text: &str) -> Result<(), Diag
 
 fn parse_sql_here(text: &str) -> Result<Query, Diagnostics> {
     let dialect = BtqlSqlDialect::default();
-    check_operator_count(&dialect, text)?;
+    let index = LineIndex::new(text);
+    // A tokenizer error is reported by the parser, with its position.
+    let tokens = Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
+        .unwrap_or_default();
+    check_tokens(text, &index, &tokens)?;
+    // Fuel for the parses below: linear in the tokens (see `dialect`).
+    let fuel_tokens = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .count();
     let parse = |text: &str| {
-        Parser::new(&dialect)
+        let fueled = BtqlSqlDialect::with_fuel_for(fuel_tokens);
+        let result = Parser::new(&fueled)
             .with_recursion_limit(RECURSION_LIMIT)
             .try_with_sql(text)
-            .and_then(|mut parser| parser.parse_statements())
+            .and_then(|mut parser| parser.parse_statements());
+        (result, fueled.exhausted())
     };
     match parse(text) {
-        Ok(statements) => convert_statements(text, statements),
-        Err(error) => {
+        (Ok(statements), _) => convert_statements(text, statements),
+        (Err(error), exhausted) => {
+            if exhausted {
+                return Err(too_complex(text));
+            }
             // sqlparser takes `PIVOT` only right after the source; the docs
             // also write it after `WHERE`/`GROUP BY` (spec §1.7). Retry with
             // it moved there, mapping spans back to the text as written.
             if let Some((moved, map)) = relocate_pivot(&dialect, text)
-                && let Ok(statements) = parse(&moved)
+                && let (Ok(statements), _) = parse(&moved)
             {
                 let to_original = |span: Span| map_span(&map, span);
                 return match convert_statements(&moved, statements) {
@@ -178,16 +206,29 @@ fn parse_sql_here(text: &str) -> Result<Query, Diagnostics> {
                     )),
                 };
             }
-            Err(parser_error(text, &LineIndex::new(text), &dialect, error))
+            Err(parser_error(text, &index, &tokens, error))
         }
     }
+}
+
+/// The diagnostic for a parse that ran out of fuel (see `dialect`).
+fn too_complex(text: &str) -> Diagnostics {
+    Diagnostic::new(
+        codes::TOO_DEEP,
+        "the SQL query is too complex to parse",
+        Span::new(0, text.len()),
+    )
+    .with_help(format!(
+        "the SQL parser gives up after {} steps per token; check the query for unbalanced brackets or a dangling `.`",
+        dialect::FUEL_PER_TOKEN
+    ))
+    .into()
 }
 
 /// The text with a `PIVOT (...)` written after `WHERE`/`GROUP BY`/... moved
 /// to just after the `FROM` source, and for each byte of the new text (and
 /// its end) the byte of the original it came from.
 fn relocate_pivot(dialect: &BtqlSqlDialect, text: &str) -> Option<(String, Vec<usize>)> {
-    use sqlparser::tokenizer::Token;
     let index = LineIndex::new(text);
     let tokens = Tokenizer::new(dialect, text)
         .tokenize_with_location()
@@ -397,6 +438,9 @@ fn convert_statements(text: &str, statements: Vec<sql::Statement>) -> Result<Que
 struct LineIndex {
     /// Byte offset of the first character of each line.
     starts: Vec<usize>,
+    /// Whether each line is ASCII (a column is then a byte offset, found
+    /// without walking the line: spans stay linear in a one-line query).
+    ascii: Vec<bool>,
     len: usize,
 }
 
@@ -404,8 +448,17 @@ impl LineIndex {
     fn new(text: &str) -> Self {
         let mut starts = vec![0];
         starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        let ascii = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &start)| {
+                let end = starts.get(i + 1).copied().unwrap_or(text.len());
+                text.as_bytes()[start..end].is_ascii()
+            })
+            .collect();
         Self {
             starts,
+            ascii,
             len: text.len(),
         }
     }
@@ -417,6 +470,9 @@ impl LineIndex {
         let column = usize::try_from(location.column).ok()?.checked_sub(1)?;
         let start = *self.starts.get(line)?;
         let end = self.starts.get(line + 1).copied().unwrap_or(self.len);
+        if self.ascii.get(line).copied().unwrap_or(false) {
+            return Some((start + column).min(end));
+        }
         let line_text = text.get(start..end)?;
         Some(
             line_text
@@ -437,7 +493,7 @@ impl LineIndex {
 fn parser_error(
     text: &str,
     index: &LineIndex,
-    dialect: &BtqlSqlDialect,
+    tokens: &[TokenWithSpan],
     error: ParserError,
 ) -> Diagnostics {
     let whole = Span::new(0, text.len());
@@ -445,12 +501,13 @@ fn parser_error(
         ParserError::TokenizerError(message) | ParserError::ParserError(message) => message,
         ParserError::RecursionLimitExceeded => {
             return Diagnostic::new(
-                codes::SYNTAX,
-                "syntax error: the query is nested too deeply",
+                codes::TOO_DEEP,
+                format!("expression nested more than {MAX_EXPRESSION_DEPTH} levels deep"),
                 whole,
             )
             .with_help(format!(
-                "sqlparser accepts at most {RECURSION_LIMIT} levels of nesting"
+                "the SQL parser accepts at most {RECURSION_LIMIT} levels of nesting, \
+                 brackets and prefix operators (`NOT`, `-`) together"
             ))
             .into();
         }
@@ -475,15 +532,10 @@ fn parser_error(
         None => Span::new(text.len(), text.len()),
         Some(start) => {
             // Widen to the token that starts there, when the text tokenizes.
-            let token_end = Tokenizer::new(dialect, text)
-                .tokenize_with_location()
-                .ok()
-                .and_then(|tokens| {
-                    tokens
-                        .into_iter()
-                        .find(|t| index.offset(text, t.span.start) == Some(start))
-                        .and_then(|t| index.span(text, t.span))
-                })
+            let token_end = tokens
+                .iter()
+                .find(|t| index.offset(text, t.span.start) == Some(start))
+                .and_then(|t| index.span(text, t.span))
                 .map_or(start, |s| s.end);
             Span::new(start, token_end)
         }

@@ -2,28 +2,29 @@
 //! pairs into the AST.
 //!
 //! ```text
-//!  query text ──pest──► flat pairs ──PrattParser──► ast::Expr (with spans)
+//!  query text ──nesting check──pest──► flat pairs ──precedence fold──► ast::Expr (with spans)
 //! ```
 //!
+//! Before pest runs, [`limits::check_btql_nesting`] refuses brackets nested
+//! deeper than [`MAX_EXPRESSION_DEPTH`] (pest recurses once per bracket).
 //! The grammar keeps expressions flat (`prefix* operand postfix* (infix …)*`)
-//! and the `PRATT` parser gives the precedence of spec §1.5, loosest first:
+//! and [`folded_expr`] gives the precedence of spec §1.5 (a Pratt parser
+//! whose recursion is an explicit stack), loosest first:
 //! `?:` < `or` < `and` < `not` < comparisons and predicates (`=`, `like`,
 //! `in`, `is null`, …) < `+ -` < `* / %` < unary `-` < `.field` / `[index]`.
 //! Clauses may come in any order, each at most once; a repeated clause is a
 //! diagnostic. pest errors become a `BTQL0001` diagnostic whose message names
 //! what was expected in words (see [`rule_name`]).
 
-use std::sync::LazyLock;
-
 use pest::Parser as _;
 use pest::iterators::{Pair, Pairs};
-use pest::pratt_parser::{Assoc, Op, PrattParser};
 
 use crate::ast::{
     AliasedExpr, BinaryOp, Clause, Expr, ExprKind, IntervalUnit, Literal, PathStep, Query, Sample,
     SampleMethod, SelectList, Shape, SortItem, Source, UnaryOp, UnpivotItem,
 };
 use crate::error::{Diagnostic, Diagnostics, Span, codes};
+use crate::limits::{self, MAX_EXPRESSION_DEPTH};
 
 mod grammar {
     #[derive(pest_derive::Parser)]
@@ -33,24 +34,18 @@ mod grammar {
 
 pub(crate) use grammar::{BtqlParser, Rule};
 
-static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
-    PrattParser::new()
-        .op(Op::infix(Rule::ternary_op, Assoc::Right))
-        .op(Op::infix(Rule::or_op, Assoc::Left))
-        .op(Op::infix(Rule::and_op, Assoc::Left))
-        .op(Op::prefix(Rule::not_op))
-        .op(Op::infix(Rule::cmp_op, Assoc::Left)
-            | Op::infix(Rule::text_op, Assoc::Left)
-            | Op::postfix(Rule::is_null_op)
-            | Op::postfix(Rule::in_op))
-        .op(Op::infix(Rule::add_op, Assoc::Left))
-        .op(Op::infix(Rule::mul_op, Assoc::Left))
-        .op(Op::prefix(Rule::neg_op))
-        .op(Op::postfix(Rule::field_step) | Op::postfix(Rule::index_step))
-});
-
 /// Parses BTQL clause syntax into a [`Query`].
+///
+/// Brackets nested deeper than [`MAX_EXPRESSION_DEPTH`] are refused before
+/// pest reads the text, and expressions deeper than that while they are
+/// folded; the parse runs on the parser thread
+/// ([`limits::on_parser_stack`]).
 pub fn parse_query(text: &str) -> Result<Query, Diagnostics> {
+    limits::on_parser_stack(|| parse_query_here(text))
+}
+
+fn parse_query_here(text: &str) -> Result<Query, Diagnostics> {
+    limits::check_btql_nesting(text)?;
     let mut pairs = BtqlParser::parse(Rule::query, text).map_err(|error| {
         let at = match error.location {
             pest::error::InputLocation::Pos(p) | pest::error::InputLocation::Span((p, _)) => p,
@@ -85,7 +80,13 @@ pub fn parse_query(text: &str) -> Result<Query, Diagnostics> {
 
 /// Parses a bare expression (a filter box, an automation filter).
 pub fn parse_expr(text: &str) -> Result<Expr, Diagnostics> {
-    let query = parse_query(&format!("filter: {text}")).map_err(|Diagnostics(ds)| {
+    limits::on_parser_stack(|| parse_expr_here(text))
+}
+
+/// [`parse_expr`] on the caller's thread (for a front end already on the
+/// parser thread).
+pub(crate) fn parse_expr_here(text: &str) -> Result<Expr, Diagnostics> {
+    let query = parse_query_here(&format!("filter: {text}")).map_err(|Diagnostics(ds)| {
         let shift = |s: Span| Span::new(s.start.saturating_sub(8), s.end.saturating_sub(8));
         Diagnostics(
             ds.into_iter()
@@ -535,183 +536,370 @@ fn boxed(e: Expr) -> Box<Expr> {
     Box::new(e)
 }
 
-/// Folds an `expr` pair with the Pratt parser.
-fn expr(pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
-    PRATT
-        .map_primary(operand)
-        .map_prefix(|op, rhs| {
-            let rhs = rhs?;
-            let span = Span::of(&op).to(rhs.span);
-            let op = if op.as_rule() == Rule::not_op {
-                UnaryOp::Not
-            } else {
-                UnaryOp::Neg
-            };
-            Ok(Expr {
-                kind: ExprKind::Unary {
-                    op,
-                    expr: boxed(rhs),
-                },
-                span,
-            })
-        })
-        .map_postfix(|lhs, op| {
-            let lhs = lhs?;
-            let span = lhs.span.to(Span::of(&op));
-            let input = op.get_input();
-            match op.as_rule() {
-                Rule::field_step => {
-                    let step_pair = op
-                        .into_inner()
-                        .next()
-                        .ok_or_else(|| unexpected(Rule::field_step, span))?;
-                    let key = if step_pair.as_rule() == Rule::dq_string {
-                        string_value(step_pair)
-                    } else {
-                        step_pair.as_str().to_string()
-                    };
-                    Ok(access(input, lhs, PathStep::Key(key), span))
-                }
-                Rule::index_step => {
-                    let index = op
-                        .into_inner()
-                        .next()
-                        .ok_or_else(|| unexpected(Rule::index_step, span))?;
-                    let step = match index.as_rule() {
-                        Rule::signed_integer => PathStep::Index(integer(index)?),
-                        _ => PathStep::Key(string_value(index)),
-                    };
-                    Ok(access(input, lhs, step, span))
-                }
-                Rule::is_null_op => {
-                    let negated = op.into_inner().any(|p| p.as_rule() == Rule::not_kw);
-                    Ok(Expr {
-                        kind: ExprKind::IsNull {
-                            expr: boxed(lhs),
-                            negated,
-                        },
-                        span,
-                    })
-                }
-                Rule::in_op => {
-                    let mut negated = false;
-                    let mut list = Vec::new();
-                    for p in op.into_inner() {
-                        match p.as_rule() {
-                            Rule::not_kw => negated = true,
-                            Rule::kw_in => {}
-                            Rule::array => {
-                                for item in p.into_inner() {
-                                    list.push(expr(item)?);
-                                }
-                            }
-                            _ => list.push(expr(p)?),
-                        }
-                    }
-                    let in_list = Expr {
-                        kind: ExprKind::InList {
-                            expr: boxed(lhs),
-                            list,
-                        },
-                        span,
-                    };
-                    Ok(negate_if(negated, in_list))
-                }
-                other => Err(unexpected(other, span)),
-            }
-        })
-        .map_infix(|lhs, op, rhs| {
-            let (lhs, rhs) = (lhs?, rhs?);
-            let span = lhs.span.to(rhs.span);
-            let text = op.as_str().to_ascii_lowercase();
-            let rule = op.as_rule();
-            let binary = |op: BinaryOp| Expr {
-                kind: ExprKind::Binary {
-                    op,
-                    left: boxed(lhs.clone()),
-                    right: boxed(rhs.clone()),
-                },
-                span,
-            };
-            Ok(match rule {
-                Rule::ternary_op => {
-                    let middle = expr(
-                        op.into_inner()
-                            .next()
-                            .ok_or_else(|| unexpected(rule, span))?,
-                    )?;
-                    Expr {
-                        kind: ExprKind::Ternary {
-                            cond: boxed(lhs),
-                            then: boxed(middle),
-                            otherwise: boxed(rhs),
-                        },
-                        span,
-                    }
-                }
-                Rule::or_op => binary(BinaryOp::Or),
-                Rule::and_op => binary(BinaryOp::And),
-                Rule::cmp_op => binary(match text.as_str() {
-                    "=" | "eq" => BinaryOp::Eq,
-                    "!=" | "<>" | "ne" => BinaryOp::NotEq,
-                    "<" | "lt" => BinaryOp::Lt,
-                    "<=" | "le" => BinaryOp::LtEq,
-                    ">" | "gt" => BinaryOp::Gt,
-                    ">=" | "ge" => BinaryOp::GtEq,
-                    "<=>" => BinaryOp::IsNotDistinctFrom,
-                    _ => BinaryOp::IsDistinctFrom,
-                }),
-                Rule::text_op => {
-                    let mut negated = false;
-                    let mut word = String::new();
-                    for p in op.into_inner() {
-                        match p.as_rule() {
-                            Rule::not_kw => negated = true,
-                            _ => word = p.as_str().to_ascii_lowercase(),
-                        }
-                    }
-                    let op = match word.as_str() {
-                        "like" => BinaryOp::Like,
-                        "ilike" => BinaryOp::ILike,
-                        "match" => BinaryOp::Match,
-                        _ => BinaryOp::Includes,
-                    };
-                    negate_if(negated, binary(op))
-                }
-                Rule::add_op => binary(if text == "+" || text == "add" {
-                    BinaryOp::Add
-                } else {
-                    BinaryOp::Sub
-                }),
-                Rule::mul_op => binary(match text.as_str() {
-                    "*" | "mul" => BinaryOp::Mul,
-                    "/" | "div" => BinaryOp::Div,
-                    _ => BinaryOp::Mod,
-                }),
-                other => return Err(unexpected(other, span)),
-            })
-        })
-        .parse(pair.into_inner())
+/// An expression and the depth of its tree (a leaf is 1), so that each new
+/// node's depth is known without walking its children.
+#[derive(Debug)]
+struct Folded {
+    expr: Expr,
+    depth: usize,
 }
 
-fn negate_if(negated: bool, expr: Expr) -> Expr {
-    if negated {
-        let span = expr.span;
-        Expr {
-            kind: ExprKind::Unary {
-                op: UnaryOp::Not,
-                expr: boxed(expr),
+impl Folded {
+    fn leaf(kind: ExprKind, span: Span) -> Self {
+        Folded {
+            expr: Expr { kind, span },
+            depth: 1,
+        }
+    }
+}
+
+/// A node over children of depth at most `children_depth`; too deep (over
+/// [`MAX_EXPRESSION_DEPTH`]) is a diagnostic at `op_span`, the operator or
+/// bracket that adds the level.
+fn node(
+    kind: ExprKind,
+    span: Span,
+    children_depth: usize,
+    op_span: Span,
+) -> Result<Folded, Diagnostic> {
+    let depth = children_depth + 1;
+    if depth > MAX_EXPRESSION_DEPTH {
+        return Err(limits::too_deep(op_span));
+    }
+    Ok(Folded {
+        expr: Expr { kind, span },
+        depth,
+    })
+}
+
+/// How an operator rule binds: prefix, postfix or infix, and its binding
+/// power (higher binds tighter). Spec §1.5, loosest first: `?:` < `or` <
+/// `and` < `not` < comparisons and predicates < `+ -` < `* / %` < unary `-`
+/// < `.field` / `[index]`. Powers are multiples of 10 so that `power - 1`
+/// (a prefix's operand, a right-associative right side) stays above the
+/// next looser level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Affix {
+    Prefix,
+    Postfix,
+    /// Whether it associates to the right.
+    Infix {
+        right: bool,
+    },
+}
+
+fn affix(rule: Rule) -> Option<(Affix, u32)> {
+    Some(match rule {
+        Rule::ternary_op => (Affix::Infix { right: true }, 10),
+        Rule::or_op => (Affix::Infix { right: false }, 20),
+        Rule::and_op => (Affix::Infix { right: false }, 30),
+        Rule::not_op => (Affix::Prefix, 40),
+        Rule::cmp_op | Rule::text_op => (Affix::Infix { right: false }, 50),
+        Rule::is_null_op | Rule::in_op => (Affix::Postfix, 50),
+        Rule::add_op => (Affix::Infix { right: false }, 60),
+        Rule::mul_op => (Affix::Infix { right: false }, 70),
+        Rule::neg_op => (Affix::Prefix, 80),
+        Rule::field_step | Rule::index_step => (Affix::Postfix, 90),
+        _ => return None,
+    })
+}
+
+/// An operator waiting for its right operand.
+enum Pending<'i> {
+    Prefix(Pair<'i, Rule>),
+    Infix(Folded, Pair<'i, Rule>),
+}
+
+/// Folds the flat `expr` pair (`prefix* operand postfix* (infix …)*`) into
+/// an expression by precedence, as a Pratt parser does but with its
+/// recursion kept in an explicit stack: a chain of 5000 operators takes no
+/// stack, and is refused at the operator where the tree would grow deeper
+/// than [`MAX_EXPRESSION_DEPTH`]. Nested expressions (parentheses, arrays,
+/// arguments, the middle of `? :`) recurse here, as deep as the brackets,
+/// which [`limits::check_btql_nesting`] bounded before pest ran.
+fn expr(pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
+    folded_expr(pair).map(|folded| folded.expr)
+}
+
+fn folded_expr(pair: Pair<'_, Rule>) -> Result<Folded, Diagnostic> {
+    let whole = Span::of(&pair);
+    let mut pairs = pair.into_inner().peekable();
+    // Each entry: the operator and the binding power of the expression it
+    // interrupted (restored when its right side is done).
+    let mut stack: Vec<(Pending<'_>, u32)> = Vec::new();
+    // Operators that bind at most this tightly end the current operand.
+    let mut min_power = 0u32;
+    loop {
+        // An operand, after any prefix operators.
+        let mut lhs = loop {
+            let p = pairs
+                .next()
+                .ok_or_else(|| Diagnostic::internal("an expression without an operand", whole))?;
+            match affix(p.as_rule()) {
+                Some((Affix::Prefix, power)) => {
+                    if stack.len() >= MAX_EXPRESSION_DEPTH {
+                        return Err(limits::too_deep(Span::of(&p)));
+                    }
+                    stack.push((Pending::Prefix(p), min_power));
+                    min_power = power - 1;
+                }
+                None => break operand(p)?,
+                Some(_) => return Err(unexpected(p.as_rule(), Span::of(&p))),
+            }
+        };
+        // Postfix and infix operators, completing pending ones as their
+        // right sides end.
+        loop {
+            let next = match pairs.peek() {
+                None => None,
+                Some(p) => {
+                    Some(affix(p.as_rule()).ok_or_else(|| unexpected(p.as_rule(), Span::of(p)))?)
+                }
+            };
+            match next {
+                Some((affix, power)) if power > min_power => {
+                    let op = pairs
+                        .next()
+                        .ok_or_else(|| Diagnostic::internal("a missing operator", whole))?;
+                    match affix {
+                        Affix::Postfix => lhs = postfix(lhs, op)?,
+                        Affix::Infix { right } => {
+                            if stack.len() >= MAX_EXPRESSION_DEPTH {
+                                return Err(limits::too_deep(Span::of(&op)));
+                            }
+                            stack.push((Pending::Infix(lhs, op), min_power));
+                            min_power = if right { power - 1 } else { power };
+                            break;
+                        }
+                        Affix::Prefix => return Err(unexpected(op.as_rule(), Span::of(&op))),
+                    }
+                }
+                _ => match stack.pop() {
+                    None => return Ok(lhs),
+                    Some((Pending::Prefix(op), saved)) => {
+                        lhs = prefix(op, lhs)?;
+                        min_power = saved;
+                    }
+                    Some((Pending::Infix(left, op), saved)) => {
+                        lhs = infix(left, op, lhs)?;
+                        min_power = saved;
+                    }
+                },
+            }
+        }
+    }
+}
+
+fn prefix(op: Pair<'_, Rule>, rhs: Folded) -> Result<Folded, Diagnostic> {
+    let op_span = Span::of(&op);
+    let span = op_span.to(rhs.expr.span);
+    let op = if op.as_rule() == Rule::not_op {
+        UnaryOp::Not
+    } else {
+        UnaryOp::Neg
+    };
+    node(
+        ExprKind::Unary {
+            op,
+            expr: boxed(rhs.expr),
+        },
+        span,
+        rhs.depth,
+        op_span,
+    )
+}
+
+fn postfix(lhs: Folded, op: Pair<'_, Rule>) -> Result<Folded, Diagnostic> {
+    let op_span = Span::of(&op);
+    let span = lhs.expr.span.to(op_span);
+    let input = op.get_input();
+    match op.as_rule() {
+        Rule::field_step => {
+            let step_pair = op
+                .into_inner()
+                .next()
+                .ok_or_else(|| unexpected(Rule::field_step, span))?;
+            let key = if step_pair.as_rule() == Rule::dq_string {
+                string_value(step_pair)
+            } else {
+                step_pair.as_str().to_string()
+            };
+            access(input, lhs, PathStep::Key(key), span, op_span)
+        }
+        Rule::index_step => {
+            let index = op
+                .into_inner()
+                .next()
+                .ok_or_else(|| unexpected(Rule::index_step, span))?;
+            let step = match index.as_rule() {
+                Rule::signed_integer => PathStep::Index(integer(index)?),
+                _ => PathStep::Key(string_value(index)),
+            };
+            access(input, lhs, step, span, op_span)
+        }
+        Rule::is_null_op => {
+            let negated = op.into_inner().any(|p| p.as_rule() == Rule::not_kw);
+            node(
+                ExprKind::IsNull {
+                    expr: boxed(lhs.expr),
+                    negated,
+                },
+                span,
+                lhs.depth,
+                op_span,
+            )
+        }
+        Rule::in_op => {
+            let mut negated = false;
+            let mut list = Vec::new();
+            let mut depth = lhs.depth;
+            let mut push = |item: Pair<'_, Rule>| -> Result<(), Diagnostic> {
+                let item = folded_expr(item)?;
+                depth = depth.max(item.depth);
+                list.push(item.expr);
+                Ok(())
+            };
+            for p in op.into_inner() {
+                match p.as_rule() {
+                    Rule::not_kw => negated = true,
+                    Rule::kw_in => {}
+                    Rule::array => p.into_inner().try_for_each(&mut push)?,
+                    _ => push(p)?,
+                }
+            }
+            let in_list = node(
+                ExprKind::InList {
+                    expr: boxed(lhs.expr),
+                    list,
+                },
+                span,
+                depth,
+                op_span,
+            )?;
+            negate_if(negated, in_list, op_span)
+        }
+        other => Err(unexpected(other, span)),
+    }
+}
+
+fn infix(lhs: Folded, op: Pair<'_, Rule>, rhs: Folded) -> Result<Folded, Diagnostic> {
+    let op_span = Span::of(&op);
+    let span = lhs.expr.span.to(rhs.expr.span);
+    let text = op.as_str().to_ascii_lowercase();
+    let rule = op.as_rule();
+    let depth = lhs.depth.max(rhs.depth);
+    let binary = |op: BinaryOp, lhs: Folded, rhs: Folded| {
+        node(
+            ExprKind::Binary {
+                op,
+                left: boxed(lhs.expr),
+                right: boxed(rhs.expr),
             },
             span,
+            depth,
+            op_span,
+        )
+    };
+    match rule {
+        Rule::ternary_op => {
+            let middle = folded_expr(
+                op.into_inner()
+                    .next()
+                    .ok_or_else(|| unexpected(rule, span))?,
+            )?;
+            node(
+                ExprKind::Ternary {
+                    cond: boxed(lhs.expr),
+                    then: boxed(middle.expr),
+                    otherwise: boxed(rhs.expr),
+                },
+                span,
+                depth.max(middle.depth),
+                op_span,
+            )
         }
+        Rule::or_op => binary(BinaryOp::Or, lhs, rhs),
+        Rule::and_op => binary(BinaryOp::And, lhs, rhs),
+        Rule::cmp_op => binary(
+            match text.as_str() {
+                "=" | "eq" => BinaryOp::Eq,
+                "!=" | "<>" | "ne" => BinaryOp::NotEq,
+                "<" | "lt" => BinaryOp::Lt,
+                "<=" | "le" => BinaryOp::LtEq,
+                ">" | "gt" => BinaryOp::Gt,
+                ">=" | "ge" => BinaryOp::GtEq,
+                "<=>" => BinaryOp::IsNotDistinctFrom,
+                _ => BinaryOp::IsDistinctFrom,
+            },
+            lhs,
+            rhs,
+        ),
+        Rule::text_op => {
+            let mut negated = false;
+            let mut word = String::new();
+            for p in op.into_inner() {
+                match p.as_rule() {
+                    Rule::not_kw => negated = true,
+                    _ => word = p.as_str().to_ascii_lowercase(),
+                }
+            }
+            let op = match word.as_str() {
+                "like" => BinaryOp::Like,
+                "ilike" => BinaryOp::ILike,
+                "match" => BinaryOp::Match,
+                _ => BinaryOp::Includes,
+            };
+            negate_if(negated, binary(op, lhs, rhs)?, op_span)
+        }
+        Rule::add_op => binary(
+            if text == "+" || text == "add" {
+                BinaryOp::Add
+            } else {
+                BinaryOp::Sub
+            },
+            lhs,
+            rhs,
+        ),
+        Rule::mul_op => binary(
+            match text.as_str() {
+                "*" | "mul" => BinaryOp::Mul,
+                "/" | "div" => BinaryOp::Div,
+                _ => BinaryOp::Mod,
+            },
+            lhs,
+            rhs,
+        ),
+        other => Err(unexpected(other, span)),
+    }
+}
+
+fn negate_if(negated: bool, folded: Folded, op_span: Span) -> Result<Folded, Diagnostic> {
+    if negated {
+        let span = folded.expr.span;
+        node(
+            ExprKind::Unary {
+                op: UnaryOp::Not,
+                expr: boxed(folded.expr),
+            },
+            span,
+            folded.depth,
+            op_span,
+        )
     } else {
-        expr
+        Ok(folded)
     }
 }
 
 /// `base.step`; a double-quoted string as the base of a path is a quoted
 /// identifier (`"my field".x`), not a string literal (spec §1.4).
-fn access(input: &str, base: Expr, step: PathStep, span: Span) -> Expr {
+fn access(
+    input: &str,
+    base: Folded,
+    step: PathStep,
+    span: Span,
+    op_span: Span,
+) -> Result<Folded, Diagnostic> {
+    let Folded { expr: base, depth } = base;
     let double_quoted = input
         .get(base.span.start..)
         .is_some_and(|rest| rest.starts_with('"'));
@@ -725,19 +913,21 @@ fn access(input: &str, base: Expr, step: PathStep, span: Span) -> Expr {
             span: base.span,
         },
     };
-    Expr {
-        kind: ExprKind::Access {
+    node(
+        ExprKind::Access {
             base: boxed(base),
             step,
         },
         span,
-    }
+        depth,
+        op_span,
+    )
 }
 
-fn operand(pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
+fn operand(pair: Pair<'_, Rule>) -> Result<Folded, Diagnostic> {
     let span = Span::of(&pair);
     let kind = match pair.as_rule() {
-        Rule::paren => return expr(next(&mut pair.into_inner(), span)?),
+        Rule::paren => return folded_expr(next(&mut pair.into_inner(), span)?),
         Rule::null => ExprKind::Literal(Literal::Null),
         Rule::boolean => {
             ExprKind::Literal(Literal::Bool(pair.as_str().eq_ignore_ascii_case("true")))
@@ -751,7 +941,17 @@ fn operand(pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
         Rule::string => ExprKind::Literal(Literal::String(string_value(pair))),
         Rule::dq_string => ExprKind::Literal(Literal::String(string_value(pair))),
         Rule::ident => ExprKind::Ident(pair.as_str().to_string()),
-        Rule::array => ExprKind::Array(pair.into_inner().map(expr).collect::<Result<_, _>>()?),
+        Rule::array => {
+            let open = Span::new(span.start, span.start + 1);
+            let mut depth = 0;
+            let mut items = Vec::new();
+            for item in pair.into_inner() {
+                let item = folded_expr(item)?;
+                depth = depth.max(item.depth);
+                items.push(item.expr);
+            }
+            return node(ExprKind::Array(items), span, depth, open);
+        }
         Rule::interval => {
             let mut inner = pair
                 .into_inner()
@@ -776,7 +976,10 @@ fn operand(pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
         }
         Rule::function => {
             let mut inner = pair.into_inner();
-            let name = next(&mut inner, span)?.as_str().to_string();
+            let name_pair = next(&mut inner, span)?;
+            let name_span = Span::of(&name_pair);
+            let name = name_pair.as_str().to_string();
+            let mut depth = 0;
             let mut args = Vec::new();
             for arg in inner {
                 if arg.as_rule() == Rule::star {
@@ -784,17 +987,21 @@ fn operand(pair: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
                         kind: ExprKind::Star,
                         span: Span::of(&arg),
                     });
+                    depth = depth.max(1);
                 } else {
-                    args.push(expr(arg)?);
+                    let arg = folded_expr(arg)?;
+                    depth = depth.max(arg.depth);
+                    args.push(arg.expr);
                 }
             }
-            ExprKind::Function { name, args }
+            // The `(` after the name adds the level.
+            let open = Span::new(name_span.end, name_span.end + 1);
+            return node(ExprKind::Function { name, args }, span, depth, open);
         }
         other => return Err(unexpected(other, span)),
     };
-    Ok(Expr { kind, span })
+    Ok(Folded::leaf(kind, span))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
