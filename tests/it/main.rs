@@ -10,11 +10,9 @@
 //! - `server`: the HTTP API, with the unmodified Braintrust SDK;
 //! - `tenants`: two orgs' keys on every route of the HTTP API;
 //! - `destinations`: where exports created over the API may write;
+//! - `bounds`: memory and time per request of the HTTP API;
+//! - `limits`: bounded work per query over HTTP (deep and adversarial queries);
 //! - `http`: the harness of HTTP tests (a `spanlake serve` process).
-//! - `http`: the harness of HTTP tests (a `spanlake serve` process);
-//! - `bounds`: memory and time per request of the HTTP API.
-//! - `http`: the harness of HTTP tests (a `spanlake serve` process);
-//! - `limits`: bounded work per query over HTTP (deep and adversarial queries).
 
 mod bounds;
 mod cli;
