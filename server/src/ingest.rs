@@ -56,8 +56,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::auth::Auth;
-use crate::metrics::OrgMetrics;
 use crate::error::{ApiError, ErrorAnswer};
+use crate::metrics::OrgMetrics;
 use crate::{AppState, Metrics, ServerConfig};
 
 /// Key of the request digests in a commit's `commitInfo`.
