@@ -168,15 +168,10 @@ pub fn session(options: &QueryOptions) -> Result<SessionContext> {
     // output ordering is judged not to satisfy the identical requirement, as
     // the ordering of such an expression cannot be derived), which answered
     // 500. The plan itself is right, so the check is left out.
-    let defaults = datafusion::execution::SessionStateBuilder::new()
-        .with_config(config.clone())
-        .with_default_features()
-        .build();
-    let rules: Vec<_> = defaults
-        .physical_optimizers()
-        .iter()
+    let rules: Vec<_> = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new()
+        .rules
+        .into_iter()
         .filter(|rule| rule.name() != "SanityCheckPlan")
-        .cloned()
         .collect();
     let state = datafusion::execution::SessionStateBuilder::new()
         .with_config(config)

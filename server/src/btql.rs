@@ -35,7 +35,7 @@ use spanlake_engine::rows::write_row_object;
 
 use crate::AppState;
 use crate::auth::Auth;
-use crate::error::{ApiError, ErrorAnswer};
+use crate::error::ApiError;
 
 /// How long a client refused for too many queries at once is told to wait.
 const QUERY_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -55,7 +55,7 @@ impl QueryGate {
         }
     }
 
-    fn enter(self: &Arc<Self>, key: [u8; 32]) -> Result<QuerySlot, ErrorAnswer> {
+    fn enter(self: &Arc<Self>, key: [u8; 32]) -> Result<QuerySlot, ApiError> {
         let mut running = self
             .running
             .lock()
@@ -106,7 +106,7 @@ impl Drop for QuerySlot {
 }
 
 impl FromRequestParts<Arc<AppState>> for QuerySlot {
-    type Rejection = ErrorAnswer;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,

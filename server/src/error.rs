@@ -36,10 +36,8 @@ impl ApiError {
 
     /// 503 `busy` with `Retry-After: seconds`: the request may be sent again.
     pub fn busy(message: impl Into<String>, seconds: u32) -> Self {
-        Self {
-            retry_after: Some(seconds),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
-        }
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
+            .retry_after(std::time::Duration::from_secs(seconds.into()))
     }
 
     /// 400 with `message`.
@@ -204,52 +202,13 @@ pub(crate) async fn json_errors(
     ApiError::new(status, code, message).into_response()
 }
 
-/// An error answer that may tell the client when to retry: a limit that
-/// frees up by itself (a full ingest queue, too many queries at once) is
-/// answered with `Retry-After`.
-#[derive(Debug, Clone)]
-pub struct ErrorAnswer {
-    /// The error (boxed: results carrying it stay small).
-    pub error: Box<ApiError>,
-    /// The `Retry-After` header, in whole seconds (at least 1).
-    pub retry_after: Option<std::time::Duration>,
-}
-
 impl ApiError {
-    /// This error, answered with `Retry-After: after`.
-    pub fn retry_after(self, after: std::time::Duration) -> ErrorAnswer {
-        ErrorAnswer {
-            error: Box::new(self),
-            retry_after: Some(after),
-        }
-    }
-}
-
-impl From<ApiError> for ErrorAnswer {
-    fn from(error: ApiError) -> Self {
-        Self {
-            error: Box::new(error),
-            retry_after: None,
-        }
-    }
-}
-
-impl From<Error> for ErrorAnswer {
-    fn from(error: Error) -> Self {
-        ApiError::from(error).into()
-    }
-}
-
-impl IntoResponse for ErrorAnswer {
-    fn into_response(self) -> Response {
-        let mut response = (*self.error).into_response();
-        if let Some(after) = self.retry_after {
-            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(seconds.max(1)),
-            );
-        }
-        response
+    /// This error, answered with `Retry-After: after` (in whole seconds, at
+    /// least 1): a limit that frees up by itself (a full ingest queue, too
+    /// many queries at once).
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        self.retry_after = Some(u32::try_from(seconds.max(1)).unwrap_or(u32::MAX));
+        self
     }
 }

@@ -56,7 +56,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::auth::Auth;
-use crate::error::{ApiError, ErrorAnswer};
+use crate::error::ApiError;
 use crate::metrics::OrgMetrics;
 use crate::{AppState, Metrics, ServerConfig};
 
@@ -145,7 +145,7 @@ impl Ingestor {
     /// `bytes` of the ingest budget (all of it, for a request larger than
     /// the whole budget: it then waits for an empty queue), or a 503 to
     /// retry later when they are not free now.
-    fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ErrorAnswer> {
+    fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ApiError> {
         let wanted = units(bytes).clamp(1, self.budget_units);
         Arc::clone(&self.budget)
             .try_acquire_many_owned(wanted)
@@ -238,7 +238,7 @@ fn units(bytes: usize) -> u32 {
 pub(crate) struct IngestPermit(OwnedSemaphorePermit);
 
 impl FromRequestParts<Arc<AppState>> for IngestPermit {
-    type Rejection = ErrorAnswer;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -724,7 +724,7 @@ pub(crate) async fn logs3(
     State(state): State<Arc<AppState>>,
     mut budget: IngestPermit,
     body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ErrorAnswer> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let parsed: Logs3Body<'_> = serde_json::from_slice(&body).map_err(|e| json_error(&e))?;
     let rows = parsed.rows.ok_or_else(|| {
         ApiError::bad_request("missing `rows`: expected {\"rows\": [...], \"api_version\": 2}")
@@ -737,8 +737,7 @@ pub(crate) async fn logs3(
             return Err(ApiError::bad_request(format!(
                 "`rows` must be an array or a `logs3_overflow` reference, not type `{}`",
                 reference.kind
-            ))
-            .into());
+            )));
         }
         let size = upload_size(&state.ingestor.overflow_dir, &reference.key, &org.id)?;
         budget.0.merge(state.ingestor.reserve(size)?);
@@ -761,8 +760,7 @@ pub(crate) async fn logs3(
         if other_object {
             return Err(ApiError::bad_request(format!(
                 "rows[{index}] is for an experiment, dataset or playground; spanlake stores project logs only (rows with `project_id` and `log_id: \"g\"`)"
-            ))
-            .into());
+            )));
         }
         let project_id = project_id
             .ok_or_else(|| ApiError::bad_request(format!("rows[{index}] has no `project_id`")))?;

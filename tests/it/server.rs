@@ -170,7 +170,7 @@ fn api_keys_scope_requests_to_their_org_and_bad_input_commits_nothing() {
         "POST",
         "/logs3",
         Some(&bob),
-        &logs3_body(&project, &[row.clone()]),
+        &logs3_body(&project, std::slice::from_ref(&row)),
     );
     assert_eq!(status, 404, "{body}");
     let query =

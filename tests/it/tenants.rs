@@ -152,7 +152,7 @@ fn another_orgs_objects_are_404_on_every_route_whatever_names_exist() {
     // Logs: insert, /logs3 (inline and through A's overflow upload), fetch.
     let row = serde_json::json!({"id": "from-b", "input": "b's"});
     assert_eq!(
-        call("POST", "/logs3", &logs3_body(&pa, &[row.clone()])).0,
+        call("POST", "/logs3", &logs3_body(&pa, std::slice::from_ref(&row))).0,
         404
     );
     let insert = serde_json::json!({ "events": [row] }).to_string();
