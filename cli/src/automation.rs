@@ -218,7 +218,7 @@ fn find(store: &Store, state: &StateDb, selector: &Selector) -> anyhow::Result<A
             selector.automation
         );
     };
-    let project = store.registry().resolve(project)?;
+    let project = store.registry()?.resolve(project)?;
     state
         .find_by_name(&project.id, &selector.automation)?
         .with_context(|| {
@@ -239,7 +239,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
     let state = state_db(store)?;
     match command {
         AutomationCommand::CreateExport(args) => {
-            let project = store.registry().resolve(&args.project)?;
+            let project = store.registry()?.resolve(&args.project)?;
             let raw = RawExportConfig {
                 data: args.data,
                 btql: args.btql,
@@ -281,7 +281,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
             }
         }
         AutomationCommand::CreateRetention(args) => {
-            let project = store.registry().resolve(&args.project)?;
+            let project = store.registry()?.resolve(&args.project)?;
             let config = spanlake_engine::retention::RetentionConfig {
                 retention_days: args.days,
                 grace: args.grace,
@@ -308,7 +308,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
         }
         AutomationCommand::List { project, json } => {
             let project_id = match project {
-                Some(p) => Some(store.registry().resolve(&p)?.id),
+                Some(p) => Some(store.registry()?.resolve(&p)?.id),
                 None => None,
             };
             let automations = state.list(project_id.as_deref())?;

@@ -175,7 +175,7 @@ pub async fn start(
 
 /// Run an `apikey` subcommand.
 pub fn apikey_command(store: &Store, command: ApikeyCommand) -> anyhow::Result<()> {
-    let registry = store.registry();
+    let registry = store.registry()?;
     match command {
         ApikeyCommand::Create { org } => {
             let (key, info) = registry.create_api_key(&org)?;

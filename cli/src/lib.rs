@@ -352,7 +352,7 @@ fn render_diagnostics(diagnostics: &spanlake_dsl::Diagnostics, text: &str) -> u8
 }
 
 fn project(store: &Store, command: ProjectCommand) -> anyhow::Result<()> {
-    let registry = store.registry();
+    let registry = store.registry()?;
     match command {
         ProjectCommand::Create { name } => {
             let project = registry.create(&name)?;
@@ -382,7 +382,7 @@ fn project(store: &Store, command: ProjectCommand) -> anyhow::Result<()> {
 }
 
 async fn ingest_command(store: &Store, args: IngestArgs) -> anyhow::Result<()> {
-    let project = store.registry().resolve_or_create(&args.project)?;
+    let project = store.registry()?.resolve_or_create(&args.project)?;
     let stdin = args.file.as_os_str() == "-";
     let (input, source_name): (Box<dyn BufRead + Send>, String) = if stdin {
         (

@@ -34,7 +34,7 @@ pub struct CompactArgs {
 pub async fn store_command(store: &Store, command: StoreCommand) -> anyhow::Result<()> {
     match command {
         StoreCommand::Compact(args) => {
-            let project = store.registry().resolve(&args.project)?;
+            let project = store.registry()?.resolve(&args.project)?;
             let target_file_bytes =
                 spanlake_engine::automation::config::parse_bytes(&args.target_file_size)
                     .map_err(|e| anyhow::anyhow!("--target-file-size: {e}"))?;

@@ -714,7 +714,7 @@ async fn choose_cursor_to(
     max_rows: u64,
     trace_idle: Duration,
 ) -> Result<Option<(i64, bool, u64)>> {
-    let project = store.registry().get(&automation.project_id)?;
+    let project = store.with_registry(|r| r.get(&automation.project_id))?;
     // With `trace_idle`, the run stops before the first commit that landed
     // within the idle period: traces touched since are not idle yet.
     let not_before = if trace_idle.is_zero() {
@@ -722,7 +722,7 @@ async fn choose_cursor_to(
     } else {
         let cutoff = chrono::Utc::now().timestamp_micros()
             - i64::try_from(trace_idle.as_micros()).unwrap_or(i64::MAX / 2);
-        store.registry().first_commit_after(&project.id, cutoff)?
+        store.with_registry(|r| r.first_commit_after(&project.id, cutoff))?
     };
     let logs = store.logs(&project).await?;
     let Some(table) = logs.table() else {
@@ -981,7 +981,7 @@ async fn run_export_leased(
 /// The external id an export presents when it assumes its role:
 /// `spanlake:<org of its project>:<project>:<automation>`.
 pub fn automation_external_id(store: &Store, automation: &Automation) -> Result<String> {
-    let project = store.registry().get(&automation.project_id)?;
+    let project = store.with_registry(|r| r.get(&automation.project_id))?;
     Ok(crate::credentials::external_id(
         &project.org_id,
         &project.id,
@@ -999,7 +999,7 @@ pub const SNAPSHOT_VERSION: &str = "snapshot_version";
 /// lags behind compactions and vacuums reads current files, never ones that
 /// may have been purged.
 async fn snapshot_for(store: &Store, automation: &Automation) -> Result<i64> {
-    let project = store.registry().get(&automation.project_id)?;
+    let project = store.with_registry(|r| r.get(&automation.project_id))?;
     let logs = store.logs(&project).await?;
     logs.version()
         .ok_or_else(|| Error::Internal("an export run found no table to read".into()))
@@ -1024,8 +1024,7 @@ async fn write_run(
     } = *run;
     let failed = |e: Error| (e, Vec::new());
     let project = store
-        .registry()
-        .get(&automation.project_id)
+        .with_registry(|r| r.get(&automation.project_id))
         .map_err(failed)?;
     let logs = store
         .logs_at(&project, Some(snapshot))

@@ -102,6 +102,17 @@ impl ProjectRegistry {
         Ok(Self { conn, org_id })
     }
 
+    /// Another connection to the same registry, for a pool: the schema is
+    /// in place already (a first [`ProjectRegistry::open`] made it).
+    pub(crate) fn another(state_db: &Path, org_id: &str) -> Result<Self> {
+        let conn = Connection::open(state_db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Self {
+            conn,
+            org_id: org_id.to_string(),
+        })
+    }
+
     /// How long a statement waits for another connection's write lock
     /// before failing as busy ([`Error::is_busy`]); 10 s when opened. A
     /// server sets it short and answers busy with 503 instead of stalling.

@@ -269,9 +269,14 @@ pub async fn run_parsed_query(
                 "paging is not available for pivoted results yet; add `limit:` instead".into(),
             ));
         }
-        return crate::pivot::pivot_stream(&ctx, compiled.plan, compiled.columns, spec).await;
+        return crate::pivot::pivot_stream(&ctx, compiled.plan, compiled.columns, spec)
+            .await
+            .map_err(refused_plan);
     }
-    let mut frame = ctx.execute_logical_plan(compiled.plan).await?;
+    let mut frame = ctx
+        .execute_logical_plan(compiled.plan)
+        .await
+        .map_err(|e| refused_plan(e.into()))?;
     let mut page = None;
     if let Some(paging) = &options.page {
         if paging.size == 0 {
@@ -292,12 +297,34 @@ pub async fn run_parsed_query(
         };
         page = Some((paging.size, next.encode()));
     }
-    let stream = frame.execute_stream().await?;
+    let stream = frame
+        .execute_stream()
+        .await
+        .map_err(|e| refused_plan(e.into()))?;
     Ok(QueryStream {
         columns: compiled.columns,
         stream,
         page,
     })
+}
+
+/// A query DataFusion refuses to plan (operand types it cannot coerce that
+/// the dsl's own checks let through) is the query's mistake, not the
+/// server's: an [`Error::InvalidArgument`] with DataFusion's reason (a 400
+/// over HTTP, exit code 2 in the CLI) rather than an internal error.
+fn refused_plan(error: Error) -> Error {
+    use datafusion::error::DataFusionError;
+    let reason = match &error {
+        Error::DataFusion(e) => match e.find_root() {
+            DataFusionError::Plan(reason) => reason.clone(),
+            DataFusionError::SchemaError(reason, _) => reason.to_string(),
+            _ => return error,
+        },
+        _ => return error,
+    };
+    Error::InvalidArgument(format!(
+        "the query cannot be planned: {reason}; check the types of the values it combines, and convert with to_number, to_string or to_datetime"
+    ))
 }
 
 /// `frame` with a total order, so that pages of one snapshot never overlap
@@ -393,17 +420,17 @@ async fn prepare_view(
 ) -> Result<std::result::Result<Arc<dyn TableSource>, String>> {
     let mut projects = Vec::with_capacity(args.len());
     for arg in args {
-        let resolved = match org_id {
-            Some(org) => store.registry().resolve_in_org(org, arg),
-            None => store.registry().resolve(arg),
-        };
+        let resolved = store.with_registry(|r| match org_id {
+            Some(org) => r.resolve_in_org(org, arg),
+            None => r.resolve(arg),
+        });
         match resolved {
             Ok(project) => projects.push(project),
             Err(Error::UnknownProject(name)) => {
-                let known = match org_id {
-                    Some(org) => store.registry().list_in_org(org)?,
-                    None => store.registry().list()?,
-                };
+                let known = store.with_registry(|r| match org_id {
+                    Some(org) => r.list_in_org(org),
+                    None => r.list(),
+                })?;
                 let known: Vec<String> =
                     known.into_iter().map(|p| format!("`{}`", p.name)).collect();
                 let hint = if known.is_empty() {

@@ -1457,7 +1457,7 @@ mod tests {
     async fn plan_run_and_vacuum() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let project = store.registry().resolve_or_create("p").unwrap();
+        let project = store.registry().unwrap().resolve_or_create("p").unwrap();
         let created = fixture(&store, &project).await;
         let cutoff = cutoff_for(day(10, 12), 5, false).unwrap(); // day 5, 12:00
         let expected_rows = created.iter().filter(|c| **c < cutoff).count() as u64;
@@ -1615,7 +1615,7 @@ mod tests {
     async fn versions_of_an_expired_row_go_together() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let project = store.registry().resolve_or_create("p").unwrap();
+        let project = store.registry().unwrap().resolve_or_create("p").unwrap();
         let old = day(0, 0);
         let new = day(9, 0);
         let cutoff = day(5, 0);
@@ -1770,7 +1770,7 @@ mod tests {
     async fn empty_project_plans_nothing_and_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let project = store.registry().resolve_or_create("p").unwrap();
+        let project = store.registry().unwrap().resolve_or_create("p").unwrap();
         let (plan, metrics) = run_retention(&store, &project, day(0, 0), false)
             .await
             .unwrap();
@@ -1853,7 +1853,7 @@ pub async fn run_retention_automation(
     let config: RetentionConfig = serde_json::from_value(automation.config.clone())
         .map_err(|e| Error::Internal(format!("stored retention config: {e}")))?;
     let (grace, _interval) = config.validate()?;
-    let project = store.registry().get(&automation.project_id)?;
+    let project = store.with_registry(|r| r.get(&automation.project_id))?;
     let cutoff = cutoff_for(Utc::now(), config.retention_days, config.force)?;
     if dry_run {
         let (plan, _) = run_retention(store, &project, cutoff, true).await?;

@@ -223,7 +223,7 @@ pub async fn compact_due(
     policy: &CompactionPolicy,
     stop: &watch::Receiver<bool>,
 ) -> Result<u64> {
-    let projects = store.registry().list()?;
+    let projects = store.with_registry(|r| r.list())?;
     let mut compacted = 0;
     for project in projects {
         if *stop.borrow() {

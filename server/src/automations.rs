@@ -33,12 +33,41 @@ use spanlake_engine::store::STATE_DB;
 
 use crate::AppState;
 use crate::auth::Auth;
+use crate::blocking::STATE_BUSY_TIMEOUT;
 use crate::error::ApiError;
 
 type Answer = Result<Json<serde_json::Value>, ApiError>;
 
+/// A connection for a request's short reads and writes: it waits at most
+/// [`STATE_BUSY_TIMEOUT`] for another process's write lock, then the
+/// request answers 503 with `Retry-After`. Call it on the blocking pool
+/// ([`AppState::blocking`]).
 fn state_db(state: &AppState) -> Result<StateDb, ApiError> {
-    Ok(StateDb::open(&state.store.data_dir().join(STATE_DB))?)
+    Ok(StateDb::open_with_busy_timeout(
+        &state.store.data_dir().join(STATE_DB),
+        STATE_BUSY_TIMEOUT,
+    )?)
+}
+
+/// Run `work` with a state-database connection and the automation `id` of
+/// `org_id` (see [`find`]) on the blocking pool.
+async fn with_automation<T, F>(
+    state: &Arc<AppState>,
+    org_id: String,
+    id: String,
+    work: F,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&StateDb, Automation) -> Result<T, ApiError> + Send + 'static,
+{
+    state
+        .blocking(move |state| {
+            let db = state_db(state)?;
+            let automation = find(state, &db, &org_id, &id)?;
+            work(&db, automation)
+        })
+        .await
 }
 
 fn to_json(value: &impl serde::Serialize) -> Answer {
@@ -65,7 +94,7 @@ fn find(state: &AppState, db: &StateDb, org_id: &str, id: &str) -> Result<Automa
     let automation = db.get(id)?.ok_or_else(not_found)?;
     match state
         .store
-        .registry()
+        .registry()?
         .get_in_org(org_id, &automation.project_id)?
     {
         Some(_) => Ok(automation),
@@ -165,20 +194,23 @@ pub(crate) async fn create(
             )));
         }
     };
+    let project_arg = body.project_id.clone();
     let project = state
-        .store
-        .registry()
-        .resolve_in_org(&org.id, &body.project_id)?;
+        .registry(move |r| r.resolve_in_org(&org.id, &project_arg))
+        .await?;
     let config = validated_config(&state, kind, body.config).await?;
-    let db = state_db(&state)?;
-    let automation = db.create(
-        &project.id,
-        &body.name,
-        &body.description,
-        kind,
-        &config,
-        Origin::Api,
-    )?;
+    let automation = state
+        .blocking(move |state| {
+            Ok(state_db(state)?.create(
+                &project.id,
+                &body.name,
+                &body.description,
+                kind,
+                &config,
+                Origin::Api,
+            )?)
+        })
+        .await?;
     to_json(&automation)
 }
 
@@ -188,21 +220,26 @@ pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Answer {
-    let projects: Vec<String> = match query.get("project_id") {
-        Some(project) => vec![state.store.registry().resolve_in_org(&org.id, project)?.id],
-        None => state
-            .store
-            .registry()
-            .list_in_org(&org.id)?
-            .into_iter()
-            .map(|p| p.id)
-            .collect(),
-    };
-    let db = state_db(&state)?;
-    let mut objects = Vec::new();
-    for project in &projects {
-        objects.extend(db.list(Some(project))?);
-    }
+    let objects = state
+        .blocking(move |state| {
+            let projects: Vec<String> = match query.get("project_id") {
+                Some(project) => vec![state.store.registry()?.resolve_in_org(&org.id, project)?.id],
+                None => state
+                    .store
+                    .registry()?
+                    .list_in_org(&org.id)?
+                    .into_iter()
+                    .map(|p| p.id)
+                    .collect(),
+            };
+            let db = state_db(state)?;
+            let mut objects = Vec::new();
+            for project in &projects {
+                objects.extend(db.list(Some(project))?);
+            }
+            Ok(objects)
+        })
+        .await?;
     Ok(Json(serde_json::json!({ "objects": objects })))
 }
 
@@ -212,8 +249,7 @@ pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Answer {
-    let db = state_db(&state)?;
-    to_json(&find(&state, &db, &org.id, &id)?)
+    to_json(&with_automation(&state, org.id, id, |_, automation| Ok(automation)).await?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,8 +268,10 @@ pub(crate) async fn update(
     body: axum::body::Bytes,
 ) -> Answer {
     let body: UpdateBody = parse(&body, "automation update")?;
-    let db = state_db(&state)?;
-    let current = find(&state, &db, &org.id, &id)?;
+    let current = with_automation(&state, org.id.clone(), id.clone(), |_, automation| {
+        Ok(automation)
+    })
+    .await?;
     if let Some(status) = &body.status
         && status != "active"
         && status != "paused"
@@ -250,17 +288,22 @@ pub(crate) async fn update(
         ),
         None => (current.config.clone(), None),
     };
-    let mut updated = db.update(
-        &id,
-        body.name.as_deref().unwrap_or(&current.name),
-        body.description.as_deref().unwrap_or(&current.description),
-        &config,
-        origin,
-    )?;
-    if let Some(status) = body.status {
-        db.set_status(&id, &status)?;
-        updated.status = status;
-    }
+    // Looked up again: it may have been deleted meanwhile.
+    let updated = with_automation(&state, org.id, id, move |db, current| {
+        let mut updated = db.update(
+            &current.id,
+            body.name.as_deref().unwrap_or(&current.name),
+            body.description.as_deref().unwrap_or(&current.description),
+            &config,
+            origin,
+        )?;
+        if let Some(status) = body.status {
+            db.set_status(&current.id, &status)?;
+            updated.status = status;
+        }
+        Ok(updated)
+    })
+    .await?;
     to_json(&updated)
 }
 
@@ -270,12 +313,12 @@ pub(crate) async fn delete(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Answer {
-    let db = state_db(&state)?;
-    let automation = find(&state, &db, &org.id, &id)?;
-    db.delete(&automation.id)?;
-    Ok(Json(
-        serde_json::json!({"id": automation.id, "deleted": true}),
-    ))
+    let id = with_automation(&state, org.id, id, |db, automation| {
+        db.delete(&automation.id)?;
+        Ok(automation.id)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({"id": id, "deleted": true})))
 }
 
 /// Run `work` (which holds the state database, a connection that cannot be
@@ -288,7 +331,9 @@ where
     let state = Arc::clone(state);
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let db = state_db(&state)?;
+        // A run's connection waits as long as the CLI's: after its commit
+        // it must record the run, not give up on a short busy spell.
+        let db = StateDb::open(&state.store.data_dir().join(STATE_DB))?;
         handle.block_on(work(state, db))
     })
     .await
@@ -349,12 +394,12 @@ pub(crate) async fn reset(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Answer {
-    let db = state_db(&state)?;
-    let automation = find(&state, &db, &org.id, &id)?;
-    db.reset(&automation.id)?;
-    Ok(Json(
-        serde_json::json!({"id": automation.id, "reset": true}),
-    ))
+    let id = with_automation(&state, org.id, id, |db, automation| {
+        db.reset(&automation.id)?;
+        Ok(automation.id)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({"id": id, "reset": true})))
 }
 
 /// `GET /v1/project_automation/{id}/status`.
@@ -363,9 +408,12 @@ pub(crate) async fn status(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Answer {
-    let db = state_db(&state)?;
-    let automation = find(&state, &db, &org.id, &id)?;
-    Ok(Json(db.status_json(&automation)?))
+    Ok(Json(
+        with_automation(&state, org.id, id, |db, automation| {
+            Ok(db.status_json(&automation)?)
+        })
+        .await?,
+    ))
 }
 
 /// `GET /v1/project_automation/{id}/history?limit=` (newest first).
@@ -381,9 +429,9 @@ pub(crate) async fn history(
         })?,
         None => 20,
     };
-    let db = state_db(&state)?;
-    let automation = find(&state, &db, &org.id, &id)?;
-    Ok(Json(
-        serde_json::json!({ "objects": db.runs(&automation.id, limit)? }),
-    ))
+    let runs = with_automation(&state, org.id, id, move |db, automation| {
+        Ok(db.runs(&automation.id, limit)?)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "objects": runs })))
 }

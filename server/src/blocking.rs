@@ -35,7 +35,7 @@ impl AppState {
         T: Send + 'static,
         F: FnOnce(&ProjectRegistry) -> spanlake_engine::Result<T> + Send + 'static,
     {
-        self.blocking(move |state| Ok(work(&state.store.registry())?))
+        self.blocking(move |state| Ok(work(&*state.store.registry()?)?))
             .await
     }
 }

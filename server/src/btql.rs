@@ -548,7 +548,9 @@ async fn fetch(
     project: String,
     params: FetchParams,
 ) -> Result<Response, ApiError> {
-    let project = state.store.registry().resolve_in_org(&org.id, &project)?;
+    let project = state
+        .store
+        .with_registry(|r| r.resolve_in_org(&org.id, &project))?;
     let mut text = format!("select: * | from: project_logs('{}')", project.id);
     if let Some(max) = &params.max_xact_id {
         let max: u64 = max.parse().map_err(|_| {

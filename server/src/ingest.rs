@@ -356,8 +356,7 @@ impl Committer {
                 .unwrap_or_default();
             if let Some(xact) = xact.as_str().and_then(|x| x.parse::<i64>().ok()) {
                 self.store
-                    .registry()
-                    .record_requests(&self.project.id, &digests, xact)?;
+                    .with_registry(|r| r.record_requests(&self.project.id, &digests, xact))?;
             }
         }
         Ok(())
@@ -370,7 +369,9 @@ impl Committer {
         for pending in group {
             let known = match self.recent_xact(&pending.digest) {
                 Some(xact) => Ok(Some(xact)),
-                None => self.store.registry().request_xact(&pending.digest),
+                None => self
+                    .store
+                    .with_registry(|r| r.request_xact(&pending.digest)),
             };
             match known {
                 Ok(Some(xact)) => {
@@ -394,10 +395,9 @@ impl Committer {
                     let digests: Vec<String> =
                         remaining.iter().map(|&i| fresh[i].digest.clone()).collect();
                     self.remember(&digests, xact);
-                    if let Err(e) =
-                        self.store
-                            .registry()
-                            .record_requests(&self.project.id, &digests, xact)
+                    if let Err(e) = self
+                        .store
+                        .with_registry(|r| r.record_requests(&self.project.id, &digests, xact))
                     {
                         // Committed all the same: the digests are in the
                         // commit and are recovered when a committer starts.
@@ -641,7 +641,9 @@ async fn commit_rows(
         let slot = match by_project.iter().position(|(p, _, _)| p.id == project_id) {
             Some(slot) => slot,
             None => {
-                let project = state.store.registry().resolve_in_org(org_id, &project_id)?;
+                let project = state
+                    .store
+                    .with_registry(|r| r.resolve_in_org(org_id, &project_id))?;
                 by_project.push((project, Vec::new(), Vec::new()));
                 by_project.len() - 1
             }
@@ -786,7 +788,9 @@ pub(crate) async fn insert(
     budget: IngestPermit,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let project = state.store.registry().resolve_in_org(&org.id, &project)?;
+    let project = state
+        .store
+        .with_registry(|r| r.resolve_in_org(&org.id, &project))?;
     let parsed: InsertBody<'_> = serde_json::from_slice(&body).map_err(|e| {
         if e.is_data() {
             ApiError::bad_request(format!("expected {{\"events\": [...]}}: {e}"))
@@ -1034,7 +1038,7 @@ fn forget_old(store: &Store, overflow_dir: &std::path::Path) {
     }
     let since = chrono::Utc::now().timestamp_micros()
         - i64::try_from(REPLAY_WINDOW.as_micros()).unwrap_or(i64::MAX);
-    if let Err(e) = store.registry().forget_requests_before(since) {
+    if let Err(e) = store.with_registry(|r| r.forget_requests_before(since)) {
         tracing::warn!(error = %e, "could not forget old request digests");
     }
 }

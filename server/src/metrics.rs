@@ -187,7 +187,7 @@ pub(crate) async fn handler(
         .blocking(move |state| {
             let projects: Vec<String> = state
                 .store
-                .registry()
+                .registry()?
                 .list_in_org(&org.id)?
                 .into_iter()
                 .map(|p| p.id)

@@ -152,7 +152,12 @@ fn another_orgs_objects_are_404_on_every_route_whatever_names_exist() {
     // Logs: insert, /logs3 (inline and through A's overflow upload), fetch.
     let row = serde_json::json!({"id": "from-b", "input": "b's"});
     assert_eq!(
-        call("POST", "/logs3", &logs3_body(&pa, std::slice::from_ref(&row))).0,
+        call(
+            "POST",
+            "/logs3",
+            &logs3_body(&pa, std::slice::from_ref(&row))
+        )
+        .0,
         404
     );
     let insert = serde_json::json!({ "events": [row] }).to_string();
@@ -366,12 +371,22 @@ fn an_internal_error_answers_an_id_and_keeps_its_details_in_the_log() {
 }
 
 #[test]
-fn another_process_holding_the_state_lock_stalls_no_read_and_writes_answer_busy() {
+fn another_process_holding_the_state_lock_stalls_no_read_and_writes_answer_busy_at_once() {
     let spanlake = Spanlake::new();
     let a = api_key(&spanlake, "local");
     let b = api_key(&spanlake, "bee");
     let server = Server::start(&spanlake, &[]);
-    create_project(&server, &b, "bees");
+    let bees = create_project(&server, &b, "bees");
+    let (status, retention) = server.call(
+        "POST",
+        "/v1/project_automation",
+        Some(&b),
+        &serde_json::json!({"project_id": bees, "name": "rb", "kind": "retention",
+            "config": {"retention_days": 7, "grace": "0s", "interval": "24h"}})
+        .to_string(),
+    );
+    assert_eq!(status, 200, "{retention}");
+    let rb = retention["id"].as_str().unwrap().to_string();
     // Another process takes the state database's write lock and keeps it.
     let mut holder = std::process::Command::new("python3")
         .arg("-c")
@@ -393,36 +408,66 @@ fn another_process_holding_the_state_lock_stalls_no_read_and_writes_answer_busy(
     )
     .unwrap();
     assert_eq!(line.trim(), "locked");
-    // A read of another org answers at once (its key known, the read not
-    // queued behind anyone's write).
-    let started = std::time::Instant::now();
-    let (status, list) = server.call("GET", "/v1/project", Some(&b), "");
-    assert_eq!(status, 200, "{list}");
-    let read = started.elapsed();
-    // A write answers 503 with Retry-After after the short busy timeout,
-    // not after a 10 s hang.
-    let started = std::time::Instant::now();
-    let (status, headers, body) = server.raw(
-        "POST",
-        "/v1/project",
-        Some(&a),
-        br#"{"name": "while-locked"}"#,
+    // A write waits out the short busy timeout and answers 503 with
+    // Retry-After, not after a 10 s hang; while it waits, reads of another
+    // org (projects, automations) answer at once: the waiting write holds
+    // its own state connection, not one every request queues behind.
+    let (write, write_took) = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let started = std::time::Instant::now();
+            let answer = server.raw(
+                "POST",
+                "/v1/project",
+                Some(&a),
+                br#"{"name": "while-locked"}"#,
+            );
+            (answer, started.elapsed())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for path in [
+            "/v1/project".to_string(),
+            "/v1/project_automation".to_string(),
+            format!("/v1/project_automation/{rb}"),
+            format!("/v1/project_automation/{rb}/history"),
+        ] {
+            let started = std::time::Instant::now();
+            let (status, answer) = server.call("GET", &path, Some(&b), "");
+            let took = started.elapsed();
+            assert_eq!(status, 200, "{path}: {answer}");
+            assert!(
+                took < std::time::Duration::from_millis(1500),
+                "{path} took {took:?} while another org's write waited on the lock"
+            );
+        }
+        writer.join().unwrap()
+    });
+    // Automation writes answer busy alike.
+    let (patch_status, patch_headers, patch_body) = server.raw(
+        "PATCH",
+        &format!("/v1/project_automation/{rb}"),
+        Some(&b),
+        br#"{"description": "while locked"}"#,
     );
-    let write = started.elapsed();
     let _ = holder.kill();
     let _ = holder.wait();
+    let (status, headers, body) = write;
     assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
-    assert!(
-        headers.iter().any(|(k, v)| k == "retry-after" && v == "1"),
-        "{headers:?}"
+    for headers in [&headers, &patch_headers] {
+        assert!(
+            headers.iter().any(|(k, v)| k == "retry-after" && v == "1"),
+            "{headers:?}"
+        );
+    }
+    assert_eq!(
+        patch_status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&patch_body)
     );
     assert!(
-        read < std::time::Duration::from_secs(5),
-        "read took {read:?}"
-    );
-    assert!(
-        write < std::time::Duration::from_secs(6),
-        "write took {write:?}"
+        write_took >= std::time::Duration::from_millis(1500)
+            && write_took < std::time::Duration::from_secs(6),
+        "the write took {write_took:?}"
     );
     // Once the lock is gone the same write succeeds.
     create_project(&server, &a, "while-locked");

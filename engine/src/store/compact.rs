@@ -899,7 +899,7 @@ mod tests {
     use crate::store::schema::xact_id_for_version;
 
     async fn ingest_lines(store: &Store, lines: &[&str]) {
-        let project = store.registry().resolve_or_create("p").unwrap();
+        let project = store.registry().unwrap().resolve_or_create("p").unwrap();
         let input = std::io::Cursor::new(lines.join("\n").into_bytes());
         ingest(
             store,
@@ -914,7 +914,7 @@ mod tests {
 
     /// Every column of the spans view after `after`, sorted by id, as text.
     async fn view(store: &Store, after: Option<i64>) -> String {
-        let project = store.registry().resolve("p").unwrap();
+        let project = store.registry().unwrap().resolve("p").unwrap();
         let ctx = crate::query::session(&QueryOptions::default()).unwrap();
         let logs = store.logs(&project).await.unwrap();
         let batches: Vec<RecordBatch> = logs
@@ -943,7 +943,7 @@ mod tests {
     }
 
     async fn compact_p(store: &Store, dry_run: bool) -> CompactionReport {
-        let project = store.registry().resolve("p").unwrap();
+        let project = store.registry().unwrap().resolve("p").unwrap();
         compact(
             store,
             &project,
@@ -975,7 +975,7 @@ mod tests {
             let refs: Vec<&str> = text.iter().map(String::as_str).collect();
             ingest_lines(&store, &refs).await;
         }
-        let project = store.registry().resolve("p").unwrap();
+        let project = store.registry().unwrap().resolve("p").unwrap();
         let before = view(&store, None).await;
         // Every 2048-row batch closes a file.
         let report = compact(
@@ -1044,7 +1044,7 @@ mod tests {
             ],
         )
         .await;
-        let project = store.registry().resolve("p").unwrap();
+        let project = store.registry().unwrap().resolve("p").unwrap();
         let last = store.logs(&project).await.unwrap().version().unwrap();
         let before = views(&store, last).await;
 

@@ -26,7 +26,8 @@ pub(crate) use commit::commit_durably;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use deltalake::DeltaTable;
 use deltalake::kernel::StructField;
@@ -63,8 +64,79 @@ impl Default for StoreOptions {
 #[derive(Debug)]
 pub struct Store {
     data_dir: PathBuf,
-    registry: Mutex<ProjectRegistry>,
+    registry: RegistryPool,
     options: StoreOptions,
+}
+
+/// Connections to the project registry, each used by one caller at a time:
+/// a statement waiting on another process's write lock holds only its own
+/// connection, so other callers (other orgs' requests) are not queued
+/// behind it. Idle connections are kept, up to [`RegistryPool::IDLE`].
+#[derive(Debug)]
+struct RegistryPool {
+    path: PathBuf,
+    /// The local org (see [`ProjectRegistry::org_id`]).
+    org_id: String,
+    idle: Mutex<Vec<ProjectRegistry>>,
+    busy_timeout: Mutex<Option<Duration>>,
+}
+
+impl RegistryPool {
+    const IDLE: usize = 8;
+
+    fn take(&self) -> Result<ProjectRegistry> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        if let Some(registry) = idle {
+            return Ok(registry);
+        }
+        let registry = ProjectRegistry::another(&self.path, &self.org_id)?;
+        let timeout = *self
+            .busy_timeout
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(timeout) = timeout {
+            registry.set_busy_timeout(timeout)?;
+        }
+        Ok(registry)
+    }
+
+    fn give_back(&self, registry: ProjectRegistry) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < Self::IDLE {
+            idle.push(registry);
+        }
+    }
+}
+
+/// A registry connection of the store's pool, back in the pool when
+/// dropped.
+#[derive(Debug)]
+pub struct RegistryGuard<'a> {
+    pool: &'a RegistryPool,
+    registry: Option<ProjectRegistry>,
+}
+
+impl std::ops::Deref for RegistryGuard<'_> {
+    type Target = ProjectRegistry;
+
+    fn deref(&self) -> &ProjectRegistry {
+        self.registry.as_ref().expect("taken only on drop")
+    }
+}
+
+impl Drop for RegistryGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(registry) = self.registry.take() {
+            self.pool.give_back(registry);
+        }
+    }
 }
 
 impl Store {
@@ -81,10 +153,16 @@ impl Store {
         let data_dir = data_dir
             .canonicalize()
             .map_err(|e| Error::io(&data_dir, e))?;
-        let registry = ProjectRegistry::open(&data_dir.join(STATE_DB))?;
+        let path = data_dir.join(STATE_DB);
+        let first = ProjectRegistry::open(&path)?;
         Ok(Self {
             data_dir,
-            registry: Mutex::new(registry),
+            registry: RegistryPool {
+                path,
+                org_id: first.org_id().to_string(),
+                idle: Mutex::new(vec![first]),
+                busy_timeout: Mutex::new(None),
+            },
             options,
         })
     }
@@ -110,13 +188,48 @@ impl Store {
         self.options.fsync
     }
 
-    /// The project registry.
-    pub fn registry(&self) -> MutexGuard<'_, ProjectRegistry> {
-        // A panic while holding the lock cannot leave the registry half-updated
-        // (every change is one SQLite statement), so a poisoned lock is usable.
-        self.registry
+    /// A connection to the project registry, this caller's alone until the
+    /// guard is dropped.
+    pub fn registry(&self) -> Result<RegistryGuard<'_>> {
+        Ok(RegistryGuard {
+            pool: &self.registry,
+            registry: Some(self.registry.take()?),
+        })
+    }
+
+    /// How long the registry's statements wait for another process's write
+    /// lock before failing as busy ([`Error::is_busy`]); 10 s unless set.
+    pub fn set_registry_busy_timeout(&self, timeout: Duration) -> Result<()> {
+        *self
+            .registry
+            .busy_timeout
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(timeout);
+        let idle = self
+            .registry
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for registry in idle.iter() {
+            registry.set_busy_timeout(timeout)?;
+        }
+        Ok(())
+    }
+
+    /// Run `work` with the project registry from async code: SQLite calls
+    /// block (on disk, and up to the busy timeout on another process's
+    /// write lock), so on a multi-threaded tokio runtime the worker first
+    /// hands its other tasks to the rest of the pool
+    /// ([`tokio::task::block_in_place`]); elsewhere (a current-thread
+    /// runtime, plain threads) it simply runs.
+    pub fn with_registry<T>(&self, work: impl FnOnce(&ProjectRegistry) -> Result<T>) -> Result<T> {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(|| work(&*self.registry()?))
+        } else {
+            work(&*self.registry()?)
+        }
     }
 
     fn project_dir(&self, project: &Project) -> PathBuf {

@@ -685,7 +685,7 @@ mod tests {
     use crate::store::Store;
 
     async fn ingest_lines(store: &Store, lines: &[&str]) {
-        let project = store.registry().resolve_or_create("p").unwrap();
+        let project = store.registry().unwrap().resolve_or_create("p").unwrap();
         let input = std::io::Cursor::new(lines.join("\n").into_bytes());
         ingest(
             store,
@@ -703,7 +703,7 @@ mod tests {
     }
 
     async fn rows_after(store: &Store, after: Option<i64>) -> Vec<Value> {
-        let project = store.registry().resolve("p").unwrap();
+        let project = store.registry().unwrap().resolve("p").unwrap();
         let ctx = crate::query::session(&crate::query::QueryOptions::default()).unwrap();
         let logs = store.logs(&project).await.unwrap();
         let view = logs.resolved_view_after(&ctx, after).await.unwrap();
@@ -757,7 +757,7 @@ mod tests {
         .await;
         assert_eq!(rows(&store).await.len(), 3);
         // The JSON functions of BTQL take `Utf8`: the view must not hand out string views.
-        let project = store.registry().resolve("p").unwrap();
+        let project = store.registry().unwrap().resolve("p").unwrap();
         let ctx = crate::query::session(&crate::query::QueryOptions::default()).unwrap();
         let view = store
             .logs(&project)
