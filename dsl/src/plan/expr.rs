@@ -805,8 +805,19 @@ impl<'a> Lowerer<'a> {
         let (lt, rt) = (ty_of(&l), ty_of(&r));
         let temporal = |t: Ty| matches!(t, Ty::Timestamp | Ty::Date | Ty::Interval);
         if temporal(lt) || temporal(rt) {
-            let ok = matches!(op, BinaryOp::Add | BinaryOp::Sub)
-                && (lt == Ty::Interval || rt == Ty::Interval || op == BinaryOp::Sub);
+            // datetime ± interval, interval + datetime, interval ± interval,
+            // datetime − datetime; null stands for any of them.
+            let point = |t: Ty| matches!(t, Ty::Timestamp | Ty::Date | Ty::Null);
+            let span_ = |t: Ty| matches!(t, Ty::Interval | Ty::Null);
+            let ok = match op {
+                BinaryOp::Add => {
+                    (point(lt) && span_(rt)) || (span_(lt) && (point(rt) || span_(rt)))
+                }
+                BinaryOp::Sub => {
+                    (point(lt) && (span_(rt) || point(rt))) || (span_(lt) && span_(rt))
+                }
+                _ => false,
+            };
             if !ok || matches!((&l, &r), (Val::Json { .. }, _) | (_, Val::Json { .. })) {
                 return Err(mismatch(
                     format!(

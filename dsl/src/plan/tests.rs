@@ -454,3 +454,30 @@ fn pivot_errors() {
         );
     }
 }
+
+#[test]
+fn temporal_arithmetic_takes_datetimes_and_intervals_only() {
+    for text in [
+        "select: id - interval 1 day as x | from: project_logs('p')",
+        "select: interval 1 day - created as x | from: project_logs('p')",
+        "select: created + created as x | from: project_logs('p')",
+        "select: created * interval 1 day as x | from: project_logs('p')",
+    ] {
+        let e = plan_err(text);
+        assert_eq!(e.0[0].code, codes::TYPE_MISMATCH, "{text}: {e}");
+        let span = e.0[0].span;
+        assert!(
+            text[span.start..span.end].contains("interval")
+                || text[span.start..span.end].contains("created"),
+            "{text}: {span:?}"
+        );
+    }
+    for text in [
+        "select: created - interval 1 day as x | from: project_logs('p')",
+        "select: interval 1 day + created as x | from: project_logs('p')",
+        "select: now() - created as x | from: project_logs('p')",
+        "select: interval 1 day - interval 1 hour as x | from: project_logs('p')",
+    ] {
+        plan(text);
+    }
+}
