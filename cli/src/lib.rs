@@ -170,6 +170,9 @@ pub struct QueryArgs {
     pub page_size: Option<u64>,
     /// Continue after the page that returned this cursor. Pages read the
     /// snapshot of the first page, so they stay consistent while ingest goes on.
+    /// A cursor in the query text (`cursor: '<token>'`, SQL `OFFSET
+    /// '<token>'`) pages as over HTTP: by its `limit:` (on `traces`, which
+    /// counts traces, by 1000 rows), without `--page-size`.
     #[arg(long, value_name = "TOKEN", requires = "page_size")]
     pub cursor: Option<String>,
 }
@@ -490,10 +493,9 @@ async fn query_command(store: &Store, args: QueryArgs) -> u8 {
     let options = QueryOptions {
         tz_offset_minutes: args.tz_offset,
         memory_limit_bytes: args.memory_limit_mib.saturating_mul(1024 * 1024),
-        page: args.page_size.map(|size| spanlake_engine::query::Paging {
-            size,
-            cursor: args.cursor.clone(),
-        }),
+        page: args
+            .page_size
+            .map(|size| spanlake_engine::query::Paging::of(size, args.cursor.clone())),
         ..QueryOptions::default()
     };
     let stream = match run_query(store, &text, &options).await {

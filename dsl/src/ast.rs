@@ -53,6 +53,24 @@ impl Query {
     pub fn source(&self) -> Option<&Source> {
         self.from.as_ref().map(|clause| &clause.value)
     }
+
+    /// The query without positions, as text: the same query in any form
+    /// (clause syntax, SQL, JSON AST) and however spaced has one identity.
+    /// What a cursor is bound to (with `cursor` cleared first).
+    pub fn identity(&self) -> String {
+        const SPAN: &str = "Span { start: ";
+        let debug = format!("{self:?}");
+        let mut out = String::with_capacity(debug.len());
+        let mut rest = debug.as_str();
+        while let Some(at) = rest.find(SPAN) {
+            out.push_str(&rest[..at]);
+            out.push('_');
+            let span = &rest[at..];
+            rest = span.find('}').map_or("", |end| &span[end + 1..]);
+        }
+        out.push_str(rest);
+        out
+    }
 }
 
 /// One clause: its body and the span of the whole clause (keyword included).

@@ -45,14 +45,104 @@ pub struct QueryOptions {
     pub org_id: Option<String>,
 }
 
-/// Reading a result in pages: `size` rows per page, starting after
-/// `cursor` (the token of the previous page), or at the first row.
+/// Reading a result in pages, the same for the CLI and the server: `size`
+/// rows per page, starting after `cursor` (the token of the previous page)
+/// or at the first row.
+///
+/// The query's own text may carry the cursor too (`cursor: '<token>'`, SQL
+/// `OFFSET '<token>'`, as the BTQL docs page); it then pages even without
+/// a [`Paging`] of the caller, and may not name another cursor than
+/// `cursor`. Without a `size`, the query's `limit:` is the page size
+/// (at most `max_size`; the `traces` shape excepted, whose `limit:` counts
+/// traces, everywhere), else `default_size`.
 #[derive(Debug, Clone)]
 pub struct Paging {
-    /// Rows per page, at least 1.
-    pub size: u64,
+    /// Rows per page, at least 1; `None`: see above.
+    pub size: Option<u64>,
+    /// Rows per page when neither `size` nor the query's `limit:` sets one.
+    pub default_size: u64,
+    /// The largest page a query's `limit:` may ask for.
+    pub max_size: u64,
     /// The cursor of the previous page.
     pub cursor: Option<String>,
+}
+
+impl Paging {
+    /// Rows per page when the query gives none: the server's default.
+    pub const DEFAULT_SIZE: u64 = 1000;
+    /// The largest page a query's `limit:` may ask for.
+    pub const MAX_SIZE: u64 = 100_000;
+
+    /// Pages of exactly `size` rows (the query's `limit:` stays a limit).
+    pub fn of(size: u64, cursor: Option<String>) -> Self {
+        Self {
+            size: Some(size),
+            cursor,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for Paging {
+    fn default() -> Self {
+        Self {
+            size: None,
+            default_size: Self::DEFAULT_SIZE,
+            max_size: Self::MAX_SIZE,
+            cursor: None,
+        }
+    }
+}
+
+/// The paging of `query` under `asked`: the cursor of its text joined with
+/// the caller's, and the page size (the `limit:` taken out of the query
+/// when it is the page size). `None`: the query is read whole.
+fn paging_of(
+    query: &mut spanlake_dsl::ast::Query,
+    asked: Option<&Paging>,
+) -> Result<Option<(u64, Option<String>)>> {
+    let in_text = query.cursor.take().map(|clause| clause.value);
+    let mut paging = match (asked, &in_text) {
+        (Some(asked), _) => asked.clone(),
+        (None, Some(_)) => Paging::default(),
+        (None, None) => return Ok(None),
+    };
+    match (&paging.cursor, in_text) {
+        (Some(given), Some(text)) if *given != text => {
+            return Err(Error::InvalidArgument(
+                "the query text names one cursor and the request another; give the cursor once"
+                    .into(),
+            ));
+        }
+        (_, Some(text)) => paging.cursor = Some(text),
+        _ => {}
+    }
+    let traces = query
+        .source()
+        .is_some_and(|s| s.shape == spanlake_dsl::ast::Shape::Traces);
+    let size = match paging.size {
+        Some(size) => size,
+        None if traces => paging.default_size,
+        None => match query.limit.take() {
+            Some(limit) if limit.value < 1 => {
+                return Err(Error::InvalidArgument("`limit` must be at least 1".into()));
+            }
+            Some(limit) if u64::try_from(limit.value).unwrap_or(u64::MAX) > paging.max_size => {
+                return Err(Error::InvalidArgument(format!(
+                    "`limit` is the page size and may be at most {}; read more rows by sending the query again with each answer's `cursor`",
+                    paging.max_size
+                )));
+            }
+            Some(limit) => u64::try_from(limit.value).unwrap_or(u64::MAX),
+            None => paging.default_size,
+        },
+    };
+    if size == 0 {
+        return Err(Error::InvalidArgument(
+            "the page size must be at least 1".into(),
+        ));
+    }
+    Ok(Some((size, paging.cursor)))
 }
 
 /// What a cursor pins: the query it belongs to, the snapshot (table version
@@ -96,12 +186,22 @@ impl CursorState {
     }
 }
 
-fn query_fingerprint(text: &str, tz_offset_minutes: i32) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text.trim().hash(&mut hasher);
-    tz_offset_minutes.hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+/// What a cursor is bound to: the query's identity (without its cursor or
+/// positions, so the same query in any form, with or without its
+/// `cursor:`, matches) and the time zone. FNV-1a: stable across builds, so
+/// a cursor survives an upgrade of the server between two pages.
+fn query_fingerprint(query: &spanlake_dsl::ast::Query, tz_offset_minutes: i32) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let identity = query.identity();
+    for byte in identity
+        .as_bytes()
+        .iter()
+        .chain(&tz_offset_minutes.to_le_bytes())
+    {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 impl Default for QueryOptions {
@@ -215,20 +315,26 @@ impl Catalog for PreparedCatalog {
 /// Parse, plan and start `text` against `store`.
 pub async fn run_query(store: &Store, text: &str, options: &QueryOptions) -> Result<QueryStream> {
     let query = spanlake_dsl::parse_any(text)?;
-    run_parsed_query(store, query, text, options).await
+    run_parsed_query(store, query, options).await
 }
 
-/// Plan and start an already parsed `query` against `store`; `identity` is
-/// what a cursor is bound to (the query text, without its cursor).
+/// Plan and start an already parsed `query` against `store`.
 pub async fn run_parsed_query(
     store: &Store,
-    query: spanlake_dsl::ast::Query,
-    identity: &str,
+    mut query: spanlake_dsl::ast::Query,
     options: &QueryOptions,
 ) -> Result<QueryStream> {
     let ctx = session(options)?;
-    let fingerprint = query_fingerprint(identity, options.tz_offset_minutes);
-    let resumed = match options.page.as_ref().and_then(|p| p.cursor.as_deref()) {
+    let fingerprint = query_fingerprint(
+        &{
+            let mut bare = query.clone();
+            bare.cursor = None;
+            bare
+        },
+        options.tz_offset_minutes,
+    );
+    let paging = paging_of(&mut query, options.page.as_ref())?;
+    let resumed = match paging.as_ref().and_then(|(_, cursor)| cursor.as_deref()) {
         Some(token) => {
             let state = CursorState::decode(token)?;
             if state.q != fingerprint {
@@ -264,9 +370,9 @@ pub async fn run_parsed_query(
     };
     let compiled = spanlake_dsl::plan_query(&query, &catalog, &plan_options)?;
     if let Some(spec) = &compiled.pivot {
-        if options.page.is_some() {
+        if paging.is_some() {
             return Err(Error::InvalidArgument(
-                "paging is not available for pivoted results yet; add `limit:` instead".into(),
+                "pivoted results are not paged; run the query without a cursor or page size, with a `limit:`".into(),
             ));
         }
         return crate::pivot::pivot_stream(&ctx, compiled.plan, compiled.columns, spec)
@@ -278,24 +384,19 @@ pub async fn run_parsed_query(
         .await
         .map_err(|e| refused_plan(e.into()))?;
     let mut page = None;
-    if let Some(paging) = &options.page {
-        if paging.size == 0 {
-            return Err(Error::InvalidArgument(
-                "the page size must be at least 1".into(),
-            ));
-        }
+    if let Some((size, _)) = paging {
         let offset = resumed.as_ref().map_or(0, |state| state.o);
         frame = in_total_order(frame)?.limit(
             usize::try_from(offset).unwrap_or(usize::MAX),
-            Some(usize::try_from(paging.size + 1).unwrap_or(usize::MAX)),
+            Some(usize::try_from(size + 1).unwrap_or(usize::MAX)),
         )?;
         let next = CursorState {
             v: 1,
             q: fingerprint,
             s: resumed.map_or(snapshot, |state| state.s),
-            o: offset + paging.size,
+            o: offset + size,
         };
-        page = Some((paging.size, next.encode()));
+        page = Some((size, next.encode()));
     }
     let stream = frame
         .execute_stream()

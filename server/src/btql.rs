@@ -2,10 +2,13 @@
 //!
 //! The query is text (pipe BTQL or SQL, detected) or the JSON AST the SDK
 //! sends. `limit` is the page size (default `default_page_rows`, at most
-//! `max_page_rows`); when more rows follow, the answer carries a `cursor`
-//! (also in the `x-bt-cursor` header) that reads the next page of the same
-//! snapshot: post the same query with it (`query.cursor` in the AST form,
-//! or a top-level `cursor`). Memory is bounded by the page, not the result.
+//! `max_page_rows`; on `traces` it counts traces, as in the CLI); when more
+//! rows follow, the answer carries a `cursor` (also in the `x-bt-cursor`
+//! header) that reads the next page of the same snapshot: post the same
+//! query with it (in the text, `cursor: '<tok>'` or SQL `OFFSET '<tok>'`,
+//! as `query.cursor` in the AST form, or a top-level `cursor`). Paging is
+//! the engine's ([`Paging`]), the same as the CLI's. Memory is bounded by
+//! the page, not the result.
 //!
 //! Bounds per query: its memory (the engine's sorts and aggregations, a
 //! pivot's, and the page being encoded) is accounted in one memory pool of
@@ -315,56 +318,34 @@ async fn run_page_untimed(
     fmt: Fmt,
 ) -> Result<(Page, serde_json::Value), ApiError> {
     let query_error = |e: spanlake_dsl::Diagnostics| ApiError::query(&e, text);
-    let mut query = spanlake_dsl::parse_any(text).map_err(query_error)?;
-    if let Some(clause) = query.cursor.take() {
-        return Err(ApiError::bad_request(format!(
-            "put the cursor in the request (`\"cursor\": \"{}\"`), not in the query text",
-            clause.value
-        )));
-    }
+    let query = spanlake_dsl::parse_any(text).map_err(query_error)?;
+    // Pivots are not paged: the query's own limit applies, and a page holds
+    // at most `max_page_rows` of them.
     let pivoted = query.pivot.is_some();
-    let size = if pivoted {
-        // Pivots are not paged: the query's own limit applies.
-        state.config.max_page_rows
-    } else {
-        match query.limit.take() {
-            Some(limit) if limit.value < 1 => {
-                return Err(ApiError::bad_request("`limit` must be at least 1"));
-            }
-            Some(limit)
-                if u64::try_from(limit.value).unwrap_or(u64::MAX) > state.config.max_page_rows =>
-            {
-                return Err(ApiError::bad_request(format!(
-                    "`limit` is the page size and may be at most {}; read more rows by posting the query again with each answer's `cursor`",
-                    state.config.max_page_rows
-                )));
-            }
-            Some(limit) => u64::try_from(limit.value).unwrap_or(u64::MAX),
-            None => state.config.default_page_rows,
-        }
+    let paging = Paging {
+        size: None,
+        default_size: state.config.default_page_rows,
+        max_size: state.config.max_page_rows,
+        cursor,
     };
     let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(state.config.query_memory_bytes));
     let options = QueryOptions {
         tz_offset_minutes,
         memory_limit_bytes: state.config.query_memory_bytes,
         memory_pool: Some(Arc::clone(&pool)),
-        page: (!pivoted).then(|| Paging {
-            size,
-            cursor: cursor.clone(),
-        }),
+        page: (!pivoted || paging.cursor.is_some()).then_some(paging),
         org_id: Some(org_id.to_string()),
         ..QueryOptions::default()
     };
-    let stream = match run_parsed_query(&state.store, query, text, &options).await {
+    let stream = match run_parsed_query(&state.store, query, &options).await {
         Ok(stream) => stream,
         Err(Error::Query(diagnostics)) => return Err(query_error(diagnostics)),
         Err(e) => return Err(query_failure(state, e)),
     };
-    if pivoted && cursor.is_some() {
-        return Err(ApiError::bad_request(
-            "pivoted results are not paged; run the query without a cursor",
-        ));
-    }
+    let size = stream
+        .page
+        .as_ref()
+        .map_or(state.config.max_page_rows, |(size, _)| *size);
     let page = MemoryConsumer::new("btql page").register(&pool);
     collect_page(state, stream, page, size, fmt, pivoted).await
 }

@@ -5,7 +5,8 @@
 //! `UNPIVOT`, `TABLESAMPLE`, `OFFSET '<string>'`, `<=>` and
 //! `MATCH (col) AGAINST ('x')`. What it lacks is Braintrust's infix
 //! `col MATCH 'x'`; this wrapper adds it (and `NOT MATCH`) at `LIKE`
-//! precedence as `BinaryOperator::Custom("MATCH")`. It also parses the
+//! precedence as `BinaryOperator::Custom("MATCH")`, and the null-safe
+//! `a <!=> b` at `=` precedence as `IS DISTINCT FROM`. It also parses the
 //! BTQL-only `INCLUDES` / `CONTAINS` the same way, so the converter can
 //! refuse them with a span instead of a bare "no infix parser" error.
 //!
@@ -154,6 +155,18 @@ fn infix_word(token: &Token) -> Option<&'static str> {
     }
 }
 
+/// Whether the next tokens are BTQL's null-safe `<!=>` (`IS DISTINCT
+/// FROM`), which sqlparser reads as `<`, `!=`, `>`: three tokens written
+/// without space between them.
+fn at_not_spaceship(parser: &Parser) -> bool {
+    let [lt, neq, gt] = [0, 1, 2].map(|i| parser.peek_nth_token_ref(i));
+    matches!(
+        (&lt.token, &neq.token, &gt.token),
+        (Token::Lt, Token::Neq, Token::Gt)
+    ) && lt.span.end == neq.span.start
+        && neq.span.end == gt.span.start
+}
+
 fn is_not(token: &Token) -> bool {
     matches!(token, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case("NOT"))
 }
@@ -192,6 +205,9 @@ impl Dialect for BtqlSqlDialect {
         if let Err(error) = self.spend(1) {
             return Some(Err(error));
         }
+        if at_not_spaceship(parser) {
+            return Some(Ok(self.prec_value(Precedence::Eq)));
+        }
         let first = &parser.peek_nth_token_ref(0).token;
         let ours = infix_word(first).is_some()
             || (is_not(first) && infix_word(&parser.peek_nth_token_ref(1).token).is_some());
@@ -206,6 +222,16 @@ impl Dialect for BtqlSqlDialect {
     ) -> Option<Result<Expr, ParserError>> {
         if let Err(error) = self.spend(1) {
             return Some(Err(error));
+        }
+        if at_not_spaceship(parser) {
+            for _ in 0..3 {
+                parser.next_token();
+            }
+            return Some(
+                parser
+                    .parse_subexpr(precedence)
+                    .map(|right| Expr::IsDistinctFrom(Box::new(expr.clone()), Box::new(right))),
+            );
         }
         let negated = is_not(&parser.peek_nth_token_ref(0).token);
         let word_at = usize::from(negated);

@@ -194,6 +194,9 @@ fn expressions_match_the_clause_syntax() {
             "a <=> b and c <=> d",
         ),
         ("a IS DISTINCT FROM 'x'", "a <!=> 'x'"),
+        ("a <!=> 'x'", "a <!=> 'x'"),
+        ("a <!=> b + 1 AND c", "(a <!=> (b + 1)) and c"),
+        ("a < b OR c <> d", "a < b or c != d"),
         (
             "a NOT LIKE 'x%' AND b ILIKE 'y'",
             "not (a like 'x%') and b ilike 'y'",
