@@ -6,11 +6,11 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use spanlake_engine::automation::state::{Automation, Kind, Origin, StateDb, Trigger};
 use spanlake_engine::export::{
     ExportProgress, RawExportConfig, export_query, run_export, test_export_automation,
 };
 use spanlake_engine::query::QueryOptions;
+use spanlake_engine::state::{Automation, Kind, Origin, StateDb, Trigger};
 use spanlake_engine::store::{STATE_DB, Store};
 
 /// `spanlake automation ...`
@@ -272,7 +272,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
             if raw.role_arn.is_some() {
                 eprintln!(
                     "the role's trust policy must require sts:ExternalId = {}",
-                    spanlake_engine::credentials::external_id(
+                    spanlake_engine::sink::credentials::external_id(
                         &project.org_id,
                         &project.id,
                         &automation.id
@@ -404,7 +404,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                     report.rows,
                     report.files,
                     report.bytes,
-                    if report.status == spanlake_engine::automation::state::RunStatus::Behind {
+                    if report.status == spanlake_engine::state::RunStatus::Behind {
                         "; behind: more data waits, run again"
                     } else {
                         ""

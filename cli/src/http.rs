@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::Subcommand;
-use spanlake_engine::projects::LOCAL_ORG_NAME;
+use spanlake_engine::registry::LOCAL_ORG_NAME;
 use spanlake_engine::store::Store;
 
 /// `spanlake apikey ...`
@@ -91,7 +91,7 @@ impl ServeHttpArgs {
         let mut config = spanlake_server::ServerConfig::new(self.listen);
         config.public_url.clone_from(&self.public_url);
         config.max_body_bytes = usize::try_from(
-            spanlake_engine::automation::config::parse_bytes(&self.max_body)
+            spanlake_engine::config::parse_bytes(&self.max_body)
                 .map_err(|e| anyhow::anyhow!("--max-body: {e}"))?,
         )?;
         let linger = parse_linger(&self.group_commit_linger)?;
@@ -117,15 +117,20 @@ impl ServeHttpArgs {
 
     /// The destination policy of `--allow-export-to` and `--allow-endpoint`,
     /// for the HTTP API and the scheduler.
-    pub fn destinations(&self) -> anyhow::Result<spanlake_engine::policy::DestinationPolicy> {
-        spanlake_engine::policy::DestinationPolicy::new(&self.allow_export_to, &self.allow_endpoint)
-            .map_err(anyhow::Error::msg)
+    pub fn destinations(
+        &self,
+    ) -> anyhow::Result<spanlake_engine::automation::policy::DestinationPolicy> {
+        spanlake_engine::automation::policy::DestinationPolicy::new(
+            &self.allow_export_to,
+            &self.allow_endpoint,
+        )
+        .map_err(anyhow::Error::msg)
     }
 }
 
 /// The duration of `flag`, which must be more than zero.
 fn positive_duration(flag: &str, text: &str) -> anyhow::Result<std::time::Duration> {
-    let duration = spanlake_engine::automation::config::parse_duration(text)
+    let duration = spanlake_engine::config::parse_duration(text)
         .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
     if duration.is_zero() {
         anyhow::bail!("{flag}: must be more than zero, e.g. `30s`");
@@ -136,8 +141,7 @@ fn positive_duration(flag: &str, text: &str) -> anyhow::Result<std::time::Durati
 /// The size of `flag`, at least `min` bytes.
 fn size_at_least(flag: &str, text: &str, min: usize) -> anyhow::Result<usize> {
     let bytes = usize::try_from(
-        spanlake_engine::automation::config::parse_bytes(text)
-            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?,
+        spanlake_engine::config::parse_bytes(text).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?,
     )?;
     if bytes < min {
         anyhow::bail!("{flag}: at least {min} bytes, e.g. `256MiB`");
@@ -153,7 +157,7 @@ fn parse_linger(text: &str) -> anyhow::Result<std::time::Duration> {
         })?;
         return Ok(std::time::Duration::from_millis(ms));
     }
-    spanlake_engine::automation::config::parse_duration(text)
+    spanlake_engine::config::parse_duration(text)
         .map_err(|e| anyhow::anyhow!("--group-commit-linger: {e}"))
 }
 

@@ -320,7 +320,7 @@ async fn serve_command(
         let _ = tokio::signal::ctrl_c().await;
         std::process::exit(130);
     });
-    let options = spanlake_engine::scheduler::SchedulerOptions {
+    let options = spanlake_engine::automation::scheduler::SchedulerOptions {
         once,
         compaction: compaction.policy(),
         destinations: http.destinations()?,
@@ -337,7 +337,7 @@ async fn serve_command(
     } else {
         Some(http::start(store, http, stop_rx.clone()).await?)
     };
-    spanlake_engine::scheduler::serve(store, &options, stop_rx).await?;
+    spanlake_engine::automation::scheduler::serve(store, &options, stop_rx).await?;
     if let Some(server) = server {
         server.await.context("the HTTP server task failed")??;
     }

@@ -15,7 +15,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::StreamExt;
 use spanlake_dsl::OutputColumn;
 use spanlake_engine::query::QueryStream;
-use spanlake_engine::rows::{
+use spanlake_engine::query::rows::{
     format_timestamp_micros, string_value, timestamp_micros, write_json_value, write_row_object,
 };
 

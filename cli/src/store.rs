@@ -35,9 +35,8 @@ pub async fn store_command(store: &Store, command: StoreCommand) -> anyhow::Resu
     match command {
         StoreCommand::Compact(args) => {
             let project = store.registry()?.resolve(&args.project)?;
-            let target_file_bytes =
-                spanlake_engine::automation::config::parse_bytes(&args.target_file_size)
-                    .map_err(|e| anyhow::anyhow!("--target-file-size: {e}"))?;
+            let target_file_bytes = spanlake_engine::config::parse_bytes(&args.target_file_size)
+                .map_err(|e| anyhow::anyhow!("--target-file-size: {e}"))?;
             let options = CompactOptions {
                 target_file_bytes,
                 small_file_bytes: (target_file_bytes / 4).max(1),

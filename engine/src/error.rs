@@ -19,7 +19,7 @@ pub enum Error {
         /// Where the input came from (a path, or `-` for stdin).
         source_name: String,
         /// Every error found, in line order.
-        errors: Vec<crate::ingest::LineError>,
+        errors: Vec<LineError>,
     },
     /// A project name or id that does not exist.
     #[error("unknown project `{0}`")]
@@ -121,4 +121,19 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// One invalid input line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    /// 1-based line number.
+    pub line: u64,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
 }

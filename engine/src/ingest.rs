@@ -20,7 +20,7 @@
 //! [0, 1] or null), `metrics` (object of numbers or null), `metadata`,
 //! `span_attributes`, `context`, `origin`, `facets`, `classifications`
 //! (object), `comments` (array), `_is_merge`, `_object_delete` (boolean),
-//! `_merge_paths`, `_array_delete` (see [`crate::merge`]); any of them may
+//! `_merge_paths`, `_array_delete` (see [`crate::store::merge`]); any of them may
 //! also be `null`. Blank lines are skipped. Server-assigned fields
 //! (`_xact_id`, `_pagination_key`, `org_id`, `project_id`, `log_id`,
 //! `is_root`, `audit_data`, `_async_scoring_state`) and unknown fields are
@@ -66,8 +66,8 @@ use serde_json::{Map, Value};
 use spanlake_dsl::schema::JSON_COLUMNS;
 
 use crate::error::{Error, Result};
-use crate::merge;
-use crate::projects::Project;
+use crate::registry::Project;
+use crate::store::merge;
 use crate::store::schema::{self, VersionOp, physical_schema, xact_id_for_version};
 use crate::store::{ProjectLogs, Store, commit_durably};
 
@@ -137,20 +137,7 @@ impl Default for IngestOptions {
     }
 }
 
-/// One invalid input line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineError {
-    /// 1-based line number.
-    pub line: u64,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl fmt::Display for LineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}", self.line, self.message)
-    }
-}
+pub use crate::error::LineError;
 
 /// One commit made by an ingest.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -304,7 +291,7 @@ async fn load_id_hashes(logs: &ProjectLogs) -> Result<HashSet<u64, IdHasher>> {
     if table.snapshot()?.log_data().num_files() == 0 {
         return Ok(ids);
     }
-    let ctx = crate::query::session(&crate::query::QueryOptions::default())?;
+    let ctx = crate::session::session(&crate::session::SessionOptions::default())?;
     table.update_datafusion_session(&ctx.state())?;
     let provider = table
         .table_provider()

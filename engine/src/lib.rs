@@ -1,22 +1,37 @@
 //! The spanlake engine: the log store of span row versions (Delta Lake),
-//! ingest with merge semantics, and BTQL queries streamed as Arrow record
-//! batches. See `DESIGN.md` at the repository root for the architecture.
+//! ingest with merge semantics, BTQL queries streamed as Arrow record
+//! batches, and the export and retention automations over them. See
+//! `DESIGN.md` at the repository root for the architecture.
+//!
+//! # Layers
+//!
+//! Modules by stage of the data's flow; each uses only the layers below it
+//! (`engine/tests/layers.rs` fails on an import cycle between them):
+//!
+//! ```text
+//!  automation  runner (one path for both kinds), scheduler, destinations policy   ◄── cli, server
+//!  export   retention          an export run: config, manifests, recovery, probe │ retention: plan, rewrite
+//!  state                       automations, cursors, runs, leases (state.db)
+//!  sink                        object stores, credentials, JSONL and Parquet writers, partitions
+//!  query                       BTQL over the resolved view: run, cursors, pivot, rows as JSON
+//!  ingest                      JSONL and SDK rows into commits, with merge semantics
+//!  store                       tables, durable commits, resolve (fold), merge, compaction, vacuum
+//!  registry                    projects, orgs, API keys, request digests (state.db)
+//!  session  config  faults  error    DataFusion sessions, units, test hooks, errors
+//! ```
 
-pub mod apikeys;
 pub mod automation;
-pub mod credentials;
+pub mod config;
 pub mod error;
 pub mod export;
+mod faults;
 pub mod ingest;
-pub mod merge;
-pub mod pivot;
-pub mod policy;
-pub mod projects;
 pub mod query;
+pub mod registry;
 pub mod retention;
-pub mod rows;
-pub mod scheduler;
+pub mod session;
 pub mod sink;
+pub mod state;
 pub mod store;
 
 pub use error::{Error, Result};

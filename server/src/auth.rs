@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use spanlake_engine::apikeys::Org;
+use spanlake_engine::registry::apikeys::Org;
 
 use sha2::Digest;
 

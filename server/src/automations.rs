@@ -13,7 +13,7 @@
 //!
 //! An export created, or whose configuration is changed, here is marked
 //! `origin: api` and its destination is held to the operator's
-//! [`DestinationPolicy`](spanlake_engine::policy::DestinationPolicy) (`spanlake
+//! [`DestinationPolicy`](spanlake_engine::automation::policy::DestinationPolicy) (`spanlake
 //! serve --allow-export-to`, `--allow-endpoint`) when it is stored, and
 //! again at each `run` and `test` (and scheduled run): a refusal is a 403
 //! naming the rule and the flag that lifts it, and nothing is written.
@@ -25,10 +25,10 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use spanlake_engine::automation::state::{Automation, Kind, Origin, StateDb, Trigger};
+use spanlake_engine::automation::policy::DestinationRefused;
 use spanlake_engine::export::{ExportConfig, RawExportConfig, run_export, test_export_automation};
-use spanlake_engine::policy::DestinationRefused;
 use spanlake_engine::retention::{RetentionConfig, run_retention_automation};
+use spanlake_engine::state::{Automation, Kind, Origin, StateDb, Trigger};
 use spanlake_engine::store::STATE_DB;
 
 use crate::AppState;

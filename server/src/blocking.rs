@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use spanlake_engine::Error;
-use spanlake_engine::projects::ProjectRegistry;
+use spanlake_engine::registry::ProjectRegistry;
 
 use crate::AppState;
 use crate::error::ApiError;

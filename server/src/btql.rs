@@ -33,8 +33,8 @@ use futures::StreamExt;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use spanlake_engine::Error;
+use spanlake_engine::query::rows::write_row_object;
 use spanlake_engine::query::{Paging, QueryOptions, QueryStream, run_parsed_query};
-use spanlake_engine::rows::write_row_object;
 
 use crate::AppState;
 use crate::auth::Auth;

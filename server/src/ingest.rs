@@ -50,7 +50,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use spanlake_engine::Error;
 use spanlake_engine::ingest::{IngestOptions, WriterCache, ingest};
-use spanlake_engine::projects::Project;
+use spanlake_engine::registry::Project;
 use spanlake_engine::store::Store;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};

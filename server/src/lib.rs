@@ -67,7 +67,7 @@ pub struct ServerConfig {
     pub query_memory_bytes: usize,
     /// Export destinations and endpoints allowed to automations created or
     /// changed over the API (`--allow-export-to`, `--allow-endpoint`).
-    pub destinations: spanlake_engine::policy::DestinationPolicy,
+    pub destinations: spanlake_engine::automation::policy::DestinationPolicy,
     /// Longest a query (`/btql`, `/v1/project_logs/{id}/fetch`) may run, from
     /// parsing to the last row of its page; it is then cancelled and answered
     /// 504 `query_timeout`.
@@ -102,7 +102,7 @@ impl ServerConfig {
             default_page_rows: 1000,
             max_page_rows: 100_000,
             query_memory_bytes: 256 * 1024 * 1024,
-            destinations: spanlake_engine::policy::DestinationPolicy::default(),
+            destinations: spanlake_engine::automation::policy::DestinationPolicy::default(),
             query_timeout: Duration::from_secs(30),
             max_queries_per_key: 4,
             header_timeout: Duration::from_secs(30),

@@ -17,7 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use spanlake_engine::automation::state::{Kind, StateDb};
+use spanlake_engine::state::{Kind, StateDb};
 
 use crate::AppState;
 use crate::error::ApiError;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use spanlake_engine::projects::Project;
+use spanlake_engine::registry::Project;
 
 use crate::AppState;
 use crate::auth::Auth;

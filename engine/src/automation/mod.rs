@@ -1,13 +1,6 @@
-//! Automations (export and retention): their configuration, and their state
-//! in the state database: definitions, cursors, runs and leases.
-//!
-//! ```text
-//!  CLI / serve ──► StateDb (SQLite, <data-dir>/state.db, WAL)
-//!                    automations  id, project, name, kind, config (JSON), status
-//!                    cursors      automation → last exported _xact_id
-//!                    runs         every run: trigger, status, rows, bytes, files, cursor range, error
-//!                    leases       automation → holder until expiry (no two runs at once)
-//! ```
+//! Automations, the top layer: the runner that validates, tests and runs an
+//! export or retention, the scheduler that runs them on their intervals in
+//! `serve`, and the destinations policy of exports created over the API.
 
-pub mod config;
-pub mod state;
+pub mod policy;
+pub mod scheduler;

@@ -44,11 +44,13 @@
 //! [`WrittenFile`]s it needs.
 
 mod config;
+pub mod credentials;
 mod error;
 mod jsonl;
 mod objstore;
 mod parquet;
 mod partition;
+pub mod summary;
 mod upload;
 
 #[cfg(test)]
@@ -376,7 +378,7 @@ impl FilePool<'_> {
         partition.files += 1;
         self.completed.push(written);
         if self.completed.len() == 1 {
-            crate::export::kill_point("mid_upload");
+            crate::faults::kill_point("mid_upload");
         }
         Ok(())
     }

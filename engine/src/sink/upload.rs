@@ -191,7 +191,7 @@ impl Upload {
                 }
                 // Every part is uploaded (on a local folder: in the staging
                 // file `<name>#<n>`), the object is not visible yet.
-                crate::export::kill_point("before_complete");
+                crate::faults::kill_point("before_complete");
                 upload
                     .complete()
                     .await

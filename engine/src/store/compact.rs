@@ -83,8 +83,8 @@ use super::resolve::{IdInSet, PAGINATION_KEY, needs_fold, stored_pagination_key,
 use super::schema::{self, MERGE, OP, SEQ, VersionOp, XACT_ID, physical_schema};
 use super::{ProjectLogs, Store};
 use crate::error::{Error, Result};
-use crate::projects::Project;
-use crate::query::QueryOptions;
+use crate::registry::Project;
+use crate::session::SessionOptions;
 
 /// Files are closed past this size (as ingest's).
 pub const DEFAULT_TARGET_FILE_BYTES: u64 = 128 * 1024 * 1024;
@@ -114,7 +114,7 @@ impl Default for CompactOptions {
         Self {
             target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
             small_file_bytes: DEFAULT_SMALL_FILE_BYTES,
-            memory_limit_bytes: QueryOptions::default().memory_limit_bytes,
+            memory_limit_bytes: SessionOptions::default().memory_limit_bytes,
             dry_run: false,
         }
     }
@@ -424,7 +424,7 @@ pub async fn compact(
     }
 
     let (adds, written) = write_files(&ctx, &logs, &plan, options).await?;
-    crate::export::kill_point("compact_after_files");
+    crate::faults::kill_point("compact_after_files");
     report.tombstones = Some(written.tombstones);
     if written.rows != report.rows_out {
         delete_files(table, &adds).await;
@@ -915,7 +915,7 @@ mod tests {
     /// Every column of the spans view after `after`, sorted by id, as text.
     async fn view(store: &Store, after: Option<i64>) -> String {
         let project = store.registry().unwrap().resolve("p").unwrap();
-        let ctx = crate::query::session(&QueryOptions::default()).unwrap();
+        let ctx = crate::session::session(&crate::session::SessionOptions::default()).unwrap();
         let logs = store.logs(&project).await.unwrap();
         let batches: Vec<RecordBatch> = logs
             .resolved_view_after(&ctx, after)

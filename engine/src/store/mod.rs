@@ -19,8 +19,10 @@
 mod commit;
 pub mod compact;
 pub mod durable;
+pub mod merge;
 pub mod resolve;
 pub mod schema;
+pub mod vacuum;
 
 pub(crate) use commit::commit_durably;
 
@@ -36,7 +38,7 @@ use deltalake::operations::create::CreateBuilder;
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::projects::{Project, ProjectRegistry};
+use crate::registry::{Project, ProjectRegistry};
 
 /// File name of the state database inside the data directory.
 pub const STATE_DB: &str = "state.db";
@@ -253,7 +255,7 @@ impl Store {
                 Some(v) => {
                     // A snapshot whose files a vacuum may have purged fails
                     // clearly instead of reading partial rows.
-                    crate::retention::check_snapshot_kept(&self.project_dir(project), project, v)?;
+                    vacuum::check_snapshot_kept(&self.project_dir(project), project, v)?;
                     let v = u64::try_from(v)
                         .map_err(|_| Error::InvalidArgument(format!("no table version {v}")))?;
                     deltalake::open_table_with_version(url, v).await?

@@ -51,7 +51,7 @@ use spanlake_dsl::schema::{JSON_COLUMNS, JSON_METADATA_KEY, spans_schema};
 use super::ProjectLogs;
 use super::schema::{MERGE, OP, SEQ, STRING_COLUMNS, VersionOp, XACT_ID};
 use crate::error::{Error, Result};
-use crate::merge::{self, EventOp};
+use crate::store::merge::{self, EventOp};
 
 /// The `log_id` of project logs.
 pub const PROJECT_LOGS_LOG_ID: &str = "g";
@@ -704,7 +704,7 @@ mod tests {
 
     async fn rows_after(store: &Store, after: Option<i64>) -> Vec<Value> {
         let project = store.registry().unwrap().resolve("p").unwrap();
-        let ctx = crate::query::session(&crate::query::QueryOptions::default()).unwrap();
+        let ctx = crate::session::session(&crate::session::SessionOptions::default()).unwrap();
         let logs = store.logs(&project).await.unwrap();
         let view = logs.resolved_view_after(&ctx, after).await.unwrap();
         let batches: Vec<RecordBatch> = view
@@ -758,7 +758,7 @@ mod tests {
         assert_eq!(rows(&store).await.len(), 3);
         // The JSON functions of BTQL take `Utf8`: the view must not hand out string views.
         let project = store.registry().unwrap().resolve("p").unwrap();
-        let ctx = crate::query::session(&crate::query::QueryOptions::default()).unwrap();
+        let ctx = crate::session::session(&crate::session::SessionOptions::default()).unwrap();
         let view = store
             .logs(&project)
             .await

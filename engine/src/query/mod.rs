@@ -7,20 +7,23 @@
 //!
 //! Results are streamed: nothing here collects a result. Memory for sorts and
 //! other blocking operators is bounded by [`QueryOptions::memory_limit_bytes`]
-//! (they spill to disk beyond it), a pivot's included (see [`crate::pivot`]).
+//! (they spill to disk beyond it), a pivot's included (see [`crate::query::pivot`]).
+
+pub mod pivot;
+pub mod rows;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::datasource::{ViewTable, provider_as_source};
-use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::logical_expr::TableSource;
 use datafusion::physical_plan::SendableRecordBatchStream;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
 use spanlake_dsl::{Catalog, OutputColumn, PlanOptions};
 
 use crate::error::{Error, Result};
+use crate::session::SessionOptions;
 use crate::store::Store;
 
 /// Options of a query run.
@@ -206,11 +209,12 @@ fn query_fingerprint(query: &spanlake_dsl::ast::Query, tz_offset_minutes: i32) -
 
 impl Default for QueryOptions {
     fn default() -> Self {
+        let session = SessionOptions::default();
         Self {
             tz_offset_minutes: 0,
-            memory_limit_bytes: 512 * 1024 * 1024,
+            memory_limit_bytes: session.memory_limit_bytes,
             memory_pool: None,
-            batch_rows: 8192,
+            batch_rows: session.batch_rows,
             now: chrono::Utc::now(),
             page: None,
             org_id: None,
@@ -239,47 +243,14 @@ impl std::fmt::Debug for QueryStream {
     }
 }
 
-/// A session configured for spanlake queries.
+/// The DataFusion session of a query under `options` (see
+/// [`crate::session::session`]).
 pub fn session(options: &QueryOptions) -> Result<SessionContext> {
-    let pool = match &options.memory_pool {
-        Some(pool) => Arc::clone(pool),
-        None => Arc::new(FairSpillPool::new(options.memory_limit_bytes)) as Arc<dyn MemoryPool>,
-    };
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(pool)
-        .build_arc()?;
-    let mut config = SessionConfig::new()
-        .with_batch_size(options.batch_rows)
-        .with_information_schema(false);
-    // Read strings as `Utf8`, not views: the JSON functions of BTQL take
-    // `Utf8` and would otherwise copy every JSON column they touch.
-    config
-        .options_mut()
-        .execution
-        .parquet
-        .schema_force_view_types = false;
-    // Filters are not pushed into the Parquet decoder: measured on 1M spans,
-    // late materialisation made the filtered span query slower (0.36 s
-    // against 0.23 s), as the JSON predicates then run on row selections.
-    //
-    // DataFusion's last physical rule, `SanityCheckPlan`, only verifies the
-    // plan; it rejects valid sorts whose key mixes our JSON functions with
-    // operators (`sort: (not input) <= metrics.tokens`: the SortExec's own
-    // output ordering is judged not to satisfy the identical requirement, as
-    // the ordering of such an expression cannot be derived), which answered
-    // 500. The plan itself is right, so the check is left out.
-    let rules: Vec<_> = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new()
-        .rules
-        .into_iter()
-        .filter(|rule| rule.name() != "SanityCheckPlan")
-        .collect();
-    let state = datafusion::execution::SessionStateBuilder::new()
-        .with_config(config)
-        .with_runtime_env(runtime)
-        .with_default_features()
-        .with_physical_optimizer_rules(rules)
-        .build();
-    Ok(SessionContext::new_with_state(state))
+    crate::session::session(&SessionOptions {
+        memory_limit_bytes: options.memory_limit_bytes,
+        memory_pool: options.memory_pool.clone(),
+        batch_rows: options.batch_rows,
+    })
 }
 
 /// The sources a query may read, prepared before planning (planning is
@@ -375,7 +346,7 @@ pub async fn run_parsed_query(
                 "pivoted results are not paged; run the query without a cursor or page size, with a `limit:`".into(),
             ));
         }
-        return crate::pivot::pivot_stream(&ctx, compiled.plan, compiled.columns, spec)
+        return crate::query::pivot::pivot_stream(&ctx, compiled.plan, compiled.columns, spec)
             .await
             .map_err(refused_plan);
     }
@@ -490,7 +461,7 @@ pub async fn run_query_over_view(
     };
     let compiled = spanlake_dsl::plan_query(&query, &catalog, &plan_options)?;
     if let Some(spec) = &compiled.pivot {
-        return crate::pivot::pivot_stream(ctx, compiled.plan, compiled.columns, spec).await;
+        return crate::query::pivot::pivot_stream(ctx, compiled.plan, compiled.columns, spec).await;
     }
     let stream = ctx
         .execute_logical_plan(compiled.plan)

@@ -31,10 +31,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::automation::state::{Automation, Kind, Origin, RunStatus, StateDb, Trigger};
+use crate::automation::policy::DestinationPolicy;
 use crate::error::Result;
 use crate::export::{RawExportConfig, run_export};
-use crate::policy::DestinationPolicy;
+use crate::state::{Automation, Kind, Origin, RunStatus, StateDb, Trigger};
 use crate::store::compact::{CompactionPolicy, compact};
 use crate::store::{STATE_DB, Store};
 

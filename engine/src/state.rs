@@ -1,4 +1,13 @@
-//! The automation state database.
+//! The automation state database: definitions, cursors, runs and leases
+//! of export and retention automations.
+//!
+//! ```text
+//!  CLI / serve ──► StateDb (SQLite, <data-dir>/state.db, WAL)
+//!                    automations  id, project, name, kind, config (JSON), status
+//!                    cursors      automation → last exported _xact_id
+//!                    runs         every run: trigger, status, rows, bytes, files, cursor range, error
+//!                    leases       automation → holder until expiry (no two runs at once)
+//! ```
 //!
 //! Guarantees: a cursor only moves in the same transaction that marks its
 //! run `succeeded` or `behind`; a lease is held by at most one holder at a
@@ -13,6 +22,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+
+/// Key of the table version a run reads, in its run details (an export's
+/// snapshot, pinned against vacuum until the run ends).
+pub const SNAPSHOT_VERSION: &str = "snapshot_version";
 
 const SCHEMA_SQL: &str = "
 CREATE TABLE IF NOT EXISTS automations (
@@ -87,7 +100,7 @@ impl Kind {
 
 /// Who last chose an automation's configuration: the HTTP API (its
 /// destination is then held to the server's
-/// [`DestinationPolicy`](crate::policy::DestinationPolicy), at every run) or
+/// [`DestinationPolicy`](crate::automation::policy::DestinationPolicy), at every run) or
 /// the CLI, run by the machine's owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -626,11 +639,11 @@ impl StateDb {
         for row in rows {
             let (cursor_to, run_id, holder, details) = row?;
             if holder.ends_with(&format!(":{run_id}")) && !holder_is_dead(&holder) {
-                // The version the run reads (see `export::SNAPSHOT_VERSION`),
+                // The version the run reads (see [`SNAPSHOT_VERSION`]),
                 // else the one that committed its `cursor_to`.
                 let snapshot = details
                     .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
-                    .and_then(|d| d[crate::export::SNAPSHOT_VERSION].as_i64());
+                    .and_then(|d| d[SNAPSHOT_VERSION].as_i64());
                 versions.push(snapshot.unwrap_or(cursor_to & !crate::store::schema::XACT_TOP_BITS));
             }
         }
@@ -755,6 +768,12 @@ impl StateDb {
             },
             "keeping_up": runs.first().map(|r| r.status != RunStatus::Behind),
         }))
+    }
+}
+
+impl crate::store::vacuum::PinnedVersions for StateDb {
+    fn pinned_versions(&self, project_id: &str) -> Result<Vec<i64>> {
+        StateDb::pinned_versions(self, project_id)
     }
 }
 

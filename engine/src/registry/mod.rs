@@ -3,8 +3,10 @@
 //! A project has a UUID and a name unique within its org. The local org (the
 //! one the CLI works in) is generated once per data directory, kept in the
 //! `meta` table, and named `local`; the HTTP server adds orgs with their API
-//! keys (see [`crate::apikeys`]). The CLI sees every org: a name that two
+//! keys (see [`crate::registry::apikeys`]). The CLI sees every org: a name that two
 //! orgs use must then be given as the project id.
+
+pub mod apikeys;
 
 use std::path::Path;
 

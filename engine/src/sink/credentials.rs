@@ -448,8 +448,8 @@ impl AssumeRoleProvider {
             .map_err(|e| transport(e.to_string()))?;
         let text = String::from_utf8_lossy(&bytes);
         if !(200..300).contains(&status) {
-            let code =
-                crate::policy::aws_error_code(&text).unwrap_or_else(|| format!("HTTP {status}"));
+            let code = crate::sink::summary::aws_error_code(&text)
+                .unwrap_or_else(|| format!("HTTP {status}"));
             let message = xml_text(&text, "Message").unwrap_or_default();
             return Err(self.error(AssumeRoleErrorKind::Rejected {
                 status,

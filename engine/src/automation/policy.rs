@@ -26,7 +26,7 @@
 //! a rebinding between the check and the connection is not caught.
 //!
 //! Replies of destinations are shown only as summaries
-//! ([`store_error_summary`]): the HTTP status, the AWS error code and what
+//! ([`store_error_summary`](crate::sink::summary::store_error_summary)): the HTTP status, the AWS error code and what
 //! to check, never the reply's body.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -266,7 +266,8 @@ impl DestinationPolicy {
             }
         }
         if with_role {
-            let sts = crate::credentials::sts_endpoint(None, config.endpoint.as_deref(), false);
+            let sts =
+                crate::sink::credentials::sts_endpoint(None, config.endpoint.as_deref(), false);
             if config.endpoint.as_deref().map(|e| e.trim_end_matches('/')) != Some(sts.as_str()) {
                 implied.push((sts, "the STS endpoint"));
             }
@@ -588,77 +589,10 @@ fn v6_class(ip: Ipv6Addr) -> Option<&'static str> {
     }
 }
 
-/// A summary of an object store error for users: the operation's outcome,
-/// the HTTP status and AWS error code of the destination's reply, never the
-/// reply's body. Errors that carry no reply (a connection that failed, a
-/// local file system error) keep their text, which holds no reply.
-pub fn store_error_summary(error: &object_store::Error) -> String {
-    let text = crate::error::error_chain(error);
-    let outcome = match error {
-        object_store::Error::NotFound { .. } => "not found",
-        object_store::Error::PermissionDenied { .. } => "permission denied",
-        object_store::Error::Unauthenticated { .. } => "not authenticated",
-        object_store::Error::AlreadyExists { .. } => "already exists",
-        object_store::Error::Precondition { .. } => "precondition failed",
-        _ => "failed",
-    };
-    let answered = text.contains("Server returned");
-    let status = text
-        .split("status code: ")
-        .nth(1)
-        .and_then(|rest| rest.get(..3))
-        .filter(|code| code.bytes().all(|b| b.is_ascii_digit()))
-        .map(str::to_string);
-    let code = aws_error_code(&text);
-    if !answered && status.is_none() {
-        return text;
-    }
-    let mut summary = format!("the destination answered: {outcome}");
-    if let Some(status) = status {
-        summary.push_str(&format!(", HTTP {status}"));
-    }
-    if let Some(code) = code {
-        summary.push_str(&format!(", {code}"));
-    }
-    summary
-}
-
-/// The `<Code>` of an AWS error reply, if it looks like one (letters,
-/// digits, `.`, `_`, `-`; at most 64).
-pub fn aws_error_code(reply: &str) -> Option<String> {
-    let start = reply.find("<Code>")? + "<Code>".len();
-    let end = start + reply[start..].find("</Code>")?;
-    let code = reply[start..end].trim();
-    (!code.is_empty()
-        && code.len() <= 64
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
-    .then(|| code.to_string())
-}
-
-/// [`crate::error::error_chain`] with every object store error in it
-/// replaced by its [`store_error_summary`] (whose causes are not shown).
-pub fn error_chain_summary(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = String::new();
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(cause) = current {
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        if let Some(store) = cause.downcast_ref::<object_store::Error>() {
-            text.push_str(&store_error_summary(store));
-            break;
-        }
-        text.push_str(&cause.to_string());
-        current = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::summary::store_error_summary;
 
     fn policy(prefixes: &[&str], endpoints: &[&str]) -> DestinationPolicy {
         let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();

@@ -41,12 +41,12 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::{Deserialize, Serialize};
 use spanlake_dsl::schema::JSON_COLUMNS;
 
-use crate::automation::config::{parse_bytes, parse_duration};
-use crate::automation::state::{Automation, RunOutcome, RunStatus, StateDb, Trigger};
-use crate::credentials::{AssumeRoleOptions, AssumeRoleProvider};
+use crate::config::{parse_bytes, parse_duration};
 use crate::error::{Error, Result};
 use crate::query::{QueryOptions, run_query_over_view, session};
+use crate::sink::credentials::{AssumeRoleOptions, AssumeRoleProvider};
 use crate::sink::{ExportTarget, RawSinkConfig, SinkConfig, TargetOptions, WrittenFile};
+use crate::state::{Automation, RunOutcome, RunStatus, StateDb, Trigger};
 use crate::store::Store;
 use crate::store::schema::XACT_ID;
 
@@ -292,50 +292,13 @@ pub struct RunReport {
     pub recovered: Vec<String>,
 }
 
-/// Test hook: with `SPANLAKE_TEST_KILL_AT=<point>`, the process kills itself
-/// with SIGKILL at that point of a run (`after_files`: data files written, no
-/// manifest; `after_manifest`: manifest written, cursor not moved;
-/// `mid_upload`: in the sink, once the first data file is complete and the
-/// others are not; `before_complete`: in the sink, once every part of a
-/// multipart upload is uploaded and before it completes), as a crash there
-/// would. Used by the crash tests; inert
-/// otherwise.
-pub(crate) fn kill_point(point: &str) {
-    if std::env::var("SPANLAKE_TEST_KILL_AT").is_ok_and(|at| at == point) {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &std::process::id().to_string()])
-            .status();
-        std::thread::sleep(Duration::from_secs(60));
-    }
-}
-
-/// Test hook: with `SPANLAKE_TEST_PAUSE_AT=<point>:<file>`, a run reaching
-/// `point` creates `<file>.reached` and waits until `<file>` exists (e.g. an
-/// export holding its pinned snapshot while a retention run and its vacuum
-/// go by). Used by the concurrency tests; inert otherwise.
-pub(crate) fn pause_point(point: &str) {
-    let Ok(at) = std::env::var("SPANLAKE_TEST_PAUSE_AT") else {
-        return;
-    };
-    let Some((name, file)) = at.split_once(':') else {
-        return;
-    };
-    if name != point {
-        return;
-    }
-    let _ = std::fs::write(format!("{file}.reached"), b"");
-    while !std::path::Path::new(file).exists() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// The object store and prefix of an export. With a `role_arn` (and an S3
 /// path), its credentials come from STS AssumeRole with `external_id` (see
-/// [`crate::credentials::external_id`]; none for one-shot exports), renewed
+/// [`crate::sink::credentials::external_id`]; none for one-shot exports), renewed
 /// before they expire.
 pub fn export_target(config: &ExportConfig, external_id: Option<&str>) -> Result<ExportTarget> {
     let credentials = match role_provider(config, external_id) {
@@ -369,7 +332,8 @@ async fn export_target_assumed(
 fn role_provider(
     config: &ExportConfig,
     external_id: Option<&str>,
-) -> Option<std::result::Result<Arc<AssumeRoleProvider>, crate::credentials::AssumeRoleError>> {
+) -> Option<std::result::Result<Arc<AssumeRoleProvider>, crate::sink::credentials::AssumeRoleError>>
+{
     let role_arn = config.role_arn.as_deref()?;
     let scheme = config.export_path.split_once("://").map(|(s, _)| s);
     if !matches!(scheme, Some("s3" | "s3a")) {
@@ -413,7 +377,7 @@ fn manifest_path(target: &ExportTarget, run_id: &str) -> Path {
 fn object_error(operation: &str, key: &Path, error: object_store::Error) -> Error {
     Error::InvalidArgument(format!(
         "{operation} `{key}` failed: {}",
-        crate::policy::store_error_summary(&error)
+        crate::sink::summary::store_error_summary(&error)
     ))
 }
 
@@ -787,7 +751,7 @@ pub async fn run_export(
     let external_id = automation_external_id(store, automation)?;
     let target = export_target_assumed(&config, Some(&external_id)).await?;
     let run_id = uuid::Uuid::now_v7().to_string();
-    let holder = crate::automation::state::lease_holder(&run_id);
+    let holder = crate::state::lease_holder(&run_id);
     if !state.try_lease(&automation.id, &holder, LEASE_TTL)? {
         return Err(Error::InvalidArgument(format!(
             "automation `{}` is running already (another process holds its lease); try again when it finishes",
@@ -922,7 +886,7 @@ async fn run_export_leased(
         cleanup_failed_run(state, target, Some(local), run_id, &error).await?;
         return Err(error);
     }
-    kill_point("after_files");
+    crate::faults::kill_point("after_files");
     let manifest = Manifest {
         run_id: run_id.to_string(),
         automation_id: automation.id.clone(),
@@ -955,7 +919,7 @@ async fn run_export_leased(
     if let Some(local) = local {
         local.sync(vec![path.to_string()]).await?;
     }
-    kill_point("after_manifest");
+    crate::faults::kill_point("after_manifest");
     let status = if behind {
         RunStatus::Behind
     } else {
@@ -982,15 +946,14 @@ async fn run_export_leased(
 /// `spanlake:<org of its project>:<project>:<automation>`.
 pub fn automation_external_id(store: &Store, automation: &Automation) -> Result<String> {
     let project = store.with_registry(|r| r.get(&automation.project_id))?;
-    Ok(crate::credentials::external_id(
+    Ok(crate::sink::credentials::external_id(
         &project.org_id,
         &project.id,
         &automation.id,
     ))
 }
 
-/// Key of the table version a run reads, in its details.
-pub const SNAPSHOT_VERSION: &str = "snapshot_version";
+pub use crate::state::SNAPSHOT_VERSION;
 
 /// The table version a run reads: the latest when it starts. The run reads
 /// the row versions up to its `cursor_to` from it
@@ -1031,7 +994,7 @@ async fn write_run(
         .await
         .map_err(failed)?;
     // The snapshot is open (its files listed) and pinned by this run.
-    pause_point("export_snapshot");
+    crate::faults::pause_point("export_snapshot").await;
     let options = QueryOptions::default();
     let ctx = session(&options).map_err(failed)?;
     let changed = logs
@@ -1126,7 +1089,7 @@ async fn write_run(
             (
                 Error::InvalidArgument(format!(
                     "export failed: {}",
-                    crate::policy::error_chain_summary(&e)
+                    crate::sink::summary::error_chain_summary(&e)
                 )),
                 completed,
             )
@@ -1236,7 +1199,7 @@ pub async fn test_export_target(config: &ExportConfig, external_id: Option<&str>
         ok: false,
         message: format!(
             "{step} `{key}` failed: {}; {}",
-            crate::policy::store_error_summary(e),
+            crate::sink::summary::store_error_summary(e),
             likely_fix(e)
         ),
     };
@@ -1309,7 +1272,7 @@ pub async fn export_query(
             let _ = delete_run_files(&target, local.as_ref(), &run_id).await;
             return Err(Error::InvalidArgument(format!(
                 "export failed: {}",
-                crate::policy::error_chain_summary(&e)
+                crate::sink::summary::error_chain_summary(&e)
             )));
         }
     };

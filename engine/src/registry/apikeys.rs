@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::projects::{ProjectRegistry, now_rfc3339};
+use crate::registry::{ProjectRegistry, now_rfc3339};
 
 /// Characters of a key kept to tell keys apart (`sl-` and 8 hex digits).
 const PREFIX_LEN: usize = 11;
