@@ -6,9 +6,10 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use spanlake_engine::export::{
-    ExportProgress, RawExportConfig, export_query, run_export, test_export_automation,
+use spanlake_engine::automation::runner::{
+    AutomationConfig, RunError, RunReport, Runner, TestReport,
 };
+use spanlake_engine::export::{ExportProgress, RawExportConfig, export_query};
 use spanlake_engine::query::QueryOptions;
 use spanlake_engine::state::{Automation, Kind, Origin, StateDb, Trigger};
 use spanlake_engine::store::{STATE_DB, Store};
@@ -255,13 +256,14 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                 role_arn: args.role_arn,
                 endpoint: args.endpoint,
             };
-            raw.validate()?;
+            let (_, stored) =
+                AutomationConfig::validate(Kind::Export, serde_json::to_value(&raw)?)?;
             let automation = state.create(
                 &project.id,
                 &args.name,
                 &args.description,
                 Kind::Export,
-                &serde_json::to_value(&raw)?,
+                &stored,
                 Origin::Cli,
             )?;
             println!("{}", automation.id);
@@ -288,7 +290,8 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                 interval: args.interval,
                 force: args.force,
             };
-            config.validate()?;
+            let (_, stored) =
+                AutomationConfig::validate(Kind::Retention, serde_json::to_value(&config)?)?;
             let name = args
                 .name
                 .unwrap_or_else(|| format!("retention-{}d", args.days));
@@ -297,7 +300,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                 &name,
                 "",
                 Kind::Retention,
-                &serde_json::to_value(&config)?,
+                &stored,
                 Origin::Cli,
             )?;
             println!("{}", automation.id);
@@ -364,34 +367,23 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
         }
         AutomationCommand::Run(selector) => {
             let automation = find(store, &state, &selector)?;
-            if automation.kind == Kind::Retention {
-                let report = spanlake_engine::retention::run_retention_automation(
-                    store,
-                    &state,
-                    &automation,
-                    Trigger::Manual,
-                    false,
-                )
-                .await?;
-                return print_json(&report);
-            }
-            let progress = std::sync::Arc::new(ExportProgress::default());
-            let bar = std::io::stderr()
-                .is_terminal()
-                .then(|| show_progress(std::sync::Arc::clone(&progress)));
-            let result = run_export(
-                store,
-                &state,
-                &automation,
-                Trigger::Manual,
-                Some(std::sync::Arc::clone(&progress)),
-            )
-            .await;
+            let progress = (automation.kind == Kind::Export)
+                .then(|| std::sync::Arc::new(ExportProgress::default()));
+            let bar = progress
+                .as_ref()
+                .filter(|_| std::io::stderr().is_terminal())
+                .map(|progress| show_progress(std::sync::Arc::clone(progress)));
+            let result = Runner::new(store, &state)
+                .run(&automation, Trigger::Manual, progress)
+                .await;
             if let Some((bar, task)) = bar {
                 task.abort();
                 bar.finish_and_clear();
             }
-            let report = result?;
+            let report = match result.map_err(run_error)? {
+                RunReport::Retention(report) => return print_json(&report),
+                RunReport::Export(report) => report,
+            };
             for note in &report.recovered {
                 eprintln!("recovered: {note}");
             }
@@ -415,23 +407,19 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
         }
         AutomationCommand::Test(selector) => {
             let automation = find(store, &state, &selector)?;
-            if automation.kind == Kind::Retention {
+            let report = Runner::new(store, &state)
+                .test(&automation)
+                .await
+                .map_err(run_error)?;
+            let steps = match &report {
                 // The preview: the same plan as a dry run; nothing changes.
-                let preview = spanlake_engine::retention::run_retention_automation(
-                    store,
-                    &state,
-                    &automation,
-                    Trigger::Test,
-                    true,
-                )
-                .await?;
-                return print_json(&preview);
-            }
-            let steps = test_export_automation(store, &automation).await?;
+                TestReport::Retention(preview) => return print_json(preview),
+                TestReport::Export { steps, .. } => steps,
+            };
             if selector.json {
-                print_json(&steps)?;
+                print_json(steps)?;
             } else {
-                for step in &steps {
+                for step in steps {
                     println!(
                         "{} {:<7} {}",
                         if step.ok { "ok  " } else { "FAIL" },
@@ -440,7 +428,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                     );
                 }
             }
-            if let Some(failed) = steps.iter().find(|s| !s.ok) {
+            if let Some(failed) = report.failed_step() {
                 bail!("test failed at step `{}`", failed.step);
             }
         }
@@ -498,4 +486,13 @@ pub async fn export_command(store: &Store, args: ExportArgs) -> anyhow::Result<(
         manifest.run_id
     );
     Ok(())
+}
+
+/// A runner's failure, with the engine's error itself when it is one (the
+/// exit code depends on it).
+fn run_error(error: RunError) -> anyhow::Error {
+    match error {
+        RunError::Failed(error) => anyhow::Error::new(error),
+        refused => anyhow::Error::new(refused),
+    }
 }

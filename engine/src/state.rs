@@ -265,8 +265,88 @@ pub struct StateDb {
     conn: Connection,
 }
 
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+use crate::registry::now_rfc3339;
+
+/// How long a run's lease lasts without renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(3600);
+
+/// One run's lease of its automation, for export and retention runs alike:
+/// no other run of it starts while it is held. Renewed in the background
+/// every sixth of [`LEASE_TTL`], so a long run keeps it (and an export its
+/// pin on the snapshot it reads); released by [`RunLease::release`], or
+/// lapsing [`LEASE_TTL`] after its process died.
+#[derive(Debug)]
+pub struct RunLease {
+    automation_id: String,
+    holder: String,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl RunLease {
+    /// Take the lease of `automation` for the run `run_id`, or fail at once
+    /// when another run holds it. `state_path`: the state database, which
+    /// the renewal opens on its own.
+    pub fn take(
+        state: &StateDb,
+        state_path: &Path,
+        automation: &Automation,
+        run_id: &str,
+    ) -> Result<Self> {
+        let holder = lease_holder(run_id);
+        if !state.try_lease(&automation.id, &holder, LEASE_TTL)? {
+            return Err(Error::InvalidArgument(format!(
+                "automation `{}` is running already (another process holds its lease); try again when it finishes",
+                automation.name
+            )));
+        }
+        let renewal = tokio::spawn(Self::renew(
+            state_path.to_path_buf(),
+            automation.id.clone(),
+            holder.clone(),
+        ));
+        Ok(Self {
+            automation_id: automation.id.clone(),
+            holder,
+            renewal,
+        })
+    }
+
+    /// Renew `holder`'s lease of `automation_id` every sixth of its
+    /// lifetime, until aborted.
+    async fn renew(state_path: std::path::PathBuf, automation_id: String, holder: String) {
+        loop {
+            tokio::time::sleep(LEASE_TTL / 6).await;
+            let path = state_path.clone();
+            let (id, who) = (automation_id.clone(), holder.clone());
+            let renewed = tokio::task::spawn_blocking(move || {
+                StateDb::open(&path).and_then(|db| db.try_lease(&id, &who, LEASE_TTL))
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(format!("lease renewal task: {e}"))));
+            match renewed {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(%automation_id, "the run lost its lease");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%automation_id, error = %e, "could not renew the run's lease")
+                }
+            }
+        }
+    }
+
+    /// Stop renewing and give the lease up.
+    pub fn release(self, state: &StateDb) -> Result<()> {
+        self.renewal.abort();
+        state.release_lease(&self.automation_id, &self.holder)
+    }
+}
+
+impl Drop for RunLease {
+    fn drop(&mut self) {
+        self.renewal.abort();
+    }
 }
 
 impl StateDb {
@@ -412,6 +492,11 @@ impl StateDb {
 
     /// Set `active` or `paused`.
     pub fn set_status(&self, id: &str, status: &str) -> Result<()> {
+        if status != "active" && status != "paused" {
+            return Err(Error::InvalidArgument(format!(
+                "`status` must be `active` or `paused`, not `{status}`"
+            )));
+        }
         let changed = self.conn.execute(
             "UPDATE automations SET status = ?2, updated = ?3 WHERE id = ?1",
             params![id, status, now_rfc3339()],

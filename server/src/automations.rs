@@ -26,8 +26,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use spanlake_engine::automation::policy::DestinationRefused;
-use spanlake_engine::export::{ExportConfig, RawExportConfig, run_export, test_export_automation};
-use spanlake_engine::retention::{RetentionConfig, run_retention_automation};
+use spanlake_engine::automation::runner::{AutomationConfig, RunError, Runner};
 use spanlake_engine::state::{Automation, Kind, Origin, StateDb, Trigger};
 use spanlake_engine::store::STATE_DB;
 
@@ -117,32 +116,13 @@ fn refused(refused: &DestinationRefused) -> ApiError {
     .with_details(serde_json::Value::Array(details))
 }
 
-/// Check an export's destination against the server's policy.
-async fn check_destination(state: &AppState, config: &ExportConfig) -> Result<(), ApiError> {
-    state
-        .config
-        .destinations
-        .check_export(config)
-        .await
-        .map_err(|e| refused(&e))
-}
-
-/// Check the destination of a stored export whose configuration was chosen
-/// over the API (the policy may have changed since it was stored); the
-/// CLI's automations are the owner's.
-async fn check_stored_destination(
-    state: &AppState,
-    automation: &Automation,
-) -> Result<(), ApiError> {
-    if automation.kind != Kind::Export || automation.origin != Origin::Api {
-        return Ok(());
+/// A runner's failure: a refused destination is a 403, anything else maps
+/// as usual.
+fn run_error(error: RunError) -> ApiError {
+    match error {
+        RunError::Refused(refusal) => refused(&refusal),
+        RunError::Failed(error) => error.into(),
     }
-    let raw: RawExportConfig = serde_json::from_value(automation.config.clone()).map_err(|e| {
-        ApiError::from(spanlake_engine::Error::Internal(format!(
-            "stored export config: {e}"
-        )))
-    })?;
-    check_destination(state, &raw.validate()?).await
 }
 
 /// Validate `config` for `kind`, an export's destination against the
@@ -152,23 +132,20 @@ async fn validated_config(
     kind: Kind,
     config: serde_json::Value,
 ) -> Result<serde_json::Value, ApiError> {
-    match kind {
-        Kind::Export => {
-            let raw: RawExportConfig = serde_json::from_value(config)
-                .map_err(|e| ApiError::bad_request(format!("invalid export config: {e}")))?;
-            check_destination(state, &raw.validate()?).await?;
-            Ok(serde_json::to_value(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?)
-        }
-        Kind::Retention => {
-            let raw: RetentionConfig = serde_json::from_value(config)
-                .map_err(|e| ApiError::bad_request(format!("invalid retention config: {e}")))?;
-            raw.validate()?;
-            Ok(serde_json::to_value(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?)
-        }
+    let (validated, stored) = AutomationConfig::validate(kind, config)?;
+    if let AutomationConfig::Export(config) = &validated {
+        state
+            .config
+            .destinations
+            .check_export(config)
+            .await
+            .map_err(|e| refused(&e))?;
     }
+    Ok(stored)
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateBody {
     project_id: String,
     name: String,
@@ -253,6 +230,7 @@ pub(crate) async fn get(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UpdateBody {
     name: Option<String>,
     description: Option<String>,
@@ -272,14 +250,6 @@ pub(crate) async fn update(
         Ok(automation)
     })
     .await?;
-    if let Some(status) = &body.status
-        && status != "active"
-        && status != "paused"
-    {
-        return Err(ApiError::bad_request(format!(
-            "`status` must be `active` or `paused`, not `{status}`"
-        )));
-    }
     // A configuration given here is the API's choice from now on.
     let (config, origin) = match body.config {
         Some(config) => (
@@ -290,6 +260,10 @@ pub(crate) async fn update(
     };
     // Looked up again: it may have been deleted meanwhile.
     let updated = with_automation(&state, org.id, id, move |db, current| {
+        // The status first: it is checked there, before anything changes.
+        if let Some(status) = &body.status {
+            db.set_status(&current.id, status)?;
+        }
         let mut updated = db.update(
             &current.id,
             body.name.as_deref().unwrap_or(&current.name),
@@ -298,7 +272,6 @@ pub(crate) async fn update(
             origin,
         )?;
         if let Some(status) = body.status {
-            db.set_status(&current.id, &status)?;
             updated.status = status;
         }
         Ok(updated)
@@ -348,16 +321,12 @@ pub(crate) async fn run(
 ) -> Answer {
     on_own_thread(&state, move |state, db| async move {
         let automation = find(&state, &db, &org.id, &id)?;
-        check_stored_destination(&state, &automation).await?;
-        match automation.kind {
-            Kind::Retention => to_json(
-                &run_retention_automation(&state.store, &db, &automation, Trigger::Manual, false)
-                    .await?,
-            ),
-            Kind::Export => {
-                to_json(&run_export(&state.store, &db, &automation, Trigger::Manual, None).await?)
-            }
-        }
+        let runner = Runner::new(&state.store, &db).with_policy(&state.config.destinations);
+        let report = runner
+            .run(&automation, Trigger::Manual, None)
+            .await
+            .map_err(run_error)?;
+        to_json(&report)
     })
     .await
 }
@@ -372,18 +341,8 @@ pub(crate) async fn test(
 ) -> Answer {
     on_own_thread(&state, move |state, db| async move {
         let automation = find(&state, &db, &org.id, &id)?;
-        check_stored_destination(&state, &automation).await?;
-        match automation.kind {
-            Kind::Retention => to_json(
-                &run_retention_automation(&state.store, &db, &automation, Trigger::Test, true)
-                    .await?,
-            ),
-            Kind::Export => {
-                let steps = test_export_automation(&state.store, &automation).await?;
-                let ok = steps.iter().all(|s| s.ok);
-                Ok(Json(serde_json::json!({"ok": ok, "steps": steps})))
-            }
-        }
+        let runner = Runner::new(&state.store, &db).with_policy(&state.config.destinations);
+        to_json(&runner.test(&automation).await.map_err(run_error)?)
     })
     .await
 }

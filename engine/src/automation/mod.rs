@@ -3,4 +3,5 @@
 //! `serve`, and the destinations policy of exports created over the API.
 
 pub mod policy;
+pub mod runner;
 pub mod scheduler;

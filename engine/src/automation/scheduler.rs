@@ -6,7 +6,7 @@
 //!    for each active export automation (oldest first):
 //!      due = never ran | last run behind | last run left `running` (crash)
 //!            | last start + interval <= now | last failure + retry delay <= now
-//!      due ──► run_export (lease: a CLI `run` of the same automation waits its turn)
+//!      due ──► Runner::run (lease: a CLI `run` of the same automation waits its turn)
 //!    stop requested? finish the current run, then return
 //! ```
 //!
@@ -31,10 +31,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::automation::policy::DestinationPolicy;
+use super::policy::DestinationPolicy;
+use super::runner::{AutomationConfig, RunReport, Runner};
 use crate::error::Result;
-use crate::export::{RawExportConfig, run_export};
-use crate::state::{Automation, Kind, Origin, RunStatus, StateDb, Trigger};
+use crate::state::{RunStatus, StateDb, Trigger};
 use crate::store::compact::{CompactionPolicy, compact};
 use crate::store::{STATE_DB, Store};
 
@@ -97,22 +97,10 @@ pub async fn run_due(
         if automation.status != "active" {
             continue;
         }
-        let interval = match automation.kind {
-            Kind::Export => serde_json::from_value::<RawExportConfig>(automation.config.clone())
-                .ok()
-                .and_then(|raw| raw.validate().ok())
-                .map(|config| config.interval),
-            Kind::Retention => serde_json::from_value::<crate::retention::RetentionConfig>(
-                automation.config.clone(),
-            )
-            .ok()
-            .and_then(|config| config.validate().ok())
-            .map(|(_, interval)| interval),
-        };
-        let interval = match interval {
-            Some(interval) => interval,
-            None => {
-                tracing::warn!(automation = %automation.name, "invalid stored configuration; skipped");
+        let interval = match AutomationConfig::of(&automation) {
+            Ok(config) => config.interval(),
+            Err(e) => {
+                tracing::warn!(automation = %automation.name, error = %e, "skipped");
                 continue;
             }
         };
@@ -141,78 +129,43 @@ pub async fn run_due(
                 break;
             }
             summary.runs += 1;
-            if automation.kind == Kind::Retention {
-                let result = crate::retention::run_retention_automation(
-                    store,
-                    &state,
-                    &automation,
-                    Trigger::Schedule,
-                    false,
-                )
-                .await;
-                if let Err(e) = result {
-                    summary.failures += 1;
-                    tracing::warn!(automation = %automation.name, error = %e, "retention run failed");
-                }
-                break;
-            }
-            if let Some(refused) = refused_destination(&options.destinations, &automation).await {
-                summary.failures += 1;
-                tracing::warn!(automation = %automation.name, error = %refused, "export run refused by the destination policy");
-                let run_id = uuid::Uuid::now_v7().to_string();
-                let cursor = state.cursor(&automation.id)?;
-                state.start_run(
-                    &automation.id,
-                    &run_id,
-                    Trigger::Schedule,
-                    cursor,
-                    None,
-                    &serde_json::json!({ "refused": true }),
-                )?;
-                state.fail_run(&run_id, &refused)?;
-                break;
-            }
-            match run_export(store, &state, &automation, Trigger::Schedule, None).await {
+            let runner = Runner::new(store, &state).with_policy(&options.destinations);
+            match runner.run(&automation, Trigger::Schedule, None).await {
                 Ok(report) => {
-                    tracing::info!(
-                        automation = %automation.name,
-                        rows = report.rows,
-                        files = report.files,
-                        status = ?report.status,
-                        "export run finished"
-                    );
-                    if report.status != RunStatus::Behind {
+                    let behind = match &report {
+                        RunReport::Export(report) => {
+                            tracing::info!(
+                                automation = %automation.name,
+                                rows = report.rows,
+                                files = report.files,
+                                status = ?report.status,
+                                "export run finished"
+                            );
+                            report.status == RunStatus::Behind
+                        }
+                        RunReport::Retention(report) => {
+                            tracing::info!(
+                                automation = %automation.name,
+                                rows_deleted = report.rows_deleted,
+                                files_purged = report.files_purged,
+                                "retention run finished"
+                            );
+                            false
+                        }
+                    };
+                    if !behind {
                         break;
                     }
                 }
                 Err(e) => {
                     summary.failures += 1;
-                    tracing::warn!(automation = %automation.name, error = %e, "export run failed");
+                    tracing::warn!(automation = %automation.name, error = %e, "automation run failed");
                     break;
                 }
             }
         }
     }
     Ok(summary)
-}
-
-/// Why `policy` refuses the destination of an export created or changed
-/// over the API (nothing for the CLI's, or an allowed one).
-async fn refused_destination(
-    policy: &DestinationPolicy,
-    automation: &Automation,
-) -> Option<String> {
-    if automation.origin != Origin::Api || automation.kind != Kind::Export {
-        return None;
-    }
-    let config = serde_json::from_value::<RawExportConfig>(automation.config.clone())
-        .ok()
-        .and_then(|raw| raw.validate().ok())?;
-    policy
-        .check_export(&config)
-        .await
-        .err()
-        .map(|refused| format!("{refused}; nothing was written"))
 }
 
 /// Compact every project that `policy` says is due, one at a time; returns

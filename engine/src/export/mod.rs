@@ -46,7 +46,7 @@ use crate::error::{Error, Result};
 use crate::query::{QueryOptions, run_query_over_view, session};
 use crate::sink::credentials::{AssumeRoleOptions, AssumeRoleProvider};
 use crate::sink::{ExportTarget, RawSinkConfig, SinkConfig, TargetOptions, WrittenFile};
-use crate::state::{Automation, RunOutcome, RunStatus, StateDb, Trigger};
+use crate::state::{Automation, RunLease, RunOutcome, RunStatus, StateDb, Trigger};
 use crate::store::Store;
 use crate::store::schema::XACT_ID;
 
@@ -271,7 +271,7 @@ pub struct ExportProgress {
 
 /// What a run did.
 #[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
+pub struct ExportReport {
     /// The run.
     pub run_id: String,
     /// `succeeded` or `behind` (or `recovered` runs first).
@@ -292,9 +292,7 @@ pub struct RunReport {
     pub recovered: Vec<String>,
 }
 
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
+use crate::registry::now_rfc3339;
 
 /// The object store and prefix of an export. With a `role_arn` (and an S3
 /// path), its credentials come from STS AssumeRole with `external_id` (see
@@ -744,20 +742,19 @@ pub async fn run_export(
     automation: &Automation,
     trigger: Trigger,
     progress: Option<Arc<ExportProgress>>,
-) -> Result<RunReport> {
+) -> Result<ExportReport> {
     let raw: RawExportConfig = serde_json::from_value(automation.config.clone())
         .map_err(|e| Error::Internal(format!("stored export config: {e}")))?;
     let config = raw.validate()?;
     let external_id = automation_external_id(store, automation)?;
     let target = export_target_assumed(&config, Some(&external_id)).await?;
     let run_id = uuid::Uuid::now_v7().to_string();
-    let holder = crate::state::lease_holder(&run_id);
-    if !state.try_lease(&automation.id, &holder, LEASE_TTL)? {
-        return Err(Error::InvalidArgument(format!(
-            "automation `{}` is running already (another process holds its lease); try again when it finishes",
-            automation.name
-        )));
-    }
+    let lease = RunLease::take(
+        state,
+        &store.data_dir().join(crate::store::STATE_DB),
+        automation,
+        &run_id,
+    )?;
     let local = LocalFolder::of(&config.export_path, store.fsync());
     let run = RunContext {
         automation,
@@ -767,40 +764,9 @@ pub async fn run_export(
         run_id: &run_id,
         progress: progress.as_ref(),
     };
-    // A long run renews its lease (and so its pin on the snapshot it reads)
-    // well before it expires.
-    let renewal = tokio::spawn(renew_lease(
-        store.data_dir().join(crate::store::STATE_DB),
-        automation.id.clone(),
-        holder.clone(),
-    ));
     let result = run_export_leased(store, state, &run, trigger).await;
-    renewal.abort();
-    state.release_lease(&automation.id, &holder)?;
+    lease.release(state)?;
     result
-}
-
-/// How long an export run's lease lasts without renewal.
-const LEASE_TTL: Duration = Duration::from_secs(3600);
-
-/// Renew `holder`'s lease of `automation_id` every sixth of its lifetime,
-/// until aborted.
-async fn renew_lease(state_db: std::path::PathBuf, automation_id: String, holder: String) {
-    loop {
-        tokio::time::sleep(LEASE_TTL / 6).await;
-        let renewed = StateDb::open(&state_db)
-            .and_then(|db| db.try_lease(&automation_id, &holder, LEASE_TTL));
-        match renewed {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(%automation_id, "the export run lost its lease");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(%automation_id, error = %e, "could not renew the export run's lease")
-            }
-        }
-    }
 }
 
 /// What one run works on.
@@ -820,7 +786,7 @@ async fn run_export_leased(
     state: &StateDb,
     run: &RunContext<'_>,
     trigger: Trigger,
-) -> Result<RunReport> {
+) -> Result<ExportReport> {
     let RunContext {
         automation,
         config,
@@ -831,7 +797,7 @@ async fn run_export_leased(
     } = *run;
     let recovered = recover(state, automation, target, local).await?;
     let cursor_from = state.cursor(&automation.id)?;
-    let mut report = RunReport {
+    let mut report = ExportReport {
         run_id: run_id.to_string(),
         status: RunStatus::Succeeded,
         rows: 0,

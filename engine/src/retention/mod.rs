@@ -125,55 +125,127 @@ impl RetentionConfig {
     }
 }
 
-fn plan_json(plan: &RetentionPlan) -> serde_json::Value {
-    serde_json::json!({
-        "cutoff": plan.cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "rows": plan.rows,
-        "traces": plan.traces,
-        "files_to_drop": plan.files_to_drop.len(),
-        "files_to_rewrite": plan.files_to_rewrite.len(),
-        "bytes_to_reclaim": plan.bytes_to_reclaim,
-        "files_read_for_versions": plan.files_read_for_versions,
-    })
+/// A retention plan in a report: what the cutoff deletes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PlanSummary {
+    /// Rows created before this are deleted (RFC 3339, µs, UTC).
+    pub cutoff: String,
+    /// Row versions the cutoff deletes.
+    pub rows: u64,
+    /// Traces whose every span goes, when known.
+    pub traces: Option<u64>,
+    /// Data files dropped whole.
+    pub files_to_drop: usize,
+    /// Data files rewritten with their surviving rows.
+    pub files_to_rewrite: usize,
+    /// Bytes the delete frees once vacuumed.
+    pub bytes_to_reclaim: u64,
+    /// Files read to find the row versions.
+    pub files_read_for_versions: u64,
 }
 
-/// Run (or, with `dry_run`, preview) a retention automation: one cutoff,
-/// the planned delete in one commit, then a vacuum of files unreferenced for
-/// longer than the grace period; recorded in the run history.
-pub async fn run_retention_automation(
+impl From<&RetentionPlan> for PlanSummary {
+    fn from(plan: &RetentionPlan) -> Self {
+        Self {
+            cutoff: plan
+                .cutoff
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            rows: plan.rows,
+            traces: plan.traces,
+            files_to_drop: plan.files_to_drop.len(),
+            files_to_rewrite: plan.files_to_rewrite.len(),
+            bytes_to_reclaim: plan.bytes_to_reclaim,
+            files_read_for_versions: plan.files_read_for_versions,
+        }
+    }
+}
+
+/// What a retention run did (also the details of its run in the history).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RetentionReport {
+    /// The plan it carried out.
+    #[serde(flatten)]
+    pub plan: PlanSummary,
+    /// Row versions deleted.
+    pub rows_deleted: u64,
+    /// Files dropped whole.
+    pub files_dropped: u64,
+    /// Files rewritten.
+    pub files_rewritten: u64,
+    /// Rows copied into the rewritten files.
+    pub rows_copied: u64,
+    /// Files written by the rewrite.
+    pub files_added: u64,
+    /// Table version of the delete commit (none: nothing to delete).
+    pub version: Option<i64>,
+    /// Data files purged by the vacuum.
+    pub files_purged: u64,
+    /// Of those, orphans of crashed writers.
+    pub orphans_purged: u64,
+    /// Bytes purged.
+    pub bytes_purged: u64,
+    /// Table versions pinned by running exports, whose files were kept.
+    pub pinned_versions: Vec<i64>,
+}
+
+/// A retention preview (a test or dry run): nothing changes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RetentionPreview {
+    /// What a run now would delete.
+    #[serde(flatten)]
+    pub plan: PlanSummary,
+    /// Files a vacuum now would purge (older than the grace period).
+    pub files_purgeable_now: u64,
+    /// Their bytes.
+    pub bytes_purgeable_now: u64,
+    /// Table versions pinned by running exports.
+    pub pinned_versions: Vec<i64>,
+}
+
+/// Preview a retention automation: the plan and what a vacuum would purge
+/// now; nothing changes.
+pub async fn preview_retention_automation(
     store: &Store,
     state: &crate::state::StateDb,
     automation: &crate::state::Automation,
-    trigger: crate::state::Trigger,
-    dry_run: bool,
-) -> Result<serde_json::Value> {
-    use crate::state::{RunOutcome, RunStatus};
+) -> Result<RetentionPreview> {
     let config: RetentionConfig = serde_json::from_value(automation.config.clone())
         .map_err(|e| Error::Internal(format!("stored retention config: {e}")))?;
     let (grace, _interval) = config.validate()?;
     let project = store.with_registry(|r| r.get(&automation.project_id))?;
     let cutoff = cutoff_for(Utc::now(), config.retention_days, config.force)?;
-    if dry_run {
-        let (plan, _) = run_retention(store, &project, cutoff, true).await?;
-        let purge = vacuum(store, &project, grace, true, state).await?;
-        let mut preview = plan_json(&plan);
-        preview["files_purgeable_now"] = purge.files_deleted.into();
-        preview["bytes_purgeable_now"] = purge.bytes.into();
-        preview["pinned_versions"] = purge.pinned_versions.into();
-        return Ok(preview);
-    }
+    let (plan, _) = run_retention(store, &project, cutoff, true).await?;
+    let purge = vacuum(store, &project, grace, true, state).await?;
+    Ok(RetentionPreview {
+        plan: PlanSummary::from(&plan),
+        files_purgeable_now: purge.files_deleted,
+        bytes_purgeable_now: purge.bytes,
+        pinned_versions: purge.pinned_versions,
+    })
+}
+
+/// Run a retention automation: one cutoff, the planned delete in one
+/// commit, then a vacuum of files unreferenced for longer than the grace
+/// period; recorded in the run history, under the automation's lease.
+pub async fn run_retention_automation(
+    store: &Store,
+    state: &crate::state::StateDb,
+    automation: &crate::state::Automation,
+    trigger: crate::state::Trigger,
+) -> Result<RetentionReport> {
+    use crate::state::{RunLease, RunOutcome, RunStatus};
+    let config: RetentionConfig = serde_json::from_value(automation.config.clone())
+        .map_err(|e| Error::Internal(format!("stored retention config: {e}")))?;
+    let (grace, _interval) = config.validate()?;
+    let project = store.with_registry(|r| r.get(&automation.project_id))?;
+    let cutoff = cutoff_for(Utc::now(), config.retention_days, config.force)?;
     let run_id = uuid::Uuid::now_v7().to_string();
-    let holder = crate::state::lease_holder(&run_id);
-    if !state.try_lease(
-        &automation.id,
-        &holder,
-        std::time::Duration::from_secs(3600),
-    )? {
-        return Err(Error::InvalidArgument(format!(
-            "automation `{}` is running already (another process holds its lease)",
-            automation.name
-        )));
-    }
+    let lease = RunLease::take(
+        state,
+        &store.data_dir().join(crate::store::STATE_DB),
+        automation,
+        &run_id,
+    )?;
     // A run left `running` by a process that died (the lease was free or
     // taken over): its commit, if it made one, stands; this run redoes the
     // rest (orphan files included, once older than the grace).
@@ -202,32 +274,35 @@ pub async fn run_retention_automation(
     .await;
     let outcome = match result {
         Ok((plan, metrics, purged)) => {
-            let mut details = plan_json(&plan);
-            details["rows_deleted"] = metrics.rows_deleted.into();
-            details["files_dropped"] = metrics.files_dropped.into();
-            details["files_rewritten"] = metrics.files_rewritten.into();
-            details["rows_copied"] = metrics.rows_copied.into();
-            details["files_added"] = metrics.files_added.into();
-            details["version"] = metrics.version.into();
-            details["files_purged"] = purged.files_deleted.into();
-            details["orphans_purged"] = purged.orphans.into();
-            details["bytes_purged"] = purged.bytes.into();
-            details["pinned_versions"] = purged.pinned_versions.clone().into();
+            let report = RetentionReport {
+                plan: PlanSummary::from(&plan),
+                rows_deleted: metrics.rows_deleted,
+                files_dropped: metrics.files_dropped,
+                files_rewritten: metrics.files_rewritten,
+                rows_copied: metrics.rows_copied,
+                files_added: metrics.files_added,
+                version: metrics.version,
+                files_purged: purged.files_deleted,
+                orphans_purged: purged.orphans,
+                bytes_purged: purged.bytes,
+                pinned_versions: purged.pinned_versions,
+            };
             let outcome = RunOutcome {
                 rows: metrics.rows_deleted,
                 bytes: purged.bytes,
                 files: metrics.files_dropped + metrics.files_rewritten,
                 cursor_to: None,
-                details: details.clone(),
+                details: serde_json::to_value(&report)
+                    .map_err(|e| Error::Internal(format!("retention report: {e}")))?,
             };
             state.finish_run(&run_id, RunStatus::Succeeded, &outcome)?;
-            Ok(details)
+            Ok(report)
         }
         Err(e) => {
             state.fail_run(&run_id, &e.to_string())?;
             Err(e)
         }
     };
-    state.release_lease(&automation.id, &holder)?;
+    lease.release(state)?;
     outcome
 }
