@@ -21,6 +21,8 @@ pub struct SessionOptions {
     pub memory_pool: Option<Arc<dyn MemoryPool>>,
     /// Rows per record batch.
     pub batch_rows: usize,
+    /// Partitions of a plan (`None`: one per core).
+    pub target_partitions: Option<usize>,
 }
 
 impl Default for SessionOptions {
@@ -29,6 +31,7 @@ impl Default for SessionOptions {
             memory_limit_bytes: 512 * 1024 * 1024,
             memory_pool: None,
             batch_rows: 8192,
+            target_partitions: None,
         }
     }
 }
@@ -45,6 +48,9 @@ pub fn session(options: &SessionOptions) -> Result<SessionContext> {
     let mut config = SessionConfig::new()
         .with_batch_size(options.batch_rows)
         .with_information_schema(false);
+    if let Some(partitions) = options.target_partitions {
+        config = config.with_target_partitions(partitions);
+    }
     // Read strings as `Utf8`, not views: the JSON functions of BTQL take
     // `Utf8` and would otherwise copy every JSON column they touch.
     config

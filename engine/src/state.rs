@@ -284,14 +284,15 @@ pub struct RunLease {
 
 impl RunLease {
     /// Take the lease of `automation` for the run `run_id`, or fail at once
-    /// when another run holds it. `state_path`: the state database, which
-    /// the renewal opens on its own.
+    /// when another run holds it. The renewal opens `store`'s state
+    /// database on its own.
     pub fn take(
+        store: &crate::store::Store,
         state: &StateDb,
-        state_path: &Path,
         automation: &Automation,
         run_id: &str,
     ) -> Result<Self> {
+        let state_path = store.data_dir().join(crate::store::STATE_DB);
         let holder = lease_holder(run_id);
         if !state.try_lease(&automation.id, &holder, LEASE_TTL)? {
             return Err(Error::InvalidArgument(format!(
@@ -300,7 +301,7 @@ impl RunLease {
             )));
         }
         let renewal = tokio::spawn(Self::renew(
-            state_path.to_path_buf(),
+            state_path,
             automation.id.clone(),
             holder.clone(),
         ));

@@ -160,6 +160,24 @@ fn three_traces() -> Vec<serde_json::Value> {
     rows
 }
 
+/// A store with [`three_traces`] logged over HTTP into project `name` of
+/// `org`: the store, its server, the org's key and the project id.
+fn serving_three_traces(org: &str, name: &str) -> (Spanlake, crate::http::Server, String, String) {
+    use crate::http::{Server, api_key, create_project, logs3_body};
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, org);
+    let server = Server::start(&spanlake, &[]);
+    let project = create_project(&server, &key, name);
+    let (status, body) = server.call(
+        "POST",
+        "/logs3",
+        Some(&key),
+        &logs3_body(&project, &three_traces()),
+    );
+    assert_eq!(status, 200, "{body}");
+    (spanlake, server, key, project)
+}
+
 /// The pages of `first` (a query text), the next ones asked for by
 /// `next(cursor)`: (the row ids of each page, whether each had a cursor).
 fn http_pages(
@@ -194,18 +212,7 @@ fn http_pages(
 
 #[test]
 fn http_in_text_cursors_page_to_the_last_page_in_both_forms_and_as_the_request_field() {
-    use crate::http::{Server, api_key, create_project, logs3_body};
-    let spanlake = Spanlake::new();
-    let key = api_key(&spanlake, "pages-org");
-    let server = Server::start(&spanlake, &[]);
-    let project = create_project(&server, &key, "pages");
-    let (status, body) = server.call(
-        "POST",
-        "/logs3",
-        Some(&key),
-        &logs3_body(&project, &three_traces()),
-    );
-    assert_eq!(status, 200, "{body}");
+    let (spanlake, server, key, project) = serving_three_traces("pages-org", "pages");
     let clause = format!("select: id | from: project_logs('{project}') | sort: id | limit: 4");
     let sql = format!("SELECT id FROM project_logs('{project}') ORDER BY id LIMIT 4");
     let all: Vec<String> = three_traces()
@@ -323,18 +330,7 @@ fn http_in_text_cursors_page_to_the_last_page_in_both_forms_and_as_the_request_f
 
 #[test]
 fn traces_limit_counts_traces_over_http_and_in_the_cli_and_sql_has_the_null_safe_operators() {
-    use crate::http::{Server, api_key, create_project, logs3_body};
-    let spanlake = Spanlake::new();
-    let key = api_key(&spanlake, "local");
-    let server = Server::start(&spanlake, &[]);
-    let project = create_project(&server, &key, "traces");
-    let (status, body) = server.call(
-        "POST",
-        "/logs3",
-        Some(&key),
-        &logs3_body(&project, &three_traces()),
-    );
-    assert_eq!(status, 200, "{body}");
+    let (spanlake, server, key, project) = serving_three_traces("local", "traces");
     let root_of = |answer: &serde_json::Value| -> Vec<String> {
         answer["data"]
             .as_array()

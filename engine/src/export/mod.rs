@@ -749,12 +749,7 @@ pub async fn run_export(
     let external_id = automation_external_id(store, automation)?;
     let target = export_target_assumed(&config, Some(&external_id)).await?;
     let run_id = uuid::Uuid::now_v7().to_string();
-    let lease = RunLease::take(
-        state,
-        &store.data_dir().join(crate::store::STATE_DB),
-        automation,
-        &run_id,
-    )?;
+    let lease = RunLease::take(store, state, automation, &run_id)?;
     let local = LocalFolder::of(&config.export_path, store.fsync());
     let run = RunContext {
         automation,

@@ -250,6 +250,7 @@ pub fn session(options: &QueryOptions) -> Result<SessionContext> {
         memory_limit_bytes: options.memory_limit_bytes,
         memory_pool: options.memory_pool.clone(),
         batch_rows: options.batch_rows,
+        target_partitions: None,
     })
 }
 

@@ -240,12 +240,7 @@ pub async fn run_retention_automation(
     let project = store.with_registry(|r| r.get(&automation.project_id))?;
     let cutoff = cutoff_for(Utc::now(), config.retention_days, config.force)?;
     let run_id = uuid::Uuid::now_v7().to_string();
-    let lease = RunLease::take(
-        state,
-        &store.data_dir().join(crate::store::STATE_DB),
-        automation,
-        &run_id,
-    )?;
+    let lease = RunLease::take(store, state, automation, &run_id)?;
     // A run left `running` by a process that died (the lease was free or
     // taken over): its commit, if it made one, stands; this run redoes the
     // rest (orphan files included, once older than the grace).

@@ -63,13 +63,11 @@ use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::FairSpillPool;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{Expr, ScalarUDF, cast, col, lit, not, when};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::kernel::{Action, Add};
 use deltalake::protocol::DeltaOperation;
@@ -456,20 +454,12 @@ pub async fn compact(
 /// has the whole memory pool) and batches of 2048 rows (rows of spans are a
 /// few KiB: a sorter must be able to hold a batch to start spilling).
 fn compaction_session(memory_limit_bytes: usize) -> Result<SessionContext> {
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit_bytes)))
-        .build_arc()?;
-    let mut config = SessionConfig::new()
-        .with_batch_size(2048)
-        .with_target_partitions(1)
-        .with_information_schema(false);
-    // `Utf8`, not string views, as the query session reads them.
-    config
-        .options_mut()
-        .execution
-        .parquet
-        .schema_force_view_types = false;
-    Ok(SessionContext::new_with_config_rt(config, runtime))
+    crate::session::session(&SessionOptions {
+        memory_limit_bytes,
+        memory_pool: None,
+        batch_rows: 2048,
+        target_partitions: Some(1),
+    })
 }
 
 fn elapsed_ms(started: Instant) -> u64 {
