@@ -30,6 +30,21 @@ pub enum Error {
     /// A user-supplied value is not acceptable.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A request to an export destination failed: the operation, the key
+    /// and the destination's answer summarised (never its body).
+    #[error("{operation} `{key}` failed: {summary}")]
+    Destination {
+        /// `write`, `read`, `delete`, ...
+        operation: String,
+        /// The object's key.
+        key: String,
+        /// What the destination answered.
+        summary: String,
+        /// Whether it may succeed when retried unchanged (a 5xx, 429, a
+        /// timeout or a failed connection; not a missing bucket or a
+        /// refused permission).
+        retryable: bool,
+    },
     /// Another process holds the write lock of a project's store.
     #[error("the store of project `{project}` is locked by another writer ({path})")]
     Locked {
@@ -77,6 +92,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Locked { .. } => true,
+            Self::Destination { retryable, .. } => *retryable,
             Self::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut

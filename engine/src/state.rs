@@ -622,6 +622,24 @@ impl StateDb {
         Ok(())
     }
 
+    /// Mark a run failed with `error`, and whether retrying it unchanged
+    /// may succeed (`details.retryable`: the scheduler backs off a
+    /// retryable failure and waits a whole interval after another).
+    pub fn fail_run_with(&self, run_id: &str, error: &str, retryable: bool) -> Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET finished = ?2, status = 'failed', error = ?3,
+                    details = json_set(COALESCE(details, '{}'), '$.retryable', json(?4))
+             WHERE run_id = ?1",
+            params![
+                run_id,
+                now_rfc3339(),
+                error,
+                if retryable { "true" } else { "false" }
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Runs of an automation, newest first.
     pub fn runs(&self, automation_id: &str, limit: usize) -> Result<Vec<Run>> {
         let mut stmt = self.conn.prepare(

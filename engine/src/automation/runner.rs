@@ -201,22 +201,42 @@ impl<'a> Runner<'a> {
             .map_err(RunError::Refused)
     }
 
-    /// Run `automation` once now. A scheduled run that the policy refuses
-    /// is recorded in the history as failed (so the refusal shows there).
+    /// Run `automation` once now. A scheduled run that fails before it is
+    /// recorded (the policy refuses it, its role cannot be assumed, its
+    /// configuration no longer validates) is recorded as failed all the
+    /// same, so that the history shows it and the scheduler waits before
+    /// trying again instead of trying at every tick.
     pub async fn run(
         &self,
         automation: &Automation,
         trigger: Trigger,
         progress: Option<Arc<ExportProgress>>,
     ) -> Result<RunReport, RunError> {
-        if let Err(error) = self.check(automation).await {
-            if trigger == Trigger::Schedule
-                && let RunError::Refused(_) = &error
-            {
-                self.record_refusal(automation, &error)?;
-            }
-            return Err(error);
+        let last_run = |state: &StateDb| -> Result<Option<String>> {
+            Ok(state.runs(&automation.id, 1)?.pop().map(|run| run.run_id))
+        };
+        let before = last_run(self.state)?;
+        let result = self.run_checked(automation, trigger, progress).await;
+        if let Err(error) = &result
+            && trigger == Trigger::Schedule
+            && last_run(self.state)? == before
+        {
+            let retryable = match error {
+                RunError::Refused(_) => false,
+                RunError::Failed(e) => e.is_retryable(),
+            };
+            self.record_failure(automation, error, retryable)?;
         }
+        result
+    }
+
+    async fn run_checked(
+        &self,
+        automation: &Automation,
+        trigger: Trigger,
+        progress: Option<Arc<ExportProgress>>,
+    ) -> Result<RunReport, RunError> {
+        self.check(automation).await?;
         Ok(match automation.kind {
             Kind::Export => RunReport::Export(
                 run_export(self.store, self.state, automation, trigger, progress).await?,
@@ -245,17 +265,27 @@ impl<'a> Runner<'a> {
         })
     }
 
-    fn record_refusal(&self, automation: &Automation, error: &RunError) -> Result<()> {
+    fn record_failure(
+        &self,
+        automation: &Automation,
+        error: &RunError,
+        retryable: bool,
+    ) -> Result<()> {
         let run_id = uuid::Uuid::now_v7().to_string();
         let cursor = self.state.cursor(&automation.id)?;
+        let details = match error {
+            RunError::Refused(_) => serde_json::json!({ "refused": true }),
+            RunError::Failed(_) => serde_json::json!({ "not_started": true }),
+        };
         self.state.start_run(
             &automation.id,
             &run_id,
             Trigger::Schedule,
             cursor,
             None,
-            &serde_json::json!({ "refused": true }),
+            &details,
         )?;
-        self.state.fail_run(&run_id, &error.to_string())
+        self.state
+            .fail_run_with(&run_id, &error.to_string(), retryable)
     }
 }

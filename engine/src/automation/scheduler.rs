@@ -38,6 +38,43 @@ use crate::state::{RunStatus, StateDb, Trigger};
 use crate::store::compact::{CompactionPolicy, compact};
 use crate::store::{STATE_DB, Store};
 
+/// How long after the failed run `last` the scheduler tries again: a
+/// failure that retrying may cure (`details.retryable`, see
+/// [`Error::is_retryable`](crate::Error::is_retryable)) after `base`
+/// doubled per failure in a row (at most 64 times `base`, and at most the
+/// interval), less up to a quarter of jitter drawn from the run id (so the
+/// automations that failed together do not retry together); any other
+/// failure after a whole interval (until its configuration changes or a
+/// manual run succeeds).
+fn retry_wait(
+    base: Duration,
+    interval: Duration,
+    state: &StateDb,
+    automation_id: &str,
+    last: &crate::state::Run,
+) -> Result<Duration> {
+    let retryable = last
+        .details
+        .get("retryable")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(true);
+    if !retryable {
+        return Ok(interval);
+    }
+    let in_a_row = state
+        .runs(automation_id, 7)?
+        .iter()
+        .take_while(|run| run.status == RunStatus::Failed)
+        .count()
+        .max(1);
+    let doubled = base.saturating_mul(1 << (in_a_row - 1).min(6));
+    let seed = last.run_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let jitter = doubled.mul_f64((seed % 1000) as f64 / 4000.0);
+    Ok(doubled.saturating_sub(jitter).min(interval))
+}
+
 /// Options of the scheduler.
 #[derive(Debug, Clone)]
 pub struct SchedulerOptions {
@@ -118,10 +155,17 @@ pub async fn run_due(
                         started + chrono::Duration::from_std(interval).unwrap_or_default() <= now
                     }),
                     RunStatus::Failed => {
-                        let wait = options.retry_delay.min(interval);
-                        parse_time(run.finished.as_deref().unwrap_or(&run.started)).is_none_or(
-                            |at| at + chrono::Duration::from_std(wait).unwrap_or_default() <= now,
-                        )
+                        let at = parse_time(run.finished.as_deref().unwrap_or(&run.started));
+                        // A configuration changed since is tried at once.
+                        let changed = parse_time(&automation.updated)
+                            .zip(at)
+                            .is_some_and(|(updated, at)| updated > at);
+                        let wait =
+                            retry_wait(options.retry_delay, interval, &state, &automation.id, run)?;
+                        changed
+                            || at.is_none_or(|at| {
+                                at + chrono::Duration::from_std(wait).unwrap_or_default() <= now
+                            })
                     }
                 },
             };
@@ -251,5 +295,135 @@ pub async fn serve(
         if *stop.borrow() {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::{IngestOptions, ingest};
+    use crate::state::{Kind, Origin};
+
+    async fn store_with_a_row() -> (tempfile::TempDir, Store, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let project = store.registry().unwrap().resolve_or_create("p").unwrap();
+        let line = r#"{"id": "a", "created": "2026-11-01T00:00:00Z", "input": "x"}"#;
+        let input = std::io::Cursor::new(line.as_bytes().to_vec());
+        ingest(
+            &store,
+            &project,
+            Box::new(input),
+            "test",
+            &IngestOptions::default(),
+        )
+        .await
+        .unwrap();
+        (dir, store, project.id)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failure_that_retrying_cannot_cure_is_recorded_once_per_interval() {
+        let (_dir, store, project_id) = store_with_a_row().await;
+        let state = StateDb::open(&store.data_dir().join(STATE_DB)).unwrap();
+        // A destination that cannot exist: `/proc` takes no new folders.
+        let automation = state
+            .create(
+                &project_id,
+                "e",
+                "",
+                Kind::Export,
+                &serde_json::json!({"data": "spans", "export_path": "file:///proc/spanlake-nowhere/out", "interval": "1h"}),
+                Origin::Cli,
+            )
+            .unwrap();
+        let options = SchedulerOptions {
+            retry_delay: Duration::ZERO,
+            ..SchedulerOptions::default()
+        };
+        let (_stop_tx, stop) = watch::channel(false);
+        for _ in 0..4 {
+            run_due(&store, &options, &stop).await.unwrap();
+        }
+        let runs = state.runs(&automation.id, 10).unwrap();
+        assert_eq!(runs.len(), 1, "{runs:#?}");
+        assert_eq!(runs[0].status, RunStatus::Failed);
+        assert_eq!(runs[0].details["retryable"], false, "{runs:#?}");
+        // A change of its configuration is tried at once.
+        std::thread::sleep(Duration::from_millis(5));
+        state
+            .update(
+                &automation.id,
+                "e",
+                "",
+                &serde_json::json!({"data": "spans", "export_path": "file:///proc/spanlake-elsewhere/out", "interval": "1h"}),
+                None,
+            )
+            .unwrap();
+        run_due(&store, &options, &stop).await.unwrap();
+        assert_eq!(state.runs(&automation.id, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn retryable_failures_back_off_doubling_with_jitter_up_to_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let project = store.registry().unwrap().resolve_or_create("p").unwrap();
+        let state = StateDb::open(&store.data_dir().join(STATE_DB)).unwrap();
+        let automation = state
+            .create(
+                &project.id,
+                "e",
+                "",
+                Kind::Export,
+                &serde_json::json!({}),
+                Origin::Cli,
+            )
+            .unwrap();
+        let base = Duration::from_secs(60);
+        let interval = Duration::from_secs(3600);
+        let mut waits = Vec::new();
+        for i in 0..8 {
+            let run_id = format!("run-{i}");
+            state
+                .start_run(
+                    &automation.id,
+                    &run_id,
+                    Trigger::Schedule,
+                    None,
+                    None,
+                    &serde_json::json!({}),
+                )
+                .unwrap();
+            state.fail_run_with(&run_id, "503", true).unwrap();
+            let last = state.runs(&automation.id, 1).unwrap().remove(0);
+            waits.push(retry_wait(base, interval, &state, &automation.id, &last).unwrap());
+        }
+        for (i, wait) in waits.iter().enumerate() {
+            let full = base.saturating_mul(1 << i.min(6)).min(interval);
+            assert!(
+                *wait <= full && *wait >= full.mul_f64(0.75),
+                "failure {}: {wait:?} of {full:?}",
+                i + 1
+            );
+        }
+        assert!(waits[6] <= interval && waits[7] <= interval, "{waits:?}");
+        // One that retrying cannot cure waits a whole interval.
+        state
+            .start_run(
+                &automation.id,
+                "run-x",
+                Trigger::Schedule,
+                None,
+                None,
+                &serde_json::json!({}),
+            )
+            .unwrap();
+        state.fail_run_with("run-x", "NoSuchBucket", false).unwrap();
+        let last = state.runs(&automation.id, 1).unwrap().remove(0);
+        assert_eq!(
+            retry_wait(base, interval, &state, &automation.id, &last).unwrap(),
+            interval
+        );
     }
 }

@@ -373,10 +373,12 @@ fn manifest_path(target: &ExportTarget, run_id: &str) -> Path {
 /// A failed object store request, as runs and their history show it: the
 /// destination's reply summarised, never its body.
 fn object_error(operation: &str, key: &Path, error: object_store::Error) -> Error {
-    Error::InvalidArgument(format!(
-        "{operation} `{key}` failed: {}",
-        crate::sink::summary::store_error_summary(&error)
-    ))
+    Error::Destination {
+        operation: operation.to_string(),
+        key: key.to_string(),
+        summary: crate::sink::summary::store_error_summary(&error),
+        retryable: crate::sink::summary::is_transient(&error),
+    }
 }
 
 /// Write `manifest` create-only (a committed manifest is never rewritten):
@@ -572,11 +574,12 @@ async fn cleanup_failed_run(
     error: &Error,
 ) -> Result<()> {
     match delete_run_files(target, local, run_id).await {
-        Ok(_) => state.fail_run(run_id, &error.to_string()),
+        Ok(_) => state.fail_run_with(run_id, &error.to_string(), error.is_retryable()),
         Err(cleanup) => {
-            state.fail_run(
+            state.fail_run_with(
                 run_id,
                 &format!("{error}; its files could not be deleted yet ({cleanup}): the next run deletes them"),
+                error.is_retryable(),
             )?;
             state.update_run_details(run_id, &serde_json::json!({ CLEANUP_PENDING: true }))
         }

@@ -294,7 +294,7 @@ pub async fn run_retention_automation(
             Ok(report)
         }
         Err(e) => {
-            state.fail_run(&run_id, &e.to_string())?;
+            state.fail_run_with(&run_id, &e.to_string(), e.is_retryable())?;
             Err(e)
         }
     };

@@ -37,6 +37,50 @@ pub fn store_error_summary(error: &object_store::Error) -> String {
     summary
 }
 
+/// Whether an object store error may go away when the request is sent
+/// again unchanged: the destination answered 5xx or 429, or did not answer
+/// (a connection that failed or timed out). A missing bucket or key, a
+/// refused permission or bad credentials stay until someone changes them.
+pub fn is_transient(error: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    match error {
+        E::NotFound { .. }
+        | E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::AlreadyExists { .. }
+        | E::Precondition { .. }
+        | E::NotModified { .. }
+        | E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::UnknownConfigurationKey { .. } => false,
+        _ => {
+            let text = crate::error::error_chain(error);
+            let status = text
+                .split("status code: ")
+                .nth(1)
+                .and_then(|rest| rest.get(..3))
+                .and_then(|code| code.parse::<u16>().ok());
+            match status {
+                Some(status) => status >= 500 || status == 429,
+                None => {
+                    let text = text.to_ascii_lowercase();
+                    [
+                        "connect",
+                        "timed out",
+                        "timeout",
+                        "error sending request",
+                        "reset by peer",
+                        "broken pipe",
+                    ]
+                    .iter()
+                    .any(|sign| text.contains(sign))
+                }
+            }
+        }
+    }
+}
+
 /// The `<Code>` of an AWS error reply, if it looks like one (letters,
 /// digits, `.`, `_`, `-`; at most 64).
 pub fn aws_error_code(reply: &str) -> Option<String> {
