@@ -526,7 +526,11 @@ async fn query_command(store: &Store, args: QueryArgs) -> u8 {
             if args.format != render::Format::Json
                 && let Some(cursor) = &written.next_cursor
             {
-                eprintln!("next page: --cursor {cursor}");
+                if args.page_size.is_some() {
+                    eprintln!("next page: --cursor {cursor}");
+                } else {
+                    eprintln!("next page: the same query with `cursor: '{cursor}'`");
+                }
             }
             EXIT_OK
         }

@@ -56,19 +56,40 @@ impl Query {
 
     /// The query without positions, as text: the same query in any form
     /// (clause syntax, SQL, JSON AST) and however spaced has one identity.
-    /// What a cursor is bound to (with `cursor` cleared first).
+    /// What a cursor is bound to (with `cursor` cleared first). Positions
+    /// are dropped from the derived `Debug` text, outside its string
+    /// literals (where the same characters are the query's own text).
     pub fn identity(&self) -> String {
         const SPAN: &str = "Span { start: ";
         let debug = format!("{self:?}");
         let mut out = String::with_capacity(debug.len());
-        let mut rest = debug.as_str();
-        while let Some(at) = rest.find(SPAN) {
-            out.push_str(&rest[..at]);
-            out.push('_');
-            let span = &rest[at..];
-            rest = span.find('}').map_or("", |end| &span[end + 1..]);
+        let mut chars = debug.char_indices().peekable();
+        let mut in_string = false;
+        while let Some((at, c)) = chars.next() {
+            if in_string {
+                out.push(c);
+                match c {
+                    '\\' => {
+                        if let Some((_, escaped)) = chars.next() {
+                            out.push(escaped);
+                        }
+                    }
+                    '"' => in_string = false,
+                    _ => {}
+                }
+            } else if c == '"' {
+                in_string = true;
+                out.push(c);
+            } else if debug[at..].starts_with(SPAN) {
+                out.push('_');
+                let end = debug[at..].find('}').map_or(debug.len(), |end| at + end);
+                while chars.peek().is_some_and(|(i, _)| *i <= end) {
+                    chars.next();
+                }
+            } else {
+                out.push(c);
+            }
         }
-        out.push_str(rest);
         out
     }
 }

@@ -267,6 +267,17 @@ pub struct StateDb {
 
 use crate::registry::now_rfc3339;
 
+/// Refuse an automation status other than `active` or `paused`.
+pub fn check_status(status: &str) -> Result<()> {
+    if status == "active" || status == "paused" {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "`status` must be `active` or `paused`, not `{status}`"
+        )))
+    }
+}
+
 /// How long a run's lease lasts without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(3600);
 
@@ -493,11 +504,7 @@ impl StateDb {
 
     /// Set `active` or `paused`.
     pub fn set_status(&self, id: &str, status: &str) -> Result<()> {
-        if status != "active" && status != "paused" {
-            return Err(Error::InvalidArgument(format!(
-                "`status` must be `active` or `paused`, not `{status}`"
-            )));
-        }
+        check_status(status)?;
         let changed = self.conn.execute(
             "UPDATE automations SET status = ?2, updated = ?3 WHERE id = ?1",
             params![id, status, now_rfc3339()],

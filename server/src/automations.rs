@@ -246,6 +246,10 @@ pub(crate) async fn update(
     body: axum::body::Bytes,
 ) -> Answer {
     let body: UpdateBody = parse(&body, "automation update")?;
+    // Checked before anything changes.
+    if let Some(status) = &body.status {
+        spanlake_engine::state::check_status(status)?;
+    }
     let current = with_automation(&state, org.id.clone(), id.clone(), |_, automation| {
         Ok(automation)
     })
@@ -260,10 +264,6 @@ pub(crate) async fn update(
     };
     // Looked up again: it may have been deleted meanwhile.
     let updated = with_automation(&state, org.id, id, move |db, current| {
-        // The status first: it is checked there, before anything changes.
-        if let Some(status) = &body.status {
-            db.set_status(&current.id, status)?;
-        }
         let mut updated = db.update(
             &current.id,
             body.name.as_deref().unwrap_or(&current.name),
@@ -272,6 +272,7 @@ pub(crate) async fn update(
             origin,
         )?;
         if let Some(status) = body.status {
+            db.set_status(&current.id, &status)?;
             updated.status = status;
         }
         Ok(updated)

@@ -297,6 +297,21 @@ fn http_in_text_cursors_page_to_the_last_page_in_both_forms_and_as_the_request_f
         run.stdout
     );
     assert!(cli["cursor"].is_string(), "{}", run.stdout);
+    // The same token under the other meaning of `limit:` (a limit inside
+    // `--page-size` pages, not the page size) is refused, not read wrong.
+    let run = spanlake
+        .run([
+            "query",
+            "--format",
+            "json",
+            "--page-size",
+            "4",
+            "--cursor",
+            &token,
+            &clause,
+        ])
+        .expect_code(2);
+    assert!(run.stderr.contains("another query"), "{}", run.stderr);
     // Two different cursors, or a cursor of another query, are refused.
     let (status, answer) = btql(
         &server,

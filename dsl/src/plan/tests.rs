@@ -481,3 +481,20 @@ fn temporal_arithmetic_takes_datetimes_and_intervals_only() {
         plan(text);
     }
 }
+
+#[test]
+fn a_query_identity_ignores_positions_but_not_its_literals() {
+    let id = |text: &str| parse_query(text).unwrap().identity();
+    assert_eq!(
+        id("select: id | from: project_logs('p') | filter: input = 'a'"),
+        id("select:   id\n|  from: project_logs('p')|filter: input='a'")
+    );
+    assert_ne!(
+        id("select: id | from: project_logs('p') | filter: input = 'Span { start: 1 }'"),
+        id("select: id | from: project_logs('p') | filter: input = 'Span { start: 2 }'")
+    );
+    assert_ne!(
+        id("select: id | from: project_logs('p') | filter: input = 'a\\\" Span { start: 1 }'"),
+        id("select: id | from: project_logs('p') | filter: input = 'a\\\" Span { start: 2 }'")
+    );
+}

@@ -189,16 +189,24 @@ impl CursorState {
     }
 }
 
-/// What a cursor is bound to: the query's identity (without its cursor or
-/// positions, so the same query in any form, with or without its
-/// `cursor:`, matches) and the time zone. FNV-1a: stable across builds, so
-/// a cursor survives an upgrade of the server between two pages.
-fn query_fingerprint(query: &spanlake_dsl::ast::Query, tz_offset_minutes: i32) -> String {
+/// What a cursor is bound to: the query's identity once paging took its
+/// cursor (and, when it is the page size, its `limit:`) out, the page size
+/// and the time zone. So the same query in any form, with or without its
+/// `cursor:`, continues, and a cursor read under one meaning of `limit:`
+/// (a limit with `--page-size`, the page size otherwise) is refused under
+/// the other. FNV-1a, not the std hasher: the same in every build of one
+/// version (a version whose AST differs refuses older cursors, clearly).
+fn query_fingerprint(
+    query: &spanlake_dsl::ast::Query,
+    page_size: u64,
+    tz_offset_minutes: i32,
+) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let identity = query.identity();
     for byte in identity
         .as_bytes()
         .iter()
+        .chain(&page_size.to_le_bytes())
         .chain(&tz_offset_minutes.to_le_bytes())
     {
         hash ^= u64::from(*byte);
@@ -297,15 +305,12 @@ pub async fn run_parsed_query(
     options: &QueryOptions,
 ) -> Result<QueryStream> {
     let ctx = session(options)?;
+    let paging = paging_of(&mut query, options.page.as_ref())?;
     let fingerprint = query_fingerprint(
-        &{
-            let mut bare = query.clone();
-            bare.cursor = None;
-            bare
-        },
+        &query,
+        paging.as_ref().map_or(0, |(size, _)| *size),
         options.tz_offset_minutes,
     );
-    let paging = paging_of(&mut query, options.page.as_ref())?;
     let resumed = match paging.as_ref().and_then(|(_, cursor)| cursor.as_deref()) {
         Some(token) => {
             let state = CursorState::decode(token)?;
