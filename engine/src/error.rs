@@ -30,6 +30,15 @@ pub enum Error {
     /// A user-supplied value is not acceptable.
     #[error("{0}")]
     InvalidArgument(String),
+    /// Another run of the automation holds its lease: this one did not
+    /// start (nothing failed; the other run goes on).
+    #[error(
+        "automation `{automation}` is running already (another process holds its lease); try again when it finishes"
+    )]
+    LeaseHeld {
+        /// The automation's name.
+        automation: String,
+    },
     /// A request to an export destination failed: the operation, the key
     /// and the destination's answer summarised (never its body).
     #[error("{operation} `{key}` failed: {summary}")]
@@ -93,6 +102,7 @@ impl Error {
         match self {
             Self::Locked { .. } => true,
             Self::Destination { retryable, .. } => *retryable,
+            Self::LeaseHeld { .. } => true,
             Self::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut

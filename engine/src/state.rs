@@ -306,10 +306,9 @@ impl RunLease {
         let state_path = store.data_dir().join(crate::store::STATE_DB);
         let holder = lease_holder(run_id);
         if !state.try_lease(&automation.id, &holder, LEASE_TTL)? {
-            return Err(Error::InvalidArgument(format!(
-                "automation `{}` is running already (another process holds its lease); try again when it finishes",
-                automation.name
-            )));
+            return Err(Error::LeaseHeld {
+                automation: automation.name.clone(),
+            });
         }
         let renewal = tokio::spawn(Self::renew(
             state_path,

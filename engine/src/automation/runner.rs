@@ -219,6 +219,7 @@ impl<'a> Runner<'a> {
         let result = self.run_checked(automation, trigger, progress).await;
         if let Err(error) = &result
             && trigger == Trigger::Schedule
+            && !matches!(error, RunError::Failed(Error::LeaseHeld { .. }))
             && last_run(self.state)? == before
         {
             let retryable = match error {

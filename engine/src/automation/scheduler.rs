@@ -364,6 +364,41 @@ mod tests {
         assert_eq!(state.runs(&automation.id, 10).unwrap().len(), 2);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scheduled_run_that_finds_another_run_going_records_nothing() {
+        let (_dir, store, project_id) = store_with_a_row().await;
+        let state = StateDb::open(&store.data_dir().join(STATE_DB)).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let automation = state
+            .create(
+                &project_id,
+                "e",
+                "",
+                Kind::Export,
+                &serde_json::json!({"data": "spans", "export_path": format!("file://{}", out.path().display()), "interval": "1h"}),
+                Origin::Cli,
+            )
+            .unwrap();
+        // Another process's run holds the lease.
+        assert!(
+            state
+                .try_lease(&automation.id, "elsewhere", Duration::from_secs(60))
+                .unwrap()
+        );
+        let (_stop_tx, stop) = watch::channel(false);
+        run_due(&store, &SchedulerOptions::default(), &stop)
+            .await
+            .unwrap();
+        assert!(state.runs(&automation.id, 10).unwrap().is_empty());
+        state.release_lease(&automation.id, "elsewhere").unwrap();
+        run_due(&store, &SchedulerOptions::default(), &stop)
+            .await
+            .unwrap();
+        let runs = state.runs(&automation.id, 10).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].status, RunStatus::Succeeded, "{runs:#?}");
+    }
+
     #[test]
     fn retryable_failures_back_off_doubling_with_jitter_up_to_the_interval() {
         let dir = tempfile::tempdir().unwrap();
