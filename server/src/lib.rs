@@ -135,9 +135,7 @@ pub(crate) struct AppState {
 /// The router of every route, over `store`.
 pub fn router(store: Arc<Store>, config: ServerConfig, metrics: Arc<Metrics>) -> Router {
     let max_body = config.max_body_bytes;
-    if let Err(e) = store.set_registry_busy_timeout(blocking::STATE_BUSY_TIMEOUT) {
-        tracing::warn!(error = %e, "could not shorten the state database's busy timeout");
-    }
+    store.set_registry_busy_timeout(blocking::STATE_BUSY_TIMEOUT);
     let body_timeout = config.body_timeout;
     let state = Arc::new(AppState {
         keys: auth::KeyCache::default(),

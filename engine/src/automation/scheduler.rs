@@ -38,7 +38,7 @@ use crate::state::{RunStatus, StateDb, Trigger};
 use crate::store::compact::{CompactionPolicy, compact};
 use crate::store::{STATE_DB, Store};
 
-/// How long after the failed run `last` the scheduler tries again: a
+/// How long after the newest of `recent` runs (newest first), a failed one, the scheduler tries again: a
 /// failure that retrying may cure (`details.retryable`, see
 /// [`Error::is_retryable`](crate::Error::is_retryable)) after `base`
 /// doubled per failure in a row (at most 64 times `base`, and at most the
@@ -46,23 +46,19 @@ use crate::store::{STATE_DB, Store};
 /// automations that failed together do not retry together); any other
 /// failure after a whole interval (until its configuration changes or a
 /// manual run succeeds).
-fn retry_wait(
-    base: Duration,
-    interval: Duration,
-    state: &StateDb,
-    automation_id: &str,
-    last: &crate::state::Run,
-) -> Result<Duration> {
+fn retry_wait(base: Duration, interval: Duration, recent: &[crate::state::Run]) -> Duration {
+    let Some(last) = recent.first() else {
+        return Duration::ZERO;
+    };
     let retryable = last
         .details
         .get("retryable")
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(true);
     if !retryable {
-        return Ok(interval);
+        return interval;
     }
-    let in_a_row = state
-        .runs(automation_id, 7)?
+    let in_a_row = recent
         .iter()
         .take_while(|run| run.status == RunStatus::Failed)
         .count()
@@ -72,7 +68,7 @@ fn retry_wait(
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     let jitter = doubled.mul_f64((seed % 1000) as f64 / 4000.0);
-    Ok(doubled.saturating_sub(jitter).min(interval))
+    doubled.saturating_sub(jitter).min(interval)
 }
 
 /// Options of the scheduler.
@@ -146,8 +142,9 @@ pub async fn run_due(
                 return Ok(summary);
             }
             let now = chrono::Utc::now();
-            let last = state.runs(&automation.id, 1)?.into_iter().next();
-            let due = match &last {
+            // The newest runs: the last one, and the failures in a row.
+            let recent = state.runs(&automation.id, 7)?;
+            let due = match recent.first() {
                 None => true,
                 Some(run) => match run.status {
                     RunStatus::Behind | RunStatus::Running => true,
@@ -160,8 +157,7 @@ pub async fn run_due(
                         let changed = parse_time(&automation.updated)
                             .zip(at)
                             .is_some_and(|(updated, at)| updated > at);
-                        let wait =
-                            retry_wait(options.retry_delay, interval, &state, &automation.id, run)?;
+                        let wait = retry_wait(options.retry_delay, interval, &recent);
                         changed
                             || at.is_none_or(|at| {
                                 at + chrono::Duration::from_std(wait).unwrap_or_default() <= now
@@ -431,8 +427,8 @@ mod tests {
                 )
                 .unwrap();
             state.fail_run_with(&run_id, "503", true).unwrap();
-            let last = state.runs(&automation.id, 1).unwrap().remove(0);
-            waits.push(retry_wait(base, interval, &state, &automation.id, &last).unwrap());
+            let recent = state.runs(&automation.id, 7).unwrap();
+            waits.push(retry_wait(base, interval, &recent));
         }
         for (i, wait) in waits.iter().enumerate() {
             let full = base.saturating_mul(1 << i.min(6)).min(interval);
@@ -455,10 +451,7 @@ mod tests {
             )
             .unwrap();
         state.fail_run_with("run-x", "NoSuchBucket", false).unwrap();
-        let last = state.runs(&automation.id, 1).unwrap().remove(0);
-        assert_eq!(
-            retry_wait(base, interval, &state, &automation.id, &last).unwrap(),
-            interval
-        );
+        let recent = state.runs(&automation.id, 7).unwrap();
+        assert_eq!(retry_wait(base, interval, &recent), interval);
     }
 }

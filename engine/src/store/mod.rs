@@ -79,27 +79,37 @@ struct RegistryPool {
     path: PathBuf,
     /// The local org (see [`ProjectRegistry::org_id`]).
     org_id: String,
-    idle: Mutex<Vec<ProjectRegistry>>,
-    busy_timeout: Mutex<Option<Duration>>,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    idle: Vec<ProjectRegistry>,
+    /// Set on every connection as it is taken (an in-memory setting of
+    /// SQLite's: no I/O).
+    busy_timeout: Option<Duration>,
 }
 
 impl RegistryPool {
     const IDLE: usize = 8;
 
-    fn take(&self) -> Result<ProjectRegistry> {
-        let idle = self
-            .idle
+    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // Every change under this lock is a push, a pop or an assignment: a
+        // panic elsewhere cannot leave it half-done.
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
-        if let Some(registry) = idle {
-            return Ok(registry);
-        }
-        let registry = ProjectRegistry::another(&self.path, &self.org_id)?;
-        let timeout = *self
-            .busy_timeout
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+
+    fn take(&self) -> Result<ProjectRegistry> {
+        let (idle, timeout) = {
+            let mut state = self.state();
+            (state.idle.pop(), state.busy_timeout)
+        };
+        let registry = match idle {
+            Some(registry) => registry,
+            None => ProjectRegistry::another(&self.path, &self.org_id)?,
+        };
         if let Some(timeout) = timeout {
             registry.set_busy_timeout(timeout)?;
         }
@@ -107,12 +117,9 @@ impl RegistryPool {
     }
 
     fn give_back(&self, registry: ProjectRegistry) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if idle.len() < Self::IDLE {
-            idle.push(registry);
+        let mut state = self.state();
+        if state.idle.len() < Self::IDLE {
+            state.idle.push(registry);
         }
     }
 }
@@ -162,8 +169,10 @@ impl Store {
             registry: RegistryPool {
                 path,
                 org_id: first.org_id().to_string(),
-                idle: Mutex::new(vec![first]),
-                busy_timeout: Mutex::new(None),
+                state: Mutex::new(PoolState {
+                    idle: vec![first],
+                    busy_timeout: None,
+                }),
             },
             options,
         })
@@ -201,21 +210,8 @@ impl Store {
 
     /// How long the registry's statements wait for another process's write
     /// lock before failing as busy ([`Error::is_busy`]); 10 s unless set.
-    pub fn set_registry_busy_timeout(&self, timeout: Duration) -> Result<()> {
-        *self
-            .registry
-            .busy_timeout
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(timeout);
-        let idle = self
-            .registry
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for registry in idle.iter() {
-            registry.set_busy_timeout(timeout)?;
-        }
-        Ok(())
+    pub fn set_registry_busy_timeout(&self, timeout: Duration) {
+        self.registry.state().busy_timeout = Some(timeout);
     }
 
     /// Run `work` with the project registry from async code: SQLite calls
