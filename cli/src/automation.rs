@@ -12,7 +12,7 @@ use spanlake_engine::automation::runner::{
 use spanlake_engine::export::{ExportProgress, RawExportConfig, export_query};
 use spanlake_engine::query::QueryOptions;
 use spanlake_engine::state::{Automation, Kind, Origin, StateDb, Trigger};
-use spanlake_engine::store::{STATE_DB, Store};
+use spanlake_engine::store::Store;
 
 /// `spanlake automation ...`
 #[derive(Debug, Subcommand)]
@@ -193,7 +193,7 @@ fn show_progress(
 }
 
 fn state_db(store: &Store) -> anyhow::Result<StateDb> {
-    Ok(StateDb::open(&store.data_dir().join(STATE_DB))?)
+    Ok(StateDb::of(store)?)
 }
 
 /// A local folder becomes a `file://` URL (created if missing); URLs pass.

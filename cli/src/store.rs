@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use spanlake_engine::store::Store;
-use spanlake_engine::store::compact::{CompactOptions, CompactionReport, compact};
+use spanlake_engine::store::compact::{CompactOptions, Compaction, CompactionReport};
 
 /// `spanlake store ...`
 #[derive(Debug, Subcommand)]
@@ -43,10 +43,14 @@ pub async fn store_command(store: &Store, command: StoreCommand) -> anyhow::Resu
                 memory_limit_bytes: args.memory_limit_mib.saturating_mul(1024 * 1024),
                 dry_run: args.dry_run,
             };
-            let report = compact(store, &project, &options).await.map_err(|e| {
-                anyhow::Error::new(e)
-                    .context(format!("compaction of project `{}` failed", project.name))
-            })?;
+            let (report, _) = Compaction::new(store, &project)
+                .options(options)
+                .run()
+                .await
+                .map_err(|e| {
+                    anyhow::Error::new(e)
+                        .context(format!("compaction of project `{}` failed", project.name))
+                })?;
             println!("{}", serde_json::to_string(&report)?);
             eprintln!("{}", summary(&report, &project.name));
             Ok(())

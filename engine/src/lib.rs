@@ -10,22 +10,24 @@
 //!
 //! ```text
 //!  automation  runner (one path for both kinds), scheduler, destinations policy   ◄── cli, server
-//!  export   retention          an export run: config, manifests, recovery, probe │ retention: plan, rewrite
+//!  export   retention          an export run: config, target, cursor, run, manifest, recover, probe │ retention: plan, rewrite
 //!  state                       automations, cursors, runs, leases (state.db)
 //!  sink                        object stores, credentials, JSONL and Parquet writers, partitions
 //!  query                       BTQL over the resolved view: run, cursors, pivot, rows as JSON
-//!  ingest                      JSONL and SDK rows into commits, with merge semantics
+//!  ingest                      JSONL and SDK rows into commits, with merge semantics; group commits with replay protection
 //!  store                       tables, durable commits, resolve (fold), merge, compaction, vacuum
 //!  registry                    projects, orgs, API keys, request digests (state.db)
-//!  session  config  faults  error    DataFusion sessions, units, test hooks, errors
+//!  session  config  clock  metrics  faults  error    DataFusion sessions, units, the clock, operation figures, test hooks, errors
 //! ```
 
 pub mod automation;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod export;
 mod faults;
 pub mod ingest;
+pub mod metrics;
 pub mod query;
 pub mod registry;
 pub mod retention;

@@ -21,7 +21,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::store::{STATE_DB, Store};
 
 /// Key of the table version a run reads, in its run details (an export's
 /// snapshot, pinned against vacuum until the run ends).
@@ -263,9 +265,8 @@ pub struct RunOutcome {
 #[derive(Debug)]
 pub struct StateDb {
     conn: Connection,
+    clock: Clock,
 }
-
-use crate::registry::now_rfc3339;
 
 /// Refuse an automation status other than `active` or `paused`.
 pub fn check_status(status: &str) -> Result<()> {
@@ -298,12 +299,12 @@ impl RunLease {
     /// when another run holds it. The renewal opens `store`'s state
     /// database on its own.
     pub fn take(
-        store: &crate::store::Store,
+        store: &Store,
         state: &StateDb,
         automation: &Automation,
         run_id: &str,
     ) -> Result<Self> {
-        let state_path = store.data_dir().join(crate::store::STATE_DB);
+        let state_path = store.data_dir().join(STATE_DB);
         let holder = lease_holder(run_id);
         if !state.try_lease(&automation.id, &holder, LEASE_TTL)? {
             return Err(Error::LeaseHeld {
@@ -312,6 +313,7 @@ impl RunLease {
         }
         let renewal = tokio::spawn(Self::renew(
             state_path,
+            state.clock.clone(),
             automation.id.clone(),
             holder.clone(),
         ));
@@ -324,13 +326,19 @@ impl RunLease {
 
     /// Renew `holder`'s lease of `automation_id` every sixth of its
     /// lifetime, until aborted.
-    async fn renew(state_path: std::path::PathBuf, automation_id: String, holder: String) {
+    async fn renew(
+        state_path: std::path::PathBuf,
+        clock: Clock,
+        automation_id: String,
+        holder: String,
+    ) {
         loop {
             tokio::time::sleep(LEASE_TTL / 6).await;
             let path = state_path.clone();
-            let (id, who) = (automation_id.clone(), holder.clone());
+            let (id, who, clock) = (automation_id.clone(), holder.clone(), clock.clone());
             let renewed = tokio::task::spawn_blocking(move || {
-                StateDb::open(&path).and_then(|db| db.try_lease(&id, &who, LEASE_TTL))
+                StateDb::open(&path)
+                    .and_then(|db| db.with_clock(&clock).try_lease(&id, &who, LEASE_TTL))
             })
             .await
             .unwrap_or_else(|e| Err(Error::Internal(format!("lease renewal task: {e}"))));
@@ -361,6 +369,20 @@ impl Drop for RunLease {
 }
 
 impl StateDb {
+    /// The state database of `store`, on the store's clock.
+    pub fn of(store: &Store) -> Result<Self> {
+        Ok(Self::open(&store.data_dir().join(STATE_DB))?.with_clock(store.clock()))
+    }
+
+    /// [`Self::of`] with another busy timeout (see
+    /// [`Self::open_with_busy_timeout`]).
+    pub fn of_with_busy_timeout(store: &Store, busy_timeout: Duration) -> Result<Self> {
+        Ok(
+            Self::open_with_busy_timeout(&store.data_dir().join(STATE_DB), busy_timeout)?
+                .with_clock(store.clock()),
+        )
+    }
+
     /// Open (creating the tables if needed) the state database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_with_busy_timeout(path, Duration::from_secs(10))
@@ -376,11 +398,25 @@ impl StateDb {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA_SQL)?;
         add_origin_column(&conn)?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            clock: Clock::system(),
+        })
     }
 
-    /// Store a new automation, created by `origin`. Fails if the project
-    /// has one of that name.
+    /// The same database taking its time (runs' start and end, leases'
+    /// expiry) from `clock`: a store's ([`crate::store::Store::clock`]).
+    pub fn with_clock(mut self, clock: &Clock) -> Self {
+        self.clock = clock.clone();
+        self
+    }
+
+    fn now_rfc3339(&self) -> String {
+        self.clock.now_rfc3339()
+    }
+
+    /// Store a new automation, `active`, created by `origin`. Fails if the
+    /// project has one of that name.
     pub fn create(
         &self,
         project_id: &str,
@@ -390,12 +426,37 @@ impl StateDb {
         config: &serde_json::Value,
         origin: Origin,
     ) -> Result<Automation> {
+        self.create_with_status(
+            project_id,
+            name,
+            description,
+            kind,
+            config,
+            origin,
+            "active",
+        )
+    }
+
+    /// [`Self::create`] with `status` (`active` or `paused`) from the start:
+    /// a paused one is never picked up by a scheduler before it is resumed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_with_status(
+        &self,
+        project_id: &str,
+        name: &str,
+        description: &str,
+        kind: Kind,
+        config: &serde_json::Value,
+        origin: Origin,
+        status: &str,
+    ) -> Result<Automation> {
+        check_status(status)?;
         if self.find_by_name(project_id, name)?.is_some() {
             return Err(Error::InvalidArgument(format!(
                 "an automation named `{name}` already exists in this project"
             )));
         }
-        let now = now_rfc3339();
+        let now = self.now_rfc3339();
         let automation = Automation {
             id: uuid::Uuid::now_v7().to_string(),
             project_id: project_id.to_string(),
@@ -403,7 +464,7 @@ impl StateDb {
             description: description.to_string(),
             kind,
             config: config.clone(),
-            status: "active".to_string(),
+            status: status.to_string(),
             created: now.clone(),
             updated: now,
             origin,
@@ -506,7 +567,7 @@ impl StateDb {
         check_status(status)?;
         let changed = self.conn.execute(
             "UPDATE automations SET status = ?2, updated = ?3 WHERE id = ?1",
-            params![id, status, now_rfc3339()],
+            params![id, status, self.now_rfc3339()],
         )?;
         if changed == 0 {
             return Err(Error::InvalidArgument(format!("no automation `{id}`")));
@@ -565,7 +626,7 @@ impl StateDb {
                 run_id,
                 automation_id,
                 trigger.as_str(),
-                now_rfc3339(),
+                self.now_rfc3339(),
                 cursor_from,
                 cursor_to,
                 details.to_string()
@@ -574,11 +635,13 @@ impl StateDb {
         Ok(())
     }
 
-    /// Update the details of a running run (e.g. the files it has written, so
-    /// that a retry after a crash can delete them).
+    /// Merge `details` into a run's details (e.g. that its files are still
+    /// to be deleted); keys already there and not in `details` stay.
     pub fn update_run_details(&self, run_id: &str, details: &serde_json::Value) -> Result<()> {
         self.conn.execute(
-            "UPDATE runs SET details = ?2 WHERE run_id = ?1",
+            // Merged into what is there (RFC 7396): the failure's
+            // `retryable` and the run's pinned snapshot stay.
+            "UPDATE runs SET details = json_patch(COALESCE(details, '{}'), ?2) WHERE run_id = ?1",
             params![run_id, details.to_string()],
         )?;
         Ok(())
@@ -599,7 +662,7 @@ impl StateDb {
              WHERE run_id = ?1",
             params![
                 run_id,
-                now_rfc3339(),
+                self.now_rfc3339(),
                 status.as_str(),
                 outcome.rows,
                 outcome.bytes,
@@ -612,7 +675,7 @@ impl StateDb {
             tx.execute(
                 "INSERT INTO cursors (automation_id, xact_id, updated) VALUES (?1, ?2, ?3)
                  ON CONFLICT (automation_id) DO UPDATE SET xact_id = excluded.xact_id, updated = excluded.updated",
-                params![automation_id, cursor, now_rfc3339()],
+                params![automation_id, cursor, self.now_rfc3339()],
             )?;
         }
         tx.commit()?;
@@ -623,7 +686,7 @@ impl StateDb {
     pub fn fail_run(&self, run_id: &str, error: &str) -> Result<()> {
         self.conn.execute(
             "UPDATE runs SET finished = ?2, status = 'failed', error = ?3 WHERE run_id = ?1",
-            params![run_id, now_rfc3339(), error],
+            params![run_id, self.now_rfc3339(), error],
         )?;
         Ok(())
     }
@@ -638,7 +701,7 @@ impl StateDb {
              WHERE run_id = ?1",
             params![
                 run_id,
-                now_rfc3339(),
+                self.now_rfc3339(),
                 error,
                 if retryable { "true" } else { "false" }
             ],
@@ -692,7 +755,7 @@ impl StateDb {
     /// Holders are written as `<host>:<pid>:<name>` (see [`lease_holder`]) so
     /// that a crashed holder on the same machine is recognised at once.
     pub fn try_lease(&self, automation_id: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = self.clock.now_micros();
         let expires = now + i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX / 2);
         let changed = self.conn.execute(
             "INSERT INTO leases (automation_id, holder, expires_micros) VALUES (?1, ?2, ?3)
@@ -736,7 +799,7 @@ impl StateDb {
               WHERE a.project_id = ?1 AND a.kind = 'export' AND r.status = 'running'
                 AND r.cursor_to IS NOT NULL AND l.expires_micros >= ?2",
         )?;
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = self.clock.now_micros();
         let rows = stmt.query_map(params![project_id, now], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
@@ -853,7 +916,7 @@ impl StateDb {
                 name,
                 description,
                 config.to_string(),
-                now_rfc3339(),
+                self.now_rfc3339(),
                 origin.map(Origin::as_str)
             ],
         )?;

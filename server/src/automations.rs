@@ -28,7 +28,6 @@ use serde::Deserialize;
 use spanlake_engine::automation::policy::DestinationRefused;
 use spanlake_engine::automation::runner::{AutomationConfig, RunError, Runner};
 use spanlake_engine::state::{Automation, Kind, Origin, StateDb, Trigger};
-use spanlake_engine::store::STATE_DB;
 
 use crate::AppState;
 use crate::auth::Auth;
@@ -42,8 +41,8 @@ type Answer = Result<Json<serde_json::Value>, ApiError>;
 /// request answers 503 with `Retry-After`. Call it on the blocking pool
 /// ([`AppState::blocking`]).
 fn state_db(state: &AppState) -> Result<StateDb, ApiError> {
-    Ok(StateDb::open_with_busy_timeout(
-        &state.store.data_dir().join(STATE_DB),
+    Ok(StateDb::of_with_busy_timeout(
+        &state.store,
         STATE_BUSY_TIMEOUT,
     )?)
 }
@@ -153,6 +152,9 @@ struct CreateBody {
     description: String,
     kind: String,
     config: serde_json::Value,
+    /// `active` (the default) or `paused`.
+    #[serde(default)]
+    status: Option<String>,
 }
 
 /// `POST /v1/project_automation`.
@@ -178,13 +180,14 @@ pub(crate) async fn create(
     let config = validated_config(&state, kind, body.config).await?;
     let automation = state
         .blocking(move |state| {
-            Ok(state_db(state)?.create(
+            Ok(state_db(state)?.create_with_status(
                 &project.id,
                 &body.name,
                 &body.description,
                 kind,
                 &config,
                 Origin::Api,
+                body.status.as_deref().unwrap_or("active"),
             )?)
         })
         .await?;
@@ -307,7 +310,7 @@ where
     tokio::task::spawn_blocking(move || {
         // A run's connection waits as long as the CLI's: after its commit
         // it must record the run, not give up on a short busy spell.
-        let db = StateDb::open(&state.store.data_dir().join(STATE_DB))?;
+        let db = StateDb::of(&state.store)?;
         handle.block_on(work(state, db))
     })
     .await

@@ -126,7 +126,13 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
-        match &error {
+        Self::from(&error)
+    }
+}
+
+impl From<&Error> for ApiError {
+    fn from(error: &Error) -> Self {
+        match error {
             Error::Query(diagnostics) => Self::query(diagnostics, ""),
             Error::InvalidInput { errors, .. } => {
                 let details: Vec<serde_json::Value> = errors
@@ -151,7 +157,7 @@ impl From<Error> for ApiError {
                 Self::new(StatusCode::CONFLICT, "conflict", error.to_string())
             }
             Error::InvalidArgument(message) => Self::bad_request(message.clone()),
-            Error::Destination { .. } | Error::LeaseHeld { .. } => {
+            Error::Destination { .. } | Error::Sink { .. } | Error::LeaseHeld { .. } => {
                 Self::bad_request(error.to_string())
             }
             Error::Locked { .. } => Self::busy(format!("{error}; retry shortly"), 1),
@@ -162,7 +168,7 @@ impl From<Error> for ApiError {
             _ => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
-                error_chain(&error),
+                error_chain(error),
             ),
         }
     }

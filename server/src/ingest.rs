@@ -3,27 +3,19 @@
 //! `POST /v1/project_logs/{id}/insert`.
 //!
 //! ```text
-//!  request ─► parse rows, check each row's project is the key's org's
-//!          ─► per project: Pending{rows as JSON Lines, digest} ─► committer
-//!  committer (one task per project):
-//!      take the queued requests (waiting at most `group_commit_linger`
-//!      for more) ─► drop replays (digest already
-//!      committed) ─► one engine ingest
-//!      (one Delta commit, digests in its commitInfo) ─► record digests
-//!      ─► answer every request of the group
+//!  request ─► reserve its bytes of the ingest budget ─► parse rows, check each row's project is the key's org's
+//!          ─► per project: the engine's group committer (spanlake_engine::ingest::group:
+//!             one Delta commit for many requests, replays answered without committing)
+//!          ─► answer {"ids", "xact_id"}
 //! ```
 //!
 //! - A 2xx means the rows are committed. A request whose rows are invalid
 //!   gets a 400 listing each bad row and commits nothing; the other requests
 //!   of its group are committed without it.
-//! - The SDK resends identical bodies on retry. A request's digest (SHA-256
-//!   of its project and rows) is recorded with its transaction, so a replay
-//!   is answered with the first answer and commits nothing: no duplicate row
-//!   version, and an old body replayed after a newer one cannot undo it.
-//!   Digests are also written into the Delta commit itself, and recovered
-//!   from the table's recent commits when a committer starts, so a crash
-//!   between the commit and recording the digest does not let a replay in.
-//!   Digests are kept for an hour (see [`REPLAY_WINDOW`]).
+//! - The SDK resends identical bodies on retry: a replay is answered with
+//!   the first answer and commits nothing (see the engine's group module).
+//!   Rows without an id get one derived from the body's digest, so a
+//!   retried request has the same rows.
 //! - Memory: every ingest request reserves its body's bytes (its
 //!   `Content-Length`, and the size of an overflow upload it references) in
 //!   one budget of `ingest_queue_bytes` over every project before its body
@@ -32,76 +24,46 @@
 //!   `Retry-After` at once, before its body is read; nothing of it is
 //!   committed (the SDK retries).
 //! - Overflow uploads check their token before reading the body, then
-//!   stream it to its file, stopping at `max_body_bytes`.
+//!   stream it to its file, stopping at `max_body_bytes`; they are kept for
+//!   the replay window.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use spanlake_engine::Error;
-use spanlake_engine::ingest::{IngestOptions, WriterCache, ingest};
+use spanlake_engine::ingest::group::{
+    CommitObserver, GroupCommitter, GroupOptions, ObserverOf, REPLAY_WINDOW, Rejected,
+    forget_old_digests,
+};
 use spanlake_engine::registry::Project;
 use spanlake_engine::store::Store;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::metrics::OrgMetrics;
 use crate::{AppState, Metrics, ServerConfig};
 
-/// Key of the request digests in a commit's `commitInfo`.
-const DIGESTS_KEY: &str = "spanlake.requests";
-/// Bytes of rows after which a group commit stops gathering requests (its
-/// input is held in memory, twice, while it commits).
-const GROUP_MAX_BYTES: usize = 64 * 1024 * 1024;
-/// How long a committer also keeps its own digests in memory.
-const REPLAY_MEMORY: Duration = Duration::from_secs(3600);
-/// How long request digests (and overflow uploads) are kept: far longer
-/// than the SDK's retries (seconds to minutes), short enough that a client
-/// deliberately sending the same body again an hour later is heard.
-const REPLAY_WINDOW: Duration = Duration::from_secs(3600);
-/// How long a committer waits for another writer (CLI ingest, retention,
-/// compaction) to release a project's write lock.
-const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// How long a client refused for a full ingest queue is told to wait.
 const QUEUE_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The ingest budget counts in units of this many bytes (a semaphore's
 /// permits are `u32`).
 const BUDGET_UNIT: usize = 1024;
 
-/// The rows of one request for one project.
-#[derive(Debug)]
-struct Pending {
-    /// JSON Lines, one row per line.
-    lines: Vec<u8>,
-    /// Index in the request of each line's row (for error messages).
-    rows: Vec<usize>,
-    digest: String,
-    reply: oneshot::Sender<Result<i64, ApiError>>,
-    /// The request's share of the ingest budget, released when the request
-    /// is answered and every part of it has left its queue.
-    _budget: Arc<OwnedSemaphorePermit>,
-}
-
-/// The group committers, one per project, started on first use.
+/// The engine's group committers behind the ingest budget.
 #[derive(Debug)]
 pub(crate) struct Ingestor {
-    store: Arc<Store>,
-    linger: Duration,
-    max_rows: usize,
-    metrics: Arc<Metrics>,
-    committers: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
+    commits: GroupCommitter,
     overflow_dir: PathBuf,
     /// The ingest budget, in [`BUDGET_UNIT`]s.
     budget: Arc<Semaphore>,
@@ -128,12 +90,15 @@ impl Ingestor {
                 }
             });
         }
-        Self {
-            store,
+        let observer: Arc<ObserverOf> = Arc::new(move |project: &Project| {
+            metrics.org(&project.org_id) as Arc<dyn CommitObserver>
+        });
+        let options = GroupOptions {
             linger: config.group_commit_linger,
-            max_rows: config.group_commit_rows.max(1),
-            metrics,
-            committers: Mutex::new(HashMap::new()),
+            max_rows: config.group_commit_rows,
+        };
+        Self {
+            commits: GroupCommitter::new(store, options, observer),
             overflow_dir,
             budget: Arc::new(Semaphore::new(units(config.ingest_queue_bytes) as usize)),
             budget_units: units(config.ingest_queue_bytes),
@@ -165,31 +130,6 @@ impl Ingestor {
             })
     }
 
-    fn committer(&self, project: &Project) -> mpsc::Sender<Pending> {
-        let mut committers = self
-            .committers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(sender) = committers.get(&project.id)
-            && !sender.is_closed()
-        {
-            return sender.clone();
-        }
-        let (sender, receiver) = mpsc::channel(1024);
-        let committer = Committer {
-            store: Arc::clone(&self.store),
-            project: project.clone(),
-            linger: self.linger,
-            max_rows: self.max_rows,
-            metrics: self.metrics.org(&project.org_id),
-            cache: Arc::new(WriterCache::default()),
-            recent: std::sync::Mutex::new(HashMap::new()),
-        };
-        tokio::spawn(committer.run(receiver));
-        committers.insert(project.id.clone(), sender.clone());
-        sender
-    }
-
     /// Commit `lines` (rows `rows` of a request) to `project`; the
     /// transaction id they were committed in (or were, for a replay).
     async fn submit(
@@ -199,30 +139,20 @@ impl Ingestor {
         rows: Vec<usize>,
         budget: Arc<OwnedSemaphorePermit>,
     ) -> Result<i64, ApiError> {
-        let mut hasher = Sha256::new();
-        hasher.update(project.id.as_bytes());
-        hasher.update(b"\n");
-        hasher.update(&lines);
-        let digest: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            lines,
-            rows,
-            digest,
-            reply,
-            _budget: budget,
-        };
-        self.committer(project)
-            .send(pending)
+        self.commits
+            .submit(project, lines, rows, budget)
             .await
-            .map_err(|_| internal("the project's committer stopped; retry"))?;
-        answer
-            .await
-            .map_err(|_| internal("the project's committer stopped before answering; retry"))?
+            .map_err(|rejected| match rejected {
+                Rejected::Rows(ref errors) => {
+                    let details = errors
+                        .iter()
+                        .map(|e| serde_json::json!({"row": e.row, "message": e.message}))
+                        .collect();
+                    ApiError::bad_request(rejected.to_string())
+                        .with_details(serde_json::Value::Array(details))
+                }
+                Rejected::Failed(error) => ApiError::from(&*error),
+            })
     }
 }
 
@@ -260,280 +190,6 @@ impl FromRequestParts<Arc<AppState>> for IngestPermit {
 
 fn internal(message: &str) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-}
-
-struct Committer {
-    store: Arc<Store>,
-    project: Project,
-    linger: Duration,
-    max_rows: usize,
-    /// The figures of the project's org.
-    metrics: Arc<OrgMetrics>,
-    cache: Arc<WriterCache>,
-    /// Digests this committer committed, with their transaction and when:
-    /// replays are recognised even if recording them in the state database
-    /// failed.
-    recent: std::sync::Mutex<HashMap<String, (i64, Instant)>>,
-}
-
-impl Committer {
-    fn recent_xact(&self, digest: &str) -> Option<i64> {
-        let recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        recent.get(digest).map(|(xact, _)| *xact)
-    }
-
-    fn remember(&self, digests: &[String], xact: i64) {
-        let mut recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        recent.retain(|_, (_, at)| now.duration_since(*at) < REPLAY_MEMORY);
-        for digest in digests {
-            recent.insert(digest.clone(), (xact, now));
-        }
-    }
-
-    async fn run(self, mut receiver: mpsc::Receiver<Pending>) {
-        if let Err(e) = self.recover_digests().await {
-            tracing::warn!(project = %self.project.id, error = %e, "could not recover request digests from the table's commits");
-        }
-        while let Some(first) = receiver.recv().await {
-            let mut group = vec![first];
-            let mut rows = group[0].rows.len();
-            let mut bytes = group[0].lines.len();
-            // Requests queued while the last commit ran join this one, and
-            // those arriving within the linger. (Committing at once when the
-            // queue is empty was measured slower: the fixed cost of a commit
-            // then serves fewer rows.)
-            let deadline = tokio::time::Instant::now() + self.linger;
-            while rows < self.max_rows && bytes < GROUP_MAX_BYTES {
-                match receiver.try_recv() {
-                    Ok(pending) => {
-                        rows += pending.rows.len();
-                        bytes += pending.lines.len();
-                        group.push(pending);
-                    }
-                    Err(_) => match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                        Ok(Some(pending)) => {
-                            rows += pending.rows.len();
-                            bytes += pending.lines.len();
-                            group.push(pending);
-                        }
-                        _ => break,
-                    },
-                }
-            }
-            self.commit_group(group).await;
-        }
-    }
-
-    /// Digests of the table's recent commits that the registry may not have
-    /// recorded (the process died between the commit and the record).
-    async fn recover_digests(&self) -> spanlake_engine::Result<()> {
-        let logs = self.store.logs(&self.project).await?;
-        let Some(table) = logs.table() else {
-            return Ok(());
-        };
-        let infos: Vec<_> = table.history(Some(1000)).try_collect().await?;
-        for info in infos {
-            let (Some(digests), Some(xact)) = (
-                info.info.get(DIGESTS_KEY),
-                info.info.get("spanlake.xact_id"),
-            ) else {
-                continue;
-            };
-            let digests: Vec<String> = digests
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|d| d.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if let Some(xact) = xact.as_str().and_then(|x| x.parse::<i64>().ok()) {
-                self.store
-                    .with_registry(|r| r.record_requests(&self.project.id, &digests, xact))?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn commit_group(&self, group: Vec<Pending>) {
-        // Replays of committed requests, and duplicates within the group.
-        let mut fresh: Vec<Pending> = Vec::with_capacity(group.len());
-        let mut duplicates: Vec<(Pending, usize)> = Vec::new();
-        for pending in group {
-            let known = match self.recent_xact(&pending.digest) {
-                Some(xact) => Ok(Some(xact)),
-                None => self
-                    .store
-                    .with_registry(|r| r.request_xact(&pending.digest)),
-            };
-            match known {
-                Ok(Some(xact)) => {
-                    self.metrics.replays.inc();
-                    let _ = pending.reply.send(Ok(xact));
-                }
-                Ok(None) => match fresh.iter().position(|p| p.digest == pending.digest) {
-                    Some(first) => duplicates.push((pending, first)),
-                    None => fresh.push(pending),
-                },
-                Err(e) => {
-                    let _ = pending.reply.send(Err(e.into()));
-                }
-            }
-        }
-        let mut results: Vec<Option<Result<i64, ApiError>>> = vec![None; fresh.len()];
-        let mut remaining: Vec<usize> = (0..fresh.len()).collect();
-        while !remaining.is_empty() {
-            match self.commit(&fresh, &remaining).await {
-                Ok(xact) => {
-                    let digests: Vec<String> =
-                        remaining.iter().map(|&i| fresh[i].digest.clone()).collect();
-                    self.remember(&digests, xact);
-                    if let Err(e) = self
-                        .store
-                        .with_registry(|r| r.record_requests(&self.project.id, &digests, xact))
-                    {
-                        // Committed all the same: the digests are in the
-                        // commit and are recovered when a committer starts.
-                        tracing::warn!(error = %e, "could not record request digests");
-                    }
-                    for &i in &remaining {
-                        results[i] = Some(Ok(xact));
-                    }
-                    remaining.clear();
-                }
-                Err(Failure::Rows(by_request)) => {
-                    remaining.retain(|i| match by_request.get(i) {
-                        Some(error) => {
-                            results[*i] = Some(Err(error.clone()));
-                            false
-                        }
-                        None => true,
-                    });
-                }
-                Err(Failure::All(error)) => {
-                    for &i in &remaining {
-                        results[i] = Some(Err(error.clone()));
-                    }
-                    remaining.clear();
-                }
-            }
-        }
-        for (pending, first) in duplicates {
-            let result = results[first]
-                .clone()
-                .unwrap_or_else(|| Err(internal("no result for the request")));
-            let _ = pending.reply.send(result);
-        }
-        for (pending, result) in fresh.into_iter().zip(results) {
-            let result = result.unwrap_or_else(|| Err(internal("no result for the request")));
-            let _ = pending.reply.send(result);
-        }
-    }
-
-    /// One engine ingest of the requests `which` of `group`.
-    async fn commit(&self, group: &[Pending], which: &[usize]) -> Result<i64, Failure> {
-        let mut input = Vec::new();
-        // Line ranges of each request in the input: (first line, request).
-        let mut starts: Vec<(u64, usize)> = Vec::with_capacity(which.len());
-        let mut line = 1u64;
-        for &i in which {
-            starts.push((line, i));
-            input.extend_from_slice(&group[i].lines);
-            line += group[i].rows.len() as u64;
-        }
-        let rows = line - 1;
-        let digests: Vec<serde_json::Value> = which
-            .iter()
-            .map(|&i| serde_json::Value::String(group[i].digest.clone()))
-            .collect();
-        let options = IngestOptions {
-            commit_metadata: HashMap::from([(
-                DIGESTS_KEY.to_string(),
-                serde_json::Value::Array(digests),
-            )]),
-            writer_cache: Some(Arc::clone(&self.cache)),
-            max_listed_errors: usize::try_from(rows).unwrap_or(usize::MAX),
-            ..IngestOptions::default()
-        };
-        let started = Instant::now();
-        let give_up = started + LOCK_WAIT;
-        loop {
-            let reader = Box::new(std::io::Cursor::new(input.clone()));
-            match ingest(&self.store, &self.project, reader, "request", &options).await {
-                Ok(report) => {
-                    let Some(last) = report.commits.last() else {
-                        return Err(Failure::All(internal("the ingest made no commit")));
-                    };
-                    self.metrics
-                        .commit_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics.rows_ingested.inc_by(report.rows);
-                    self.metrics.commits.inc();
-                    return last
-                        .xact_id
-                        .parse::<i64>()
-                        .map_err(|_| Failure::All(internal("bad transaction id")));
-                }
-                Err(Error::Locked { .. }) if Instant::now() < give_up => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(Error::InvalidInput { errors, .. }) => {
-                    let mut by_request: HashMap<usize, Vec<serde_json::Value>> = HashMap::new();
-                    for error in &errors {
-                        let Some(&(first, request)) =
-                            starts.iter().rev().find(|(first, _)| *first <= error.line)
-                        else {
-                            continue;
-                        };
-                        let row = usize::try_from(error.line - first)
-                            .ok()
-                            .and_then(|i| group[request].rows.get(i).copied())
-                            .unwrap_or_default();
-                        by_request
-                            .entry(request)
-                            .or_default()
-                            .push(serde_json::json!({"row": row, "message": error.message}));
-                    }
-                    if by_request.is_empty() {
-                        return Err(Failure::All(ApiError::from(Error::InvalidInput {
-                            source_name: "request".into(),
-                            errors,
-                        })));
-                    }
-                    let by_request = by_request
-                        .into_iter()
-                        .map(|(request, details)| {
-                            let first = details[0].clone();
-                            let error = ApiError::bad_request(format!(
-                                "{} invalid row(s), nothing of this request was committed; rows[{}]: {}",
-                                details.len(),
-                                first["row"],
-                                first["message"].as_str().unwrap_or_default()
-                            ))
-                            .with_details(serde_json::Value::Array(details));
-                            (request, error)
-                        })
-                        .collect();
-                    return Err(Failure::Rows(by_request));
-                }
-                Err(e) => return Err(Failure::All(e.into())),
-            }
-        }
-    }
-}
-
-enum Failure {
-    /// These requests (by index in the group) have invalid rows.
-    Rows(HashMap<usize, ApiError>),
-    /// The commit failed for everyone.
-    All(ApiError),
 }
 
 /// Fields of a row the server looks at before the engine validates it.
@@ -1036,9 +692,7 @@ fn forget_old(store: &Store, overflow_dir: &std::path::Path) {
     if let Err(e) = remove_old_uploads(overflow_dir) {
         tracing::warn!(error = %e, "could not clean old overflow uploads");
     }
-    let since = chrono::Utc::now().timestamp_micros()
-        - i64::try_from(REPLAY_WINDOW.as_micros()).unwrap_or(i64::MAX);
-    if let Err(e) = store.with_registry(|r| r.forget_requests_before(since)) {
+    if let Err(e) = forget_old_digests(store) {
         tracing::warn!(error = %e, "could not forget old request digests");
     }
 }

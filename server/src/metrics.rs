@@ -56,6 +56,18 @@ pub struct OrgMetrics {
     export_bytes: Gauge,
 }
 
+impl spanlake_engine::ingest::group::CommitObserver for OrgMetrics {
+    fn replayed(&self) {
+        self.replays.inc();
+    }
+
+    fn committed(&self, rows: u64, took: std::time::Duration) {
+        self.commit_seconds.observe(took.as_secs_f64());
+        self.rows_ingested.inc_by(rows);
+        self.commits.inc();
+    }
+}
+
 impl Default for OrgMetrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("spanlake");
@@ -192,13 +204,8 @@ pub(crate) async fn handler(
                 .into_iter()
                 .map(|p| p.id)
                 .collect();
-            let db = StateDb::open_with_busy_timeout(
-                &state
-                    .store
-                    .data_dir()
-                    .join(spanlake_engine::store::STATE_DB),
-                crate::blocking::STATE_BUSY_TIMEOUT,
-            )?;
+            let db =
+                StateDb::of_with_busy_timeout(&state.store, crate::blocking::STATE_BUSY_TIMEOUT)?;
             let figures = state.metrics.org(&org.id);
             // One scrape at a time: the export gauges are set at scrape time.
             let _scrape = state

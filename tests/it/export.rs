@@ -484,7 +484,7 @@ fn traces_export_with_trace_idle_waits_until_traces_are_idle() {
     // Just ingested: not idle yet, nothing goes out.
     let run = spanlake.run(["automation", "run", "idle", "-p", "p"]).ok();
     assert!(run.stderr.contains("nothing new"), "{}", run.stderr);
-    std::thread::sleep(std::time::Duration::from_millis(3200));
+    spanlake.advance_clock(std::time::Duration::from_millis(3200));
     spanlake.run(["automation", "run", "idle", "-p", "p"]).ok();
     let traces = rows(&out);
     assert!(traces > 1);
@@ -495,14 +495,14 @@ fn traces_export_with_trace_idle_waits_until_traces_are_idle() {
         "p",
         &spanlake.write_file("a.jsonl", r#"{"id":"t1","_is_merge":true,"output":"a"}"#),
     );
-    std::thread::sleep(std::time::Duration::from_millis(3200));
+    spanlake.advance_clock(std::time::Duration::from_millis(3200));
     spanlake.ingest(
         "p",
         &spanlake.write_file("b.jsonl", r#"{"id":"t2","_is_merge":true,"output":"b"}"#),
     );
     spanlake.run(["automation", "run", "idle", "-p", "p"]).ok();
     assert_eq!(rows(&out), traces + 1, "only t1, which is idle");
-    std::thread::sleep(std::time::Duration::from_millis(3200));
+    spanlake.advance_clock(std::time::Duration::from_millis(3200));
     spanlake.run(["automation", "run", "idle", "-p", "p"]).ok();
     assert_eq!(rows(&out), traces + 2, "then t2");
     let mut exported = Vec::new();

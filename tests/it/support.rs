@@ -96,8 +96,27 @@ impl Spanlake {
             .current_dir(self.dir.path())
             .env_remove("SPANLAKE_DATA_DIR")
             .env_remove("SPANLAKE_LOG")
+            .env("SPANLAKE_TEST_CLOCK", self.clock_file())
             .stdin(Stdio::null());
         command
+    }
+
+    /// The file of the test clock every command of this data directory
+    /// reads (the engine's `clock` module): milliseconds added to the
+    /// system's time; none yet, no shift.
+    fn clock_file(&self) -> PathBuf {
+        self.dir.path().join("test-clock-ms")
+    }
+
+    /// Move the time of every command of this data directory forward by
+    /// `by`, at once (instead of sleeping).
+    pub(crate) fn advance_clock(&self, by: std::time::Duration) {
+        let file = self.clock_file();
+        let shift: u128 = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        std::fs::write(&file, (shift + by.as_millis()).to_string()).expect("write the test clock");
     }
 
     /// `spanlake --data-dir DIR <args>`.

@@ -144,6 +144,9 @@ status, _, automation = call(
         "project_id": project_id,
         "name": "to-s3",
         "kind": "export",
+        # Paused: the server's scheduler would otherwise run it at once and
+        # this script's manual run could find it running.
+        "status": "paused",
         "config": {
             "data": "spans",
             "export_path": f"s3://{BUCKET}/{prefix}",

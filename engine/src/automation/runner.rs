@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::policy::{DestinationPolicy, DestinationRefused};
 use crate::error::{Error, Result};
 use crate::export::{
-    ExportConfig, ExportProgress, ExportReport, RawExportConfig, TestStep, run_export,
+    ExportConfig, ExportProgress, ExportReport, ExportRun, RawExportConfig, TestStep,
     test_export_automation,
 };
 use crate::retention::{
@@ -239,9 +239,15 @@ impl<'a> Runner<'a> {
     ) -> Result<RunReport, RunError> {
         self.check(automation).await?;
         Ok(match automation.kind {
-            Kind::Export => RunReport::Export(
-                run_export(self.store, self.state, automation, trigger, progress).await?,
-            ),
+            Kind::Export => {
+                let (report, figures) = ExportRun::new(self.store, self.state, automation)
+                    .trigger(trigger)
+                    .progress(progress)
+                    .run()
+                    .await?;
+                figures.log(&automation.id);
+                RunReport::Export(report)
+            }
             Kind::Retention => RunReport::Retention(
                 run_retention_automation(self.store, self.state, automation, trigger).await?,
             ),

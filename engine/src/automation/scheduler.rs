@@ -35,8 +35,8 @@ use super::policy::DestinationPolicy;
 use super::runner::{AutomationConfig, RunReport, Runner};
 use crate::error::Result;
 use crate::state::{RunStatus, StateDb, Trigger};
-use crate::store::compact::{CompactionPolicy, compact};
-use crate::store::{STATE_DB, Store};
+use crate::store::Store;
+use crate::store::compact::{Compaction, CompactionPolicy};
 
 /// How long after the newest of `recent` runs (newest first), a failed one, the scheduler tries again: a
 /// failure that retrying may cure (`details.retryable`, see
@@ -64,9 +64,11 @@ fn retry_wait(base: Duration, interval: Duration, recent: &[crate::state::Run]) 
         .count()
         .max(1);
     let doubled = base.saturating_mul(1 << (in_a_row - 1).min(6));
-    let seed = last.run_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let seed = {
+        let mut hash = fnv::FnvHasher::default();
+        std::hash::Hasher::write(&mut hash, last.run_id.as_bytes());
+        std::hash::Hasher::finish(&hash)
+    };
     let jitter = doubled.mul_f64((seed % 1000) as f64 / 4000.0);
     doubled.saturating_sub(jitter).min(interval)
 }
@@ -124,7 +126,7 @@ pub async fn run_due(
     options: &SchedulerOptions,
     stop: &watch::Receiver<bool>,
 ) -> Result<PassSummary> {
-    let state = StateDb::open(&store.data_dir().join(STATE_DB))?;
+    let state = StateDb::of(store)?;
     let mut summary = PassSummary::default();
     for automation in state.list(None)? {
         if automation.status != "active" {
@@ -141,7 +143,7 @@ pub async fn run_due(
             if *stop.borrow() {
                 return Ok(summary);
             }
-            let now = chrono::Utc::now();
+            let now = store.clock().now();
             // The newest runs: the last one, and the failures in a row.
             let recent = state.runs(&automation.id, 7)?;
             let due = match recent.first() {
@@ -234,12 +236,14 @@ pub async fn compact_due(
                 continue;
             }
         };
-        match compact(store, &project, &policy.options).await {
-            Ok(report) if report.is_noop() => {
+        let compaction = Compaction::new(store, &project).options(policy.options.clone());
+        match compaction.run().await {
+            Ok((report, _)) if report.is_noop() => {
                 tracing::info!(project = %project.name, %reason, "compaction found nothing to rewrite");
             }
-            Ok(report) => {
+            Ok((report, figures)) => {
                 compacted += 1;
+                figures.log(&project.id);
                 tracing::info!(
                     project = %project.name,
                     %reason,
@@ -321,7 +325,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failure_that_retrying_cannot_cure_is_recorded_once_per_interval() {
         let (_dir, store, project_id) = store_with_a_row().await;
-        let state = StateDb::open(&store.data_dir().join(STATE_DB)).unwrap();
+        let state = StateDb::of(&store).unwrap();
         // A destination that cannot exist: `/proc` takes no new folders.
         let automation = state
             .create(
@@ -363,7 +367,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_scheduled_run_that_finds_another_run_going_records_nothing() {
         let (_dir, store, project_id) = store_with_a_row().await;
-        let state = StateDb::open(&store.data_dir().join(STATE_DB)).unwrap();
+        let state = StateDb::of(&store).unwrap();
         let out = tempfile::tempdir().unwrap();
         let automation = state
             .create(
@@ -400,7 +404,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let project = store.registry().unwrap().resolve_or_create("p").unwrap();
-        let state = StateDb::open(&store.data_dir().join(STATE_DB)).unwrap();
+        let state = StateDb::of(&store).unwrap();
         let automation = state
             .create(
                 &project.id,

@@ -11,9 +11,8 @@ use crate::error::{Error, Result};
 use crate::state::Automation;
 use crate::store::Store;
 
-use super::{
-    ExportConfig, RawExportConfig, automation_external_id, role_provider, target_with_credentials,
-};
+use super::target::{role_provider, target_with_credentials};
+use super::{ExportConfig, RawExportConfig, automation_external_id};
 
 /// One step of `test`.
 #[derive(Debug, Clone, Serialize)]

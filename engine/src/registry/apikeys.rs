@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::registry::{ProjectRegistry, now_rfc3339};
+use crate::registry::ProjectRegistry;
 
 /// Characters of a key kept to tell keys apart (`sl-` and 8 hex digits).
 const PREFIX_LEN: usize = 11;
@@ -70,7 +70,7 @@ impl ProjectRegistry {
         }
         self.connection().execute(
             "INSERT OR IGNORE INTO orgs (id, name, created) VALUES (?1, ?2, ?3)",
-            params![Uuid::new_v4().to_string(), name, now_rfc3339()],
+            params![Uuid::new_v4().to_string(), name, self.now_rfc3339()],
         )?;
         Ok(self.connection().query_row(
             "SELECT id, name FROM orgs WHERE name = ?1",
@@ -110,7 +110,7 @@ impl ProjectRegistry {
             id: Uuid::new_v4().to_string(),
             org,
             prefix: key[..PREFIX_LEN].to_string(),
-            created: now_rfc3339(),
+            created: self.now_rfc3339(),
             revoked: None,
         };
         self.connection().execute(
@@ -174,7 +174,7 @@ impl ProjectRegistry {
         };
         self.connection().execute(
             "UPDATE api_keys SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
-            params![key.id, now_rfc3339()],
+            params![key.id, self.now_rfc3339()],
         )?;
         Ok(key.clone())
     }

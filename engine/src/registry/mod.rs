@@ -13,6 +13,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 
 /// One project.
@@ -33,6 +34,9 @@ pub struct Project {
 pub struct ProjectRegistry {
     conn: Connection,
     org_id: String,
+    /// The time written into `created` and the digests' records (the
+    /// store's, for a connection of its pool).
+    clock: Clock,
 }
 
 const SCHEMA_SQL: &str = "
@@ -99,20 +103,35 @@ impl ProjectRegistry {
         };
         conn.execute(
             "INSERT OR IGNORE INTO orgs (id, name, created) VALUES (?1, ?2, ?3)",
-            params![org_id, LOCAL_ORG_NAME, now_rfc3339()],
+            params![org_id, LOCAL_ORG_NAME, Clock::system().now_rfc3339()],
         )?;
-        Ok(Self { conn, org_id })
+        Ok(Self {
+            conn,
+            org_id,
+            clock: Clock::system(),
+        })
     }
 
     /// Another connection to the same registry, for a pool: the schema is
     /// in place already (a first [`ProjectRegistry::open`] made it).
-    pub(crate) fn another(state_db: &Path, org_id: &str) -> Result<Self> {
+    pub(crate) fn another(state_db: &Path, org_id: &str, clock: Clock) -> Result<Self> {
         let conn = Connection::open(state_db)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         Ok(Self {
             conn,
             org_id: org_id.to_string(),
+            clock,
         })
+    }
+
+    /// Take the times this connection writes from `clock`.
+    pub(crate) fn set_clock(&mut self, clock: &Clock) {
+        self.clock = clock.clone();
+    }
+
+    /// The current time, as this registry writes it.
+    pub(crate) fn now_rfc3339(&self) -> String {
+        self.clock.now_rfc3339()
     }
 
     /// How long a statement waits for another connection's write lock
@@ -218,7 +237,7 @@ impl ProjectRegistry {
             id: id.to_string(),
             name: name.to_string(),
             org_id: org_id.to_string(),
-            created: now_rfc3339(),
+            created: self.now_rfc3339(),
         };
         self.conn.execute(
             "INSERT INTO projects (id, name, org_id, created) VALUES (?1, ?2, ?3, ?4)",
@@ -327,7 +346,7 @@ impl ProjectRegistry {
         digests: &[String],
         xact_id: i64,
     ) -> Result<()> {
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = self.clock.now_micros();
         let tx = self.conn.unchecked_transaction()?;
         for digest in digests {
             tx.execute(
@@ -382,10 +401,6 @@ fn row_to_project(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
 
 /// Name of the org a data directory starts with.
 pub const LOCAL_ORG_NAME: &str = "local";
-
-pub(crate) fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
 
 pub(crate) fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(

@@ -74,13 +74,11 @@ mod rewrite;
 mod tests;
 
 pub use plan::{FileInfo, RetentionMetrics, RetentionPlan, cutoff_for, plan_retention};
-pub use rewrite::run_retention;
-
-use chrono::Utc;
+pub use rewrite::Retention;
 
 use crate::error::{Error, Result};
 use crate::store::Store;
-use crate::store::vacuum::vacuum;
+use crate::store::vacuum::Vacuum;
 
 /// A retention automation's configuration, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -213,9 +211,15 @@ pub async fn preview_retention_automation(
         .map_err(|e| Error::Internal(format!("stored retention config: {e}")))?;
     let (grace, _interval) = config.validate()?;
     let project = store.with_registry(|r| r.get(&automation.project_id))?;
-    let cutoff = cutoff_for(Utc::now(), config.retention_days, config.force)?;
-    let (plan, _) = run_retention(store, &project, cutoff, true).await?;
-    let purge = vacuum(store, &project, grace, true, state).await?;
+    let cutoff = cutoff_for(store.clock().now(), config.retention_days, config.force)?;
+    let ((plan, _), _) = Retention::new(store, &project, cutoff)
+        .dry_run(true)
+        .run()
+        .await?;
+    let (purge, _) = Vacuum::new(store, &project, grace, state)
+        .dry_run(true)
+        .run()
+        .await?;
     Ok(RetentionPreview {
         plan: PlanSummary::from(&plan),
         files_purgeable_now: purge.files_deleted,
@@ -238,7 +242,7 @@ pub async fn run_retention_automation(
         .map_err(|e| Error::Internal(format!("stored retention config: {e}")))?;
     let (grace, _interval) = config.validate()?;
     let project = store.with_registry(|r| r.get(&automation.project_id))?;
-    let cutoff = cutoff_for(Utc::now(), config.retention_days, config.force)?;
+    let cutoff = cutoff_for(store.clock().now(), config.retention_days, config.force)?;
     let run_id = uuid::Uuid::now_v7().to_string();
     let lease = RunLease::take(store, state, automation, &run_id)?;
     // A run left `running` by a process that died (the lease was free or
@@ -262,8 +266,10 @@ pub async fn run_retention_automation(
         &serde_json::json!({ "cutoff": cutoff_text }),
     )?;
     let result = async {
-        let (plan, metrics) = run_retention(store, &project, cutoff, false).await?;
-        let purged = vacuum(store, &project, grace, false, state).await?;
+        let ((plan, metrics), figures) = Retention::new(store, &project, cutoff).run().await?;
+        figures.log(&project.id);
+        let (purged, figures) = Vacuum::new(store, &project, grace, state).run().await?;
+        figures.log(&project.id);
         Ok::<_, Error>((plan, metrics, purged))
     }
     .await;

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 
 use crate::error::{Error, Result};
+use crate::metrics::{OpMetrics, Operation};
 use crate::registry::Project;
 use crate::store::{Store, commit_durably, schema};
 
@@ -61,6 +62,46 @@ async fn delete_written(table: &DeltaTable, adds: &[Action]) {
     }
 }
 
+/// Retention of one project at a cutoff: rows with `created` before it are
+/// deleted (see [`run_retention`] for how).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention<'a> {
+    store: &'a Store,
+    project: &'a Project,
+    cutoff: DateTime<Utc>,
+    dry_run: bool,
+}
+
+impl<'a> Retention<'a> {
+    pub fn new(store: &'a Store, project: &'a Project, cutoff: DateTime<Utc>) -> Self {
+        Self {
+            store,
+            project,
+            cutoff,
+            dry_run: false,
+        }
+    }
+
+    /// Plan only, and count the traces: a preview.
+    pub fn dry_run(self, dry_run: bool) -> Self {
+        Self { dry_run, ..self }
+    }
+
+    /// The plan, what the run did, and its figures.
+    pub async fn run(self) -> Result<((RetentionPlan, RetentionMetrics), OpMetrics)> {
+        let started = Instant::now();
+        let (plan, done) =
+            run_retention(self.store, self.project, self.cutoff, self.dry_run).await?;
+        let mut metrics = OpMetrics::since(Operation::Retention, self.dry_run, started);
+        metrics.rows_deleted = plan.rows;
+        metrics.rows_written = done.rows_copied;
+        metrics.files_written = done.files_added;
+        metrics.files_removed = (plan.files_to_drop.len() + plan.files_to_rewrite.len()) as u64;
+        metrics.bytes_removed = plan.bytes_to_reclaim;
+        Ok(((plan, done), metrics))
+    }
+}
+
 /// Run retention on `project` with `cutoff`: under the project's write lock,
 /// plan, then (unless `dry_run`) rewrite the straddling files and commit, in
 /// one Delta commit, the removal of the dropped and rewritten files with the
@@ -68,7 +109,7 @@ async fn delete_written(table: &DeltaTable, adds: &[Action]) {
 ///
 /// A preview (`dry_run`) counts traces; a run does not (`traces: None`), so
 /// that dropped files stay unread; every other figure is the same.
-pub async fn run_retention(
+async fn run_retention(
     store: &Store,
     project: &Project,
     cutoff: DateTime<Utc>,

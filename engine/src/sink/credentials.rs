@@ -359,6 +359,8 @@ impl AssumeRoleProvider {
     /// returned.
     pub async fn credential(&self) -> Result<Arc<AwsCredential>, AssumeRoleError> {
         let mut cache = self.cache.lock().await;
+        // The system's clock, not the store's (crate::clock): STS states the
+        // expiry in the world's time.
         let now = Utc::now();
         if let Some(cached) = cache.as_ref() {
             let margin = chrono::Duration::from_std(REFRESH_BEFORE_EXPIRY).unwrap_or_default();

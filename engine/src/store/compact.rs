@@ -81,6 +81,7 @@ use super::resolve::{IdInSet, PAGINATION_KEY, needs_fold, stored_pagination_key,
 use super::schema::{self, MERGE, OP, SEQ, VersionOp, XACT_ID, physical_schema};
 use super::{ProjectLogs, Store};
 use crate::error::{Error, Result};
+use crate::metrics::{OpMetrics, Operation};
 use crate::registry::Project;
 use crate::session::SessionOptions;
 
@@ -375,8 +376,50 @@ async fn plan(
     }))
 }
 
+/// A compaction of one project's log table (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Compaction<'a> {
+    store: &'a Store,
+    project: &'a Project,
+    options: CompactOptions,
+}
+
+impl<'a> Compaction<'a> {
+    /// With the default options.
+    pub fn new(store: &'a Store, project: &'a Project) -> Self {
+        Self {
+            store,
+            project,
+            options: CompactOptions::default(),
+        }
+    }
+
+    pub fn options(self, options: CompactOptions) -> Self {
+        Self { options, ..self }
+    }
+
+    /// Plan only: report what would be rewritten, change nothing.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.options.dry_run = dry_run;
+        self
+    }
+
+    pub async fn run(self) -> Result<(CompactionReport, OpMetrics)> {
+        let started = Instant::now();
+        let report = compact(self.store, self.project, &self.options).await?;
+        let mut metrics = OpMetrics::since(Operation::Compaction, self.options.dry_run, started);
+        metrics.rows_written = report.rows_out;
+        metrics.rows_deleted = report.rows_in.saturating_sub(report.rows_out);
+        metrics.files_written = report.files_out.unwrap_or(0);
+        metrics.files_removed = report.files_in;
+        metrics.bytes_written = report.bytes_out.unwrap_or(0);
+        metrics.bytes_removed = report.bytes_in;
+        Ok((report, metrics))
+    }
+}
+
 /// Compact the log table of `project` (see the module docs).
-pub async fn compact(
+async fn compact(
     store: &Store,
     project: &Project,
     options: &CompactOptions,

@@ -37,6 +37,7 @@ use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::operations::create::CreateBuilder;
 use url::Url;
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::registry::{Project, ProjectRegistry};
 
@@ -68,6 +69,7 @@ pub struct Store {
     data_dir: PathBuf,
     registry: RegistryPool,
     options: StoreOptions,
+    clock: Clock,
 }
 
 /// Connections to the project registry, each used by one caller at a time:
@@ -80,6 +82,8 @@ struct RegistryPool {
     /// The local org (see [`ProjectRegistry::org_id`]).
     org_id: String,
     state: Mutex<PoolState>,
+    /// The store's clock, given to each connection as it is taken.
+    clock: Clock,
 }
 
 #[derive(Debug, Default)]
@@ -106,10 +110,11 @@ impl RegistryPool {
             let mut state = self.state();
             (state.idle.pop(), state.busy_timeout)
         };
-        let registry = match idle {
+        let mut registry = match idle {
             Some(registry) => registry,
-            None => ProjectRegistry::another(&self.path, &self.org_id)?,
+            None => ProjectRegistry::another(&self.path, &self.org_id, self.clock.clone())?,
         };
+        registry.set_clock(&self.clock);
         if let Some(timeout) = timeout {
             registry.set_busy_timeout(timeout)?;
         }
@@ -164,6 +169,7 @@ impl Store {
             .map_err(|e| Error::io(&data_dir, e))?;
         let path = data_dir.join(STATE_DB);
         let first = ProjectRegistry::open(&path)?;
+        let clock = Clock::system();
         Ok(Self {
             data_dir,
             registry: RegistryPool {
@@ -173,15 +179,29 @@ impl Store {
                     idle: vec![first],
                     busy_timeout: None,
                 }),
+                clock: clock.clone(),
             },
             options,
+            clock,
         })
+    }
+
+    /// The same store taking its time from `clock` (see [`crate::clock`]).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.registry.clock = clock.clone();
+        self.clock = clock;
+        self
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The same data directory opened again, with the same options (its own
     /// registry connection), e.g. for a server sharing the process.
     pub fn reopen(&self) -> Result<Self> {
-        Self::open_with(&self.data_dir, self.options)
+        Ok(Self::open_with(&self.data_dir, self.options)?.with_clock(self.clock.clone()))
     }
 
     /// The data directory.

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 
 use crate::error::{Error, Result};
+use crate::metrics::{OpMetrics, Operation};
 use crate::registry::Project;
 use crate::store::{Store, durable};
 
@@ -147,17 +148,66 @@ pub fn check_snapshot_kept(project_dir: &Path, project: &Project, version: i64) 
     }
 }
 
-/// Delete from storage the data files of `project` that the table stopped
-/// referencing more than `grace` ago, and orphan files older than `grace`
-/// (now from the system clock). See [`vacuum_at`].
-pub async fn vacuum(
-    store: &Store,
-    project: &Project,
+/// A vacuum of one project: deletes from storage the data files the table
+/// stopped referencing more than `grace` ago, and orphan files older than
+/// `grace`, by the store's clock (see [`vacuum_at`] for the rules).
+#[derive(Clone, Copy)]
+pub struct Vacuum<'a> {
+    store: &'a Store,
+    project: &'a Project,
     grace: std::time::Duration,
+    pins: &'a dyn PinnedVersions,
     dry_run: bool,
-    pins: &dyn PinnedVersions,
-) -> Result<VacuumMetrics> {
-    vacuum_at(store, project, Utc::now(), grace, dry_run, pins).await
+}
+
+impl std::fmt::Debug for Vacuum<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vacuum")
+            .field("project", &self.project.id)
+            .field("grace", &self.grace)
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Vacuum<'a> {
+    /// A vacuum of `project` keeping `grace` and every version in `pins`.
+    pub fn new(
+        store: &'a Store,
+        project: &'a Project,
+        grace: std::time::Duration,
+        pins: &'a dyn PinnedVersions,
+    ) -> Self {
+        Self {
+            store,
+            project,
+            grace,
+            pins,
+            dry_run: false,
+        }
+    }
+
+    /// Only count what would be deleted (no lock, nothing deleted).
+    pub fn dry_run(self, dry_run: bool) -> Self {
+        Self { dry_run, ..self }
+    }
+
+    pub async fn run(self) -> Result<(VacuumMetrics, OpMetrics)> {
+        let started = std::time::Instant::now();
+        let report = vacuum_at(
+            self.store,
+            self.project,
+            self.store.clock().now(),
+            self.grace,
+            self.dry_run,
+            self.pins,
+        )
+        .await?;
+        let mut metrics = OpMetrics::since(Operation::Vacuum, self.dry_run, started);
+        metrics.files_removed = report.files_deleted;
+        metrics.bytes_removed = report.bytes;
+        Ok((report, metrics))
+    }
 }
 
 /// Whether a path relative to the table root is a data file (not the log,
@@ -180,7 +230,7 @@ fn is_data_path(path: &str) -> bool {
 /// and committing them; the grace period guards any other. Files go oldest
 /// removal first; before deleting any, the versions that may lose files are
 /// recorded (see [`check_snapshot_kept`]).
-pub async fn vacuum_at(
+async fn vacuum_at(
     store: &Store,
     project: &Project,
     now: DateTime<Utc>,

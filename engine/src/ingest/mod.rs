@@ -42,6 +42,8 @@
 //! entry, the record of when it landed) failed: that is logged, so a caller
 //! never retries rows that are committed.
 
+pub mod group;
+
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -206,6 +208,7 @@ pub async fn ingest(
     };
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Chunk>(2);
     let decoder = Decoder {
+        now: store.clock().now_micros(),
         project: project.clone(),
         options: options.clone(),
         base_version,
@@ -243,7 +246,7 @@ pub async fn ingest(
     // When each commit landed, for exports that wait until traces are idle.
     // Approximate (after the fact) and best effort: a missing record only
     // makes a commit count as old.
-    let committed = chrono::Utc::now().timestamp_micros();
+    let committed = store.clock().now_micros();
     // Never an error: the rows are committed, and a caller told otherwise
     // would retry them.
     for commit in &report.commits {
@@ -419,6 +422,9 @@ async fn delete_uncommitted(logs: &ProjectLogs, actions: &[Action]) {
 
 /// Decodes lines into record batches on a blocking thread.
 struct Decoder {
+    /// The time a row without `created` is created (the store's clock when
+    /// the ingest starts).
+    now: i64,
     project: Project,
     options: IngestOptions,
     base_version: i64,
@@ -448,7 +454,7 @@ type Decoded = (
 
 impl Decoder {
     fn run(mut self, mut input: Box<dyn BufRead + Send>) -> Result<Decoded> {
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = self.now;
         let mut commit_index = 0i64;
         let mut builder = PhysicalBatchBuilder::new(self.options.chunk_rows);
         let mut buf = Vec::with_capacity(64 * 1024);
