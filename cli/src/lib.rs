@@ -75,6 +75,13 @@ pub enum Command {
         /// One pass over the due automations, then exit (for cron and tests).
         #[arg(long)]
         once: bool,
+        /// The first wait after a run that failed in a way a retry may cure
+        /// (a 5xx, 429, timeout or lost connection of the destination); it
+        /// doubles with each such failure in a row, at most 64 times and at
+        /// most the automation's interval. Any other failure waits a whole
+        /// interval, or until the configuration changes.
+        #[arg(long, default_value = "60s", value_name = "DURATION")]
+        retry_delay: String,
         /// Automatic compaction.
         #[command(flatten)]
         compaction: store::ServeCompactionArgs,
@@ -229,9 +236,10 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Automation(command) => automation::automation_command(&store, command).await,
         Command::Serve {
             once,
+            retry_delay,
             compaction,
             http,
-        } => serve_command(&store, once, &compaction, &http).await,
+        } => serve_command(&store, once, &retry_delay, &compaction, &http).await,
         Command::Apikey(command) => http::apikey_command(&store, command),
         Command::Store(command) => store::store_command(&store, command).await,
         Command::Export(args) => {
@@ -296,9 +304,12 @@ fn report_error(error: &anyhow::Error) -> u8 {
 async fn serve_command(
     store: &Store,
     once: bool,
+    retry_delay: &str,
     compaction: &store::ServeCompactionArgs,
     http: &http::ServeHttpArgs,
 ) -> anyhow::Result<()> {
+    let retry_delay = spanlake_engine::config::parse_duration(retry_delay)
+        .map_err(|e| anyhow::anyhow!("--retry-delay: {e}"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut terminate =
@@ -322,6 +333,7 @@ async fn serve_command(
     });
     let options = spanlake_engine::automation::scheduler::SchedulerOptions {
         once,
+        retry_delay,
         compaction: compaction.policy(),
         destinations: http.destinations()?,
         ..Default::default()

@@ -54,6 +54,15 @@ pub enum Error {
         /// refused permission).
         retryable: bool,
     },
+    /// An export's data files could not be written: what failed (the
+    /// operation and key, the destination's answer summarised).
+    #[error("export failed: {message}")]
+    Sink {
+        message: String,
+        /// Whether it may succeed when retried unchanged (see
+        /// [`crate::sink::summary::is_transient`]).
+        retryable: bool,
+    },
     /// Another process holds the write lock of a project's store.
     #[error("the store of project `{project}` is locked by another writer ({path})")]
     Locked {
@@ -101,7 +110,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Locked { .. } => true,
-            Self::Destination { retryable, .. } => *retryable,
+            Self::Destination { retryable, .. } | Self::Sink { retryable, .. } => *retryable,
             Self::LeaseHeld { .. } => true,
             Self::Io { source, .. } => matches!(
                 source.kind(),

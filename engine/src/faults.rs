@@ -13,6 +13,9 @@
 //!   creates `<file>.reached` and waits (asynchronously) until `<file>`
 //!   exists, e.g. an export holding its pinned snapshot while a retention
 //!   run and its vacuum go by (`export_snapshot`).
+//! - `SPANLAKE_TEST_STORE_RETRIES=<n>`: an S3 destination's requests are
+//!   retried `n` times instead of 10 within a run, so that a test's burst
+//!   of 503s reaches the scheduler's retries of whole runs.
 
 /// Die here with SIGKILL when `SPANLAKE_TEST_KILL_AT` names `point`.
 #[cfg(feature = "test-hooks")]
@@ -53,3 +56,20 @@ pub(crate) async fn pause_point(point: &str) {
 #[cfg(not(feature = "test-hooks"))]
 #[inline(always)]
 pub(crate) async fn pause_point(_point: &str) {}
+
+/// Retries of a destination's requests within a run: `default`, or
+/// `SPANLAKE_TEST_STORE_RETRIES`.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn store_retries(default: usize) -> usize {
+    std::env::var("SPANLAKE_TEST_STORE_RETRIES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `default` without the `test-hooks` feature.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub(crate) fn store_retries(default: usize) -> usize {
+    default
+}

@@ -108,6 +108,9 @@ struct Shared {
     /// In `Pass` mode, switch to `Down` after this many more requests
     /// (`usize::MAX`: never).
     down_after: AtomicUsize,
+    /// Writes (`PUT`, `POST`) still to answer `503 Slow Down`, whatever
+    /// the mode.
+    write_burst: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -184,6 +187,7 @@ impl FaultProxy {
             per_mille,
             severe_budget: AtomicUsize::new(severe_budget),
             down_after: AtomicUsize::new(usize::MAX),
+            write_burst: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
         });
         let workers = Arc::new(Mutex::new(Vec::<JoinHandle<()>>::new()));
@@ -226,6 +230,11 @@ impl FaultProxy {
     fn go_down_after(&self, requests: usize) {
         self.set_mode(Mode::Pass);
         self.shared.down_after.store(requests, Ordering::SeqCst);
+    }
+
+    /// Answer the next `writes` writes with `503 Slow Down`.
+    fn fail_writes(&self, writes: usize) {
+        self.shared.write_burst.store(writes, Ordering::SeqCst);
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -492,7 +501,16 @@ fn serve(mut client: TcpStream, shared: &Shared) {
     let mut words = request.start_line.split(' ');
     let method = words.next().unwrap_or_default().to_owned();
     let target = words.next().unwrap_or_default().to_owned();
-    let fault = shared.decide();
+    let in_burst = matches!(method.as_str(), "PUT" | "POST")
+        && shared
+            .write_burst
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+    let fault = if in_burst {
+        Some(Fault::SlowDown)
+    } else {
+        shared.decide()
+    };
     let number = {
         let mut seen = shared.seen.lock().unwrap();
         seen.push(Seen {
@@ -1139,4 +1157,115 @@ fn faults_server_down_mid_run_leaves_no_orphan_files() {
         "files of the failed run remain ({} were left right after it)",
         left_after_failure.len()
     );
+}
+
+/// `spanlake serve` meets a burst of 503s: each scheduled run fails at its
+/// first write (object_store's own retries are off for the test), is
+/// recorded as retryable, and the scheduler tries again after a doubling
+/// wait, until the burst is over and the rows go out once. Beside it, an
+/// export to a bucket that does not exist fails once and is not retried
+/// within its interval.
+#[test]
+fn faults_serve_retries_a_503_burst_until_it_succeeds_and_a_missing_bucket_once() {
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    let bucket = format!("faults-{}-burst", std::process::id());
+    create_bucket(&endpoint, &bucket);
+    let spanlake = Spanlake::new();
+    ingest_data(&spanlake, 0);
+    let mut proxy = FaultProxy::start(&host_port(&endpoint), 1, Mode::Pass, 0, 0);
+    const BURST: usize = 3;
+    proxy.fail_writes(BURST);
+    let sink = [
+        "--format",
+        "jsonl",
+        "--partitioning",
+        "none",
+        "--interval",
+        "1h",
+    ];
+    create_export(
+        &spanlake,
+        "burst",
+        &format!("s3://{bucket}/burst"),
+        &proxy.endpoint(),
+        &sink,
+    );
+    create_export(
+        &spanlake,
+        "nobucket",
+        &format!("s3://{bucket}-missing/x"),
+        &endpoint,
+        &sink,
+    );
+    let mut serve = spanlake
+        .command(["serve", "--no-http", "--retry-delay", "300ms"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_TIMEOUT", CLIENT_TIMEOUT)
+        .env("SPANLAKE_TEST_STORE_RETRIES", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn spanlake serve");
+    let started = Instant::now();
+    let succeeded = |runs: &[serde_json::Value]| runs.iter().any(|r| r["status"] == "succeeded");
+    let runs = loop {
+        let runs = history(&spanlake, "burst");
+        if succeeded(&runs) {
+            break runs;
+        }
+        if started.elapsed() > Duration::from_secs(90) || serve.try_wait().unwrap().is_some() {
+            let _ = serve.kill();
+            panic!("serve did not get past the burst: {runs:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // A few more ticks: the missing bucket must not be tried again.
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = serve.kill();
+    let _ = serve.wait();
+
+    eprintln!(
+        "[burst] runs, newest first: {:?}",
+        runs.iter()
+            .map(|r| (
+                r["status"].as_str().unwrap_or_default(),
+                r["started"].as_str().unwrap_or_default()
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(runs.len(), BURST + 1, "{runs:#?}");
+    assert_eq!(runs[0]["status"], "succeeded", "{runs:#?}");
+    for failed in &runs[1..] {
+        assert_eq!(failed["status"], "failed", "{runs:#?}");
+        assert_eq!(failed["details"]["retryable"], true, "{failed:#}");
+        let error = failed["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("HTTP 503") && error.contains("burst/"),
+            "the error does not say what the destination answered for which key: {error}"
+        );
+    }
+    let committed = manifests(&endpoint, &bucket, "burst");
+    assert_eq!(committed.len(), 1);
+    assert_eq!(manifest_rows(&committed), 13);
+    assert_eq!(
+        data_keys(&endpoint, &bucket, "burst"),
+        committed_keys(&committed),
+        "a failed run left a file behind"
+    );
+    assert!(cursor(&spanlake, "burst").is_string());
+
+    let missing = history(&spanlake, "nobucket");
+    assert_eq!(
+        missing.len(),
+        1,
+        "retried within its interval: {missing:#?}"
+    );
+    assert_eq!(missing[0]["status"], "failed");
+    assert_eq!(missing[0]["details"]["retryable"], false, "{missing:#?}");
+    proxy.stop();
 }

@@ -104,10 +104,39 @@ impl SinkError {
 
 /// Transient failures (network, throttling, server errors that outlived
 /// object_store's own retries) are retryable; answers about the request
-/// itself (missing bucket, denied, object exists) are not.
+/// itself are not: a missing bucket, a refusal, an existing object, any
+/// other 4xx but 429 (as [`super::summary::is_transient`] decides for every
+/// destination error), or a local folder that cannot be made or written.
 fn object_store_retryable(error: &object_store::Error) -> bool {
     use object_store::Error as E;
-    matches!(error, E::Generic { .. } | E::JoinError { .. })
+    if !matches!(error, E::Generic { .. } | E::JoinError { .. }) {
+        return false;
+    }
+    if super::summary::answered_status(error).is_some() {
+        return super::summary::is_transient(error);
+    }
+    // No answer: an I/O error underneath decides (a refused or reset
+    // connection may pass; a missing folder or a denied file will not).
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            return matches!(
+                io.kind(),
+                K::Interrupted
+                    | K::TimedOut
+                    | K::WouldBlock
+                    | K::ConnectionRefused
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::NotConnected
+                    | K::BrokenPipe
+                    | K::UnexpectedEof
+            );
+        }
+        cause = current.source();
+    }
+    true
 }
 
 fn datafusion_retryable(error: &DataFusionError) -> bool {

@@ -122,7 +122,7 @@ pub fn target_from_url(url: &str, options: &TargetOptions) -> Result<ExportTarge
                 .with_retry(object_store::RetryConfig {
                     // Bounded: a server that stays down fails the run within
                     // about two minutes rather than hanging it.
-                    max_retries: 10,
+                    max_retries: crate::faults::store_retries(10),
                     retry_timeout: std::time::Duration::from_secs(120),
                     ..object_store::RetryConfig::default()
                 });

@@ -56,12 +56,7 @@ pub fn is_transient(error: &object_store::Error) -> bool {
         | E::UnknownConfigurationKey { .. } => false,
         _ => {
             let text = crate::error::error_chain(error);
-            let status = text
-                .split("status code: ")
-                .nth(1)
-                .and_then(|rest| rest.get(..3))
-                .and_then(|code| code.parse::<u16>().ok());
-            match status {
+            match answered_status(error) {
                 Some(status) => status >= 500 || status == 429,
                 None => {
                     let text = text.to_ascii_lowercase();
@@ -112,4 +107,14 @@ pub fn error_chain_summary(error: &(dyn std::error::Error + 'static)) -> String 
         current = cause.source();
     }
     text
+}
+
+/// The HTTP status the destination answered with, when the error carries
+/// one.
+pub fn answered_status(error: &object_store::Error) -> Option<u16> {
+    crate::error::error_chain(error)
+        .split("status code: ")
+        .nth(1)
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok())
 }
