@@ -51,6 +51,7 @@ use crate::store::schema::XACT_ID;
 
 mod config;
 mod probe;
+pub mod role;
 
 pub use config::{ExportConfig, ExportData, RawExportConfig};
 pub use probe::{TestStep, test_export_automation, test_export_target};
