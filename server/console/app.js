@@ -716,7 +716,7 @@ function retentionChart(days, cutoffText) {
     const t = new Date(d.day).getTime();
     const expired = t + dayMs <= cutoff;
     const straddles = !expired && t < cutoff;
-    const note = expired ? "deleted" : straddles ? "partly deleted (the cutoff falls in this day)" : "kept";
+    const note = expired ? "deleted" : straddles ? "the cutoff falls in this day: rows before it are deleted" : "kept";
     chart.append(svg("rect", { x: x(t) + 1, y: y(d.rows), width: barWidth, height: Math.max(0, y(0) - y(d.rows)), class: expired ? "bar expired" : "bar", "data-day": d.day.slice(0, 10), "data-rows": d.rows },
       svg("title", {}, `${d.day.slice(0, 10)}: ${formatNumber(d.rows)} rows, ${note}`)));
     if (i % labelEvery === 0) chart.append(svg("text", { x: x(t) + barWidth / 2, y: height - bottom + 16, "text-anchor": "middle" }, d.day.slice(5, 10)));
@@ -1067,7 +1067,7 @@ function openStatusDialog(project, automation, onChanged) {
         el("dt", {}, "Last run"), el("dd", { id: "status-last-run" }, last
           ? [statusBadge(last.status), ` ${last.trigger} · started ${formatTime(last.started)} · ${formatNumber(last.rows)} rows · ${formatBytes(last.bytes)} · ${formatNumber(last.files)} files · ${formatDuration(durationMs(last))}`, last.error ? el("div", { class: "alert" }, last.error) : null]
           : "never"),
-        el("dt", {}, "Totals"), el("dd", { id: "status-totals" }, `${formatNumber(status.totals.runs)} runs · ${formatNumber(status.totals.rows)} rows · ${formatBytes(status.totals.bytes)} · ${formatNumber(status.totals.files)} files · ${formatDuration(totalMs)}`),
+        el("dt", {}, "Totals"), el("dd", { id: "status-totals" }, `${formatNumber(status.totals.runs)} run${status.totals.runs === 1 ? "" : "s"} · ${formatNumber(status.totals.rows)} rows · ${formatBytes(status.totals.bytes)} · ${formatNumber(status.totals.files)} files · ${formatDuration(totalMs)}`),
         current.kind === "export" ? [el("dt", {}, "Cursor (_xact_id)"), el("dd", { id: "status-cursor", class: "mono" }, status.cursor ?? "none: the next run starts from the beginning")] : null,
         el("dt", {}, "Keeping up"), el("dd", { id: "status-keeping-up" }, keepingUpText(status))),
       el("h3", {}, "Run history"), historyChart(runs), historyTable(runs));

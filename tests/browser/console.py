@@ -253,6 +253,16 @@ def scenario_query(c, args, expect):
     c.check_key_not_in_url(args.key)
     c.check_no_page_errors()
 
+    # The page's policy refuses inline script, even one the page itself
+    # would insert (as a rendering mistake might).
+    c.driver.execute_script(
+        "const s = document.createElement('script'); s.textContent = 'window.__inline = 1';"
+        " document.body.append(s)")
+    time.sleep(0.2)
+    check(c.driver.execute_script("return window.__inline === undefined"), "an inline script ran")
+    refused = [m for m in c.driver.get_log("browser") if "Content Security Policy" in m["message"]]
+    check(refused, "no CSP refusal was logged for the inline script")
+
     # Sign out forgets the key.
     c.click("#sign-out")
     c.wait("#api-key", what="the sign-in form after signing out")
@@ -422,6 +432,25 @@ def scenario_export(c, args, expect):
     check(count == expect["rows"] == manifest["rows"] and ids == expect["rows"],
           f"DuckDB read {count} rows ({ids} ids), the manifest says {manifest['rows']}, expected {expect['rows']}")
     print(f"duckdb: {count} rows in {len(keys)} files", flush=True)
+
+    # Test after saving: the saved export presents its own external id.
+    c.click("#status-test")
+    c.wait_until(lambda: test_steps(c).get("delete") == "ok", "the saved export's test")
+    check(set(test_steps(c).values()) == {"ok"}, c.text("#test-result"))
+    check(":unsaved" not in c.text("#test-result li[data-step=assume]"), c.text("#test-result"))
+
+    # Edit: the export path and the type are fixed; the interval changes.
+    c.click("#status-edit")
+    c.dialog("automation-dialog")
+    check(c.find("#a-export-path").get_attribute("readonly") is not None, "the export path is editable")
+    check(not c.find("#a-kind-retention").is_enabled(), "the type is editable")
+    Select(c.find("#a-interval")).select_by_value("4h")
+    c.click("#dialog-save")
+    c.wait_until(lambda: not c.all("dialog#automation-dialog"), "the edit dialog to close")
+    c.wait_until(lambda: "4h" in c.text("tr[data-automation=nightly-parquet]"), "the new interval in the list")
+    c.click("tr[data-automation=nightly-parquet] .open-status")
+    c.dialog("status-dialog")
+    c.wait("#status-facts", what="the status")
     c.find("#status-dialog").send_keys(Keys.ESCAPE)
     c.wait_until(lambda: not c.all("dialog#status-dialog"), "Escape to close the status")
     c.wait_until(lambda: "paused" in c.text("tr[data-automation=nightly-parquet] .cell-status"),
@@ -481,6 +510,12 @@ def scenario_retention(c, args, expect):
     c.wait_until(lambda: len(c.all("#history tbody tr")) == 2, "two runs in the history")
     check(len(c.all("#history-chart rect.bar")) == 2, "the history chart has no bar per run")
     c.shot("retention-after-run")
+    c.click("#delete")
+    c.dialog("confirm-dialog")
+    check("Logs already deleted stay deleted" in c.text("#confirm-text"), c.text("#confirm-text"))
+    c.click("#confirm-yes")
+    c.wait_until(lambda: not c.all("dialog#status-dialog"), "the status to close after deleting")
+    c.wait_until(lambda: not c.all("tr[data-automation=keep-5-days]"), "the list without the deleted retention")
     c.check_no_page_errors()
 
 

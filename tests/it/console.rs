@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::http::{Server, api_key};
+use crate::http::{Server, api_key, create_project};
 use crate::roles::{ACCOUNT, Moto, allow, moto_server, user};
 use crate::support::{Spanlake, create_bucket, fixtures_dir, service_var, tests_dir};
 
@@ -260,6 +260,7 @@ fn console_creates_tests_runs_resets_and_pauses_a_parquet_export_to_s3() {
     assert_eq!(export["name"], "nightly-parquet", "{list}");
     assert_eq!(export["status"], "paused", "{list}");
     let config = &export["config"];
+    assert_eq!(config["interval"], "4h", "{config}");
     assert_eq!(
         (
             &config["data"],
@@ -511,4 +512,102 @@ fn console_names_the_failing_step_of_a_wrong_role_and_why() {
         !server.log().contains(&caller.1),
         "the secret key is in the log"
     );
+}
+
+#[test]
+fn an_unsaved_configuration_is_tested_and_its_role_described_without_being_stored() {
+    let spanlake = Spanlake::new();
+    spanlake.ingest("console", &fixtures_dir().join("basic.jsonl"));
+    let key = api_key(&spanlake, "local");
+    let server = Server::start(&spanlake, &[]);
+    let project = create_project(&server, &key, "console");
+    let (_, project_doc) = server.call("GET", &format!("/v1/project/{project}"), Some(&key), "");
+    let org_id = project_doc["org_id"].as_str().unwrap();
+    let test = |body: serde_json::Value| {
+        server.call(
+            "POST",
+            "/v1/project_automation/test",
+            Some(&key),
+            &body.to_string(),
+        )
+    };
+
+    // A retention's preview: the plan of a run now; nothing changes.
+    let (status, preview) = test(serde_json::json!({
+        "project_id": project, "name": "draft", "kind": "retention",
+        "config": {"retention_days": 1, "grace": "24h", "interval": "24h"},
+    }));
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(
+        preview["rows"], 13,
+        "every fixture row is older than a day: {preview}"
+    );
+    assert!(preview["cutoff"].as_str().is_some(), "{preview}");
+    // Validated as `create` would: 0 days refused unless forced.
+    let (status, refused) = test(serde_json::json!({
+        "project_id": project, "name": "draft", "kind": "retention",
+        "config": {"retention_days": 0, "grace": "24h", "interval": "24h"},
+    }));
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retention_days"),
+        "{refused}"
+    );
+    // Held to the destinations policy as `create` would: the server's disk
+    // is refused, nothing is written.
+    let folder = spanlake.root().join("out");
+    let (status, refused) = test(serde_json::json!({
+        "project_id": project, "name": "draft", "kind": "export",
+        "config": {"data": "spans", "export_path": format!("file://{}", folder.display())},
+    }));
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["error"]["code"], "destination_refused");
+    assert!(!folder.exists());
+    // Nothing was stored.
+    let (_, list) = server.call("GET", "/v1/project_automation", Some(&key), "");
+    assert_eq!(list["objects"], serde_json::json!([]), "{list}");
+
+    // The role of an unsaved export: the project-wide pattern, which the
+    // id its test presents matches.
+    let (status, policy) = server.call(
+        "POST",
+        "/v1/project_automation/role_policy",
+        Some(&key),
+        &serde_json::json!({"project_id": project, "export_path": "s3://b/team"}).to_string(),
+    );
+    assert_eq!(status, 200, "{policy}");
+    assert_eq!(
+        policy["trust_policy"]["Statement"][0]["Condition"]["StringLike"]["sts:ExternalId"],
+        format!("spanlake:{org_id}:{project}:*")
+    );
+    let (status, refused) = server.call(
+        "POST",
+        "/v1/project_automation/role_policy",
+        Some(&key),
+        &serde_json::json!({"project_id": project, "export_path": "file:///tmp/x"}).to_string(),
+    );
+    assert_eq!(status, 400, "{refused}");
+    // Another org sees neither the project nor its roles.
+    let other = api_key(&spanlake, "other");
+    let (status, _) = server.call(
+        "POST",
+        "/v1/project_automation/role_policy",
+        Some(&other),
+        &serde_json::json!({"project_id": project, "export_path": "s3://b/team"}).to_string(),
+    );
+    assert_eq!(status, 404);
+    let (status, _) = server.call(
+        "POST",
+        "/v1/project_automation/test",
+        Some(&other),
+        &serde_json::json!({
+            "project_id": project, "name": "draft", "kind": "retention",
+            "config": {"retention_days": 1, "grace": "24h", "interval": "24h"},
+        })
+        .to_string(),
+    );
+    assert_eq!(status, 404);
 }
