@@ -365,7 +365,9 @@ def scenario_export(c, args, expect):
         c.wait("#status-facts", what="the refreshed status")
         return c.text("#history")
 
-    c.wait_until(lambda: "schedule" in refresh_status(), "the scheduled run in the history", timeout=90)
+    # Until the scheduled run has finished (it may show as running first).
+    c.wait_until(lambda: "schedule" in refresh_status() and "running" not in c.text("#history"),
+                 "the scheduled run to finish", timeout=90)
     scheduled = c.text("#history")
     check("succeeded" in scheduled and str(expect["rows"]) in scheduled, scheduled)
     # Run now: the scheduled run exported everything, so nothing is new.
@@ -501,7 +503,8 @@ def scenario_retention(c, args, expect):
         c.click("#status-refresh")
         c.wait("#status-facts", what="the refreshed status")
         return c.all("#history tbody tr")
-    c.wait_until(lambda: len(history()) >= 1, "the scheduled retention run", timeout=90)
+    c.wait_until(lambda: len(history()) >= 1 and "running" not in c.text("#history"),
+                 "the scheduled retention run to finish", timeout=90)
     first = c.text("#history")
     check("schedule" in first and "succeeded" in first and str(expect["rows_to_delete"]) in first, first)
     c.click("#run-now")
