@@ -55,6 +55,17 @@ pub enum AutomationCommand {
     Resume(Selector),
     /// Delete the automation, its cursor and its history (not exported files).
     Delete(Selector),
+    /// The external id and the IAM trust and permissions policies of the
+    /// role an S3 export assumes (bucket and prefix filled in).
+    RolePolicy {
+        /// Which export.
+        #[command(flatten)]
+        selector: Selector,
+        /// ARN of the identity that assumes the role (the user or role
+        /// spanlake runs as); a placeholder to replace without it.
+        #[arg(long)]
+        principal: Option<String>,
+    },
 }
 
 /// Names an automation: its id, or its name with `--project`.
@@ -449,6 +460,40 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
             let automation = find(store, &state, &selector)?;
             state.set_status(&automation.id, "active")?;
             eprintln!("resumed `{}`", automation.name);
+        }
+        AutomationCommand::RolePolicy {
+            selector,
+            principal,
+        } => {
+            let automation = find(store, &state, &selector)?;
+            let AutomationConfig::Export(config) = AutomationConfig::of(&automation)? else {
+                bail!(
+                    "`{}` is a retention automation; only exports assume a role",
+                    automation.name
+                );
+            };
+            let project = store.with_registry(|r| r.get(&automation.project_id))?;
+            let policy = spanlake_engine::export::role::role_policy(
+                &project.org_id,
+                &project.id,
+                Some(&automation.id),
+                &config.export_path,
+                principal.as_deref(),
+            )?;
+            if selector.json {
+                return print_json(&policy);
+            }
+            println!("external id: {}", policy.external_id);
+            println!("\ntrust policy:");
+            println!("{}", serde_json::to_string_pretty(&policy.trust_policy)?);
+            println!("\npermissions policy:");
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&policy.permissions_policy)?
+            );
+            for note in &policy.notes {
+                eprintln!("note: {note}");
+            }
         }
         AutomationCommand::Delete(selector) => {
             let automation = find(store, &state, &selector)?;

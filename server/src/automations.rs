@@ -10,6 +10,11 @@
 //! - `DELETE /v1/project_automation/{id}` (exported files stay)
 //! - `POST   /v1/project_automation/{id}/run` (run now), `/test`, `/reset`
 //! - `GET    /v1/project_automation/{id}/status`, `/history?limit=`
+//! - `POST   /v1/project_automation/test` `{project_id, name, description?, kind, config}`:
+//!   the test of a configuration not saved yet (the create body; nothing is stored)
+//! - `GET    /v1/project_automation/{id}/role_policy[?principal=]`, and
+//!   `POST /v1/project_automation/role_policy` `{project_id, export_path, principal?}`
+//!   before saving: the external id and the IAM policies the export's role needs
 //!
 //! An export created, or whose configuration is changed, here is marked
 //! `origin: api` and its destination is held to the operator's
@@ -27,6 +32,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use spanlake_engine::automation::policy::DestinationRefused;
 use spanlake_engine::automation::runner::{AutomationConfig, RunError, Runner};
+use spanlake_engine::export::role::{self as export_role, UNSAVED_AUTOMATION_ID};
 use spanlake_engine::state::{Automation, Kind, Origin, StateDb, Trigger};
 
 use crate::AppState;
@@ -157,6 +163,16 @@ struct CreateBody {
     status: Option<String>,
 }
 
+fn parse_kind(kind: &str) -> Result<Kind, ApiError> {
+    match kind {
+        "export" => Ok(Kind::Export),
+        "retention" => Ok(Kind::Retention),
+        other => Err(ApiError::bad_request(format!(
+            "`kind` must be `export` or `retention`, not `{other}`"
+        ))),
+    }
+}
+
 /// `POST /v1/project_automation`.
 pub(crate) async fn create(
     Auth(org): Auth,
@@ -164,15 +180,7 @@ pub(crate) async fn create(
     body: axum::body::Bytes,
 ) -> Answer {
     let body: CreateBody = parse(&body, "automation")?;
-    let kind = match body.kind.as_str() {
-        "export" => Kind::Export,
-        "retention" => Kind::Retention,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "`kind` must be `export` or `retention`, not `{other}`"
-            )));
-        }
-    };
+    let kind = parse_kind(&body.kind)?;
     let project_arg = body.project_id.clone();
     let project = state
         .registry(move |r| r.resolve_in_org(&org.id, &project_arg))
@@ -265,6 +273,14 @@ pub(crate) async fn update(
         ),
         None => (current.config.clone(), None),
     };
+    // An export's destination is fixed once created: its cursor says what
+    // went *there*; another destination is another export.
+    if current.kind == Kind::Export && config["export_path"] != current.config["export_path"] {
+        return Err(ApiError::bad_request(format!(
+            "`config.export_path` is fixed after creation (it is {}); create another export for another destination",
+            current.config["export_path"]
+        )));
+    }
     // Looked up again: it may have been deleted meanwhile.
     let updated = with_automation(&state, org.id, id, move |db, current| {
         let mut updated = db.update(
@@ -349,6 +365,114 @@ pub(crate) async fn test(
         to_json(&runner.test(&automation).await.map_err(run_error)?)
     })
     .await
+}
+
+/// `POST /v1/project_automation/test`: test a configuration before it is
+/// saved (the console's "Test automation" in the create dialog). The body
+/// is the create body; it is validated, and held to the destinations
+/// policy, exactly as `create` would, then tested as a saved automation
+/// would be, and nothing is stored. An export presents the external id
+/// `spanlake:<org_id>:<project_id>:unsaved` (it has no id yet), which the
+/// project-wide trust policy of `role_policy` matches; the answer names it.
+pub(crate) async fn test_unsaved(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Answer {
+    let body: CreateBody = parse(&body, "automation")?;
+    let kind = parse_kind(&body.kind)?;
+    let project_arg = body.project_id.clone();
+    let project = state
+        .registry(move |r| r.resolve_in_org(&org.id, &project_arg))
+        .await?;
+    let config = validated_config(&state, kind, body.config).await?;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let draft = Automation {
+        id: UNSAVED_AUTOMATION_ID.to_string(),
+        project_id: project.id.clone(),
+        name: body.name,
+        description: body.description,
+        kind,
+        config,
+        status: "active".to_string(),
+        created: now.clone(),
+        updated: now,
+        // Held to the destinations policy like an API-made export.
+        origin: Origin::Api,
+    };
+    let external_id = (kind == Kind::Export).then(|| {
+        spanlake_engine::sink::credentials::external_id(
+            &project.org_id,
+            &project.id,
+            UNSAVED_AUTOMATION_ID,
+        )
+    });
+    let mut answer = on_own_thread(&state, move |state, db| async move {
+        let runner = Runner::new(&state.store, &db).with_policy(&state.config.destinations);
+        to_json(&runner.test(&draft).await.map_err(run_error)?)
+    })
+    .await?;
+    if let Some(external_id) = external_id {
+        answer.0["external_id"] = external_id.into();
+    }
+    Ok(answer)
+}
+
+/// `GET /v1/project_automation/{id}/role_policy[?principal=ARN]`: the
+/// external id of a saved export and the trust and permissions policies
+/// of the role it assumes, its bucket and prefix filled in.
+pub(crate) async fn role_policy(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Answer {
+    let org_id = org.id.clone();
+    let automation = with_automation(&state, org.id, id, |_, automation| Ok(automation)).await?;
+    let AutomationConfig::Export(config) = AutomationConfig::of(&automation)? else {
+        return Err(ApiError::bad_request(format!(
+            "`{}` is a retention automation; only exports assume a role",
+            automation.name
+        )));
+    };
+    to_json(&export_role::role_policy(
+        &org_id,
+        &automation.project_id,
+        Some(&automation.id),
+        &config.export_path,
+        query.get("principal").map(String::as_str),
+    )?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolePolicyBody {
+    project_id: String,
+    export_path: String,
+    #[serde(default)]
+    principal: Option<String>,
+}
+
+/// `POST /v1/project_automation/role_policy` `{project_id, export_path,
+/// principal?}`: the same for an export not saved yet; its trust policy
+/// matches every export of the project (there is no id to pin yet).
+pub(crate) async fn role_policy_unsaved(
+    Auth(org): Auth,
+    State(state): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Answer {
+    let body: RolePolicyBody = parse(&body, "role policy request")?;
+    let project_arg = body.project_id.clone();
+    let project = state
+        .registry(move |r| r.resolve_in_org(&org.id, &project_arg))
+        .await?;
+    to_json(&export_role::role_policy(
+        &project.org_id,
+        &project.id,
+        None,
+        &body.export_path,
+        body.principal.as_deref(),
+    )?)
 }
 
 /// `POST /v1/project_automation/{id}/reset`: the next run starts over.

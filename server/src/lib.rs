@@ -10,10 +10,11 @@
 //!    /btql, /v1/project_logs/{id}/fetch  ─► engine query (paged, pinned)
 //!    /v1/project_automation/...          ─► engine export / retention
 //!    /metrics                            ─► Prometheus text
+//!    /, /console/*                       ─► the web console (embedded files, see `console`)
 //! ```
 //!
 //! Routes and shapes follow `spec/sdk-protocol.md` and `spec/data-model.md`
-//! §4. Every route but `/health` needs `Authorization: Bearer <API key>`
+//! §4. Every route but `/health` and the console's files needs `Authorization: Bearer <API key>`
 //! (keys come from `spanlake apikey create`); a key sees only its org's
 //! projects.
 
@@ -32,6 +33,7 @@ mod auth;
 mod automations;
 mod blocking;
 mod btql;
+mod console;
 pub mod error;
 mod ingest;
 mod metrics;
@@ -146,6 +148,8 @@ pub fn router(store: Arc<Store>, config: ServerConfig, metrics: Arc<Metrics>) ->
         metrics,
     });
     Router::new()
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::file))
         .route("/health", get(health))
         .route("/metrics", get(metrics::handler))
         .route("/version", get(version))
@@ -176,6 +180,18 @@ pub fn router(store: Arc<Store>, config: ServerConfig, metrics: Arc<Metrics>) ->
                 .patch(automations::update)
                 .put(automations::update)
                 .delete(automations::delete),
+        )
+        .route(
+            "/v1/project_automation/test",
+            post(automations::test_unsaved),
+        )
+        .route(
+            "/v1/project_automation/role_policy",
+            post(automations::role_policy_unsaved),
+        )
+        .route(
+            "/v1/project_automation/{id}/role_policy",
+            get(automations::role_policy),
         )
         .route("/v1/project_automation/{id}/run", post(automations::run))
         .route("/v1/project_automation/{id}/test", post(automations::test))

@@ -16,13 +16,20 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(spanlake: &Spanlake, extra: &[&str]) -> Self {
-        let mut child = spanlake
-            .command(
+        Self::start_command(
+            spanlake.command(
                 ["serve", "--listen", "127.0.0.1:0"]
                     .iter()
                     .chain(extra)
                     .copied(),
-            )
+            ),
+        )
+    }
+
+    /// Start `command`, a `spanlake serve` on port 0 made by the caller
+    /// (with an environment of its own, e.g. other AWS keys).
+    pub(crate) fn start_command(mut command: std::process::Command) -> Self {
+        let mut child = command
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

@@ -1,6 +1,7 @@
 //! The integration tests of spanlake: one binary (see `cli/Cargo.toml`).
 //!
 //! - `golden`: the BTQL behaviour suite over `tests/btql/*.test`;
+//! - `console`: the web console in headless Chromium (Selenium);
 //! - `cli`: exit codes, ingest atomicity, output formats, configuration;
 //! - `durability`: no error after a commit, kill -9 of the server and of
 //!   local exports;
@@ -17,6 +18,7 @@
 mod bounds;
 mod cli;
 mod compact;
+mod console;
 mod destinations;
 mod durability;
 mod export;

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use crate::support::{Run, Spanlake, fixtures_dir};
 
 /// moto's default account.
-const ACCOUNT: &str = "123456789012";
+pub(crate) const ACCOUNT: &str = "123456789012";
 
-fn moto_server() -> Option<PathBuf> {
+pub(crate) fn moto_server() -> Option<PathBuf> {
     let cache = std::env::var_os("SPANLAKE_TOOLS_CACHE")
         .map(PathBuf::from)
         .or_else(|| {
@@ -44,13 +44,13 @@ fn moto_server() -> Option<PathBuf> {
 }
 
 /// A moto server on a free port, killed (by its pid) when dropped.
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
     port: u16,
 }
 
 impl Moto {
-    fn start(binary: &PathBuf, no_auth_actions: u32) -> Self {
+    pub(crate) fn start(binary: &PathBuf, no_auth_actions: u32) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -76,13 +76,13 @@ impl Moto {
         moto
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// An unsigned request that names `service` in a dummy SigV4 header (so
     /// moto routes it); accepted only while the no-auth count lasts.
-    fn call(
+    pub(crate) fn call(
         &self,
         service: &str,
         method: &str,
@@ -114,7 +114,7 @@ impl Moto {
         (status, reply)
     }
 
-    fn iam(&self, form: &[(&str, &str)]) -> String {
+    pub(crate) fn iam(&self, form: &[(&str, &str)]) -> String {
         let mut all = vec![("Version", "2010-05-08")];
         all.extend_from_slice(form);
         let (status, reply) = self.call("iam", "POST", "/", &all);
@@ -154,7 +154,7 @@ fn tag<'a>(xml: &'a str, name: &str) -> &'a str {
 
 /// A user with an access key and an inline policy; returns (key id, secret).
 /// Three actions.
-fn user(moto: &Moto, name: &str, policy: &serde_json::Value) -> (String, String) {
+pub(crate) fn user(moto: &Moto, name: &str, policy: &serde_json::Value) -> (String, String) {
     moto.iam(&[("Action", "CreateUser"), ("UserName", name)]);
     let reply = moto.iam(&[("Action", "CreateAccessKey"), ("UserName", name)]);
     let keys = (
@@ -170,7 +170,7 @@ fn user(moto: &Moto, name: &str, policy: &serde_json::Value) -> (String, String)
     keys
 }
 
-fn allow(actions: &[&str], resources: &[String]) -> serde_json::Value {
+pub(crate) fn allow(actions: &[&str], resources: &[String]) -> serde_json::Value {
     serde_json::json!({
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": actions, "Resource": resources}],

@@ -597,6 +597,36 @@ fn automations_over_rest_create_update_run_reset_and_delete() {
         (paused["status"].as_str(), paused["description"].as_str()),
         (Some("paused"), Some("nightly"))
     );
+    // The destination is fixed once created; the rest of the config is not.
+    let mut moved = export.clone();
+    moved["export_path"] = serde_json::json!(format!("file://{}/elsewhere", folder.display()));
+    let (status, body) = server.call(
+        "PATCH",
+        &path(""),
+        Some(&key),
+        &serde_json::json!({ "config": moved }).to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fixed after creation"),
+        "{body}"
+    );
+    let mut hourly = export.clone();
+    hourly["interval"] = serde_json::json!("2h");
+    let (status, body) = server.call(
+        "PATCH",
+        &path(""),
+        Some(&key),
+        &serde_json::json!({ "config": hourly }).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["config"]["export_path"], export["export_path"],
+        "{body}"
+    );
     let (status, run) = server.call("POST", &path("/run"), Some(&key), "");
     assert_eq!(status, 200, "{run}");
     assert_eq!(run["rows"], 5);

@@ -39,6 +39,7 @@ mod local;
 mod manifest;
 mod probe;
 mod recover;
+pub mod role;
 mod run;
 mod target;
 
