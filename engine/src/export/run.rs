@@ -329,7 +329,8 @@ pub(super) async fn write_run(
             )
         }
     };
-    let result = run_query_over_view(&ctx, &query, rows, &options, store.clock())
+    let partitions = ctx.copied_config().target_partitions();
+    let result = run_query_over_view(&ctx, &query, rows, &options, store.clock(), partitions)
         .await
         .map_err(failed)?;
     let json_columns: Vec<String> = result
@@ -338,25 +339,15 @@ pub(super) async fn write_run(
         .filter(|c| c.json || JSON_COLUMNS.contains(&c.name.as_str()))
         .map(|c| c.name.clone())
         .collect();
-    let stream = match progress {
-        None => result.stream,
-        Some(progress) => {
-            let progress = Arc::clone(progress);
-            let schema = result.stream.schema();
-            let counted = result.stream.inspect(move |batch| {
-                if let Ok(batch) = batch {
-                    progress.rows.fetch_add(
-                        batch.num_rows() as u64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                }
-            });
-            Box::pin(
-                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, counted),
-            )
-        }
+    let streams = match progress {
+        None => result.streams,
+        Some(progress) => result
+            .streams
+            .into_iter()
+            .map(|stream| counted(stream, Arc::clone(progress)))
+            .collect(),
     };
-    crate::sink::write_stream(target, &config.sink, run_id, stream, &json_columns)
+    crate::sink::write_streams(target, &config.sink, run_id, streams, &json_columns)
         .await
         .map(|(files, _metrics)| files)
         .map_err(|e| {
@@ -383,18 +374,21 @@ pub async fn export_query(
     let local = LocalFolder::of(&config.export_path, store.fsync());
     let run_id = uuid::Uuid::now_v7().to_string();
     let started = store.clock().now_rfc3339();
-    let result = crate::query::run_query(store, text, options).await?;
+    let partitions = crate::query::session(options)?
+        .copied_config()
+        .target_partitions();
+    let result = crate::query::run_query_in_parts(store, text, options, partitions).await?;
     let json_columns: Vec<String> = result
         .columns
         .iter()
         .filter(|c| c.json)
         .map(|c| c.name.clone())
         .collect();
-    let files = match crate::sink::write_stream(
+    let files = match crate::sink::write_streams(
         &target,
         &config.sink,
         &run_id,
-        result.stream,
+        result.streams,
         &json_columns,
     )
     .await
@@ -437,4 +431,21 @@ pub async fn export_query(
         local.sync(vec![path.to_string()]).await?;
     }
     Ok(manifest)
+}
+
+/// `stream`, adding the rows of each batch to `progress` as they go by.
+fn counted(
+    stream: datafusion::execution::SendableRecordBatchStream,
+    progress: Arc<ExportProgress>,
+) -> datafusion::execution::SendableRecordBatchStream {
+    let schema = stream.schema();
+    let counted = stream.inspect(move |batch| {
+        if let Ok(batch) = batch {
+            progress.rows.fetch_add(
+                batch.num_rows() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    });
+    Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, counted))
 }

@@ -81,6 +81,26 @@ pub struct QueryStream {
     pub page: Option<(u64, String)>,
 }
 
+/// A running query whose rows come in several streams, each to be read by
+/// a task of its own (an export's sink per partition): rows are split
+/// between the streams in no particular order, so only a result without an
+/// order (no `sort:`) is split.
+pub struct QueryParts {
+    /// Output columns in order, with whether each holds JSON text.
+    pub columns: Vec<OutputColumn>,
+    /// The rows, streamed: at least one stream.
+    pub streams: Vec<SendableRecordBatchStream>,
+}
+
+impl std::fmt::Debug for QueryParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryParts")
+            .field("columns", &self.columns)
+            .field("streams", &self.streams.len())
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for QueryStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueryStream")
@@ -139,9 +159,39 @@ pub async fn run_query(store: &Store, text: &str, options: &QueryOptions) -> Res
 /// Plan and start an already parsed `query` against `store`.
 pub async fn run_parsed_query(
     store: &Store,
-    mut query: spanlake_dsl::ast::Query,
+    query: spanlake_dsl::ast::Query,
     options: &QueryOptions,
 ) -> Result<QueryStream> {
+    Ok(plan_and_run(store, query, options, 1).await?.0)
+}
+
+/// Plan and start `text` against `store` with its rows in up to
+/// `partitions` streams (see [`QueryParts`]; a paged query, a pivot or a
+/// sorted result is one stream).
+pub async fn run_query_in_parts(
+    store: &Store,
+    text: &str,
+    options: &QueryOptions,
+    partitions: usize,
+) -> Result<QueryParts> {
+    let query = spanlake_dsl::parse_any(text)?;
+    let (first, rest) = plan_and_run(store, query, options, partitions).await?;
+    let mut streams = vec![first.stream];
+    streams.extend(rest);
+    Ok(QueryParts {
+        columns: first.columns,
+        streams,
+    })
+}
+
+/// The query's first stream as a [`QueryStream`] (with its page), and the
+/// streams of its other partitions.
+async fn plan_and_run(
+    store: &Store,
+    mut query: spanlake_dsl::ast::Query,
+    options: &QueryOptions,
+    partitions: usize,
+) -> Result<(QueryStream, Vec<SendableRecordBatchStream>)> {
     let ctx = session(options)?;
     let paging = paging_of(&mut query, options.page.as_ref())?;
     let fingerprint = query_fingerprint(
@@ -190,9 +240,11 @@ pub async fn run_parsed_query(
                 "pivoted results are not paged; run the query without a cursor or page size, with a `limit:`".into(),
             ));
         }
-        return crate::query::pivot::pivot_stream(&ctx, compiled.plan, compiled.columns, spec)
-            .await
-            .map_err(refused_plan);
+        let pivoted =
+            crate::query::pivot::pivot_stream(&ctx, compiled.plan, compiled.columns, spec)
+                .await
+                .map_err(refused_plan)?;
+        return Ok((pivoted, Vec::new()));
     }
     let mut frame = ctx
         .execute_logical_plan(compiled.plan)
@@ -213,15 +265,54 @@ pub async fn run_parsed_query(
         };
         page = Some((size, next.encode()));
     }
-    let stream = frame
-        .execute_stream()
+    let mut streams = execute_in(frame, if page.is_some() { 1 } else { partitions })
         .await
-        .map_err(|e| refused_plan(e.into()))?;
-    Ok(QueryStream {
-        columns: compiled.columns,
-        stream,
-        page,
-    })
+        .map_err(refused_plan)?;
+    let stream = streams
+        .pop()
+        .ok_or_else(|| Error::Internal("a query without a stream".into()))?;
+    Ok((
+        QueryStream {
+            columns: compiled.columns,
+            stream,
+            page,
+        },
+        streams,
+    ))
+}
+
+/// `frame`'s rows in `partitions` streams (one, for a result with an order
+/// or when asked for one). The physical plan's own partitions are kept when
+/// there are that many; otherwise its batches are dealt round-robin, so that
+/// the readers of the streams work in parallel even over an operator of one
+/// partition.
+async fn execute_in(
+    frame: datafusion::dataframe::DataFrame,
+    partitions: usize,
+) -> Result<Vec<SendableRecordBatchStream>> {
+    use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
+    if partitions <= 1 {
+        return Ok(vec![frame.execute_stream().await?]);
+    }
+    let task = Arc::new(frame.task_ctx());
+    let plan = frame.create_physical_plan().await?;
+    if plan.output_ordering().is_some() {
+        return Ok(vec![datafusion::physical_plan::execute_stream(plan, task)?]);
+    }
+    let plan: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() == partitions
+    {
+        plan
+    } else {
+        Arc::new(
+            datafusion::physical_plan::repartition::RepartitionExec::try_new(
+                plan,
+                Partitioning::RoundRobinBatch(partitions),
+            )?,
+        )
+    };
+    Ok(datafusion::physical_plan::execute_stream_partitioned(
+        plan, task,
+    )?)
 }
 
 /// A query DataFusion refuses to plan (operand types it cannot coerce that
@@ -287,7 +378,8 @@ fn in_total_order(
 }
 
 /// Plan and start `text` in `ctx` with every `project_logs(...)` source
-/// reading `view` (for example the rows an export run covers); `now()` is
+/// reading `view` (for example the rows an export run covers), its rows in
+/// up to `partitions` streams (see [`QueryParts`]); `now()` is
 /// `options.now`, else `clock`'s time.
 pub async fn run_query_over_view(
     ctx: &SessionContext,
@@ -295,7 +387,8 @@ pub async fn run_query_over_view(
     view: datafusion::dataframe::DataFrame,
     options: &QueryOptions,
     clock: &crate::clock::Clock,
-) -> Result<QueryStream> {
+    partitions: usize,
+) -> Result<QueryParts> {
     let query = spanlake_dsl::parse_any(text)?;
     let catalog = PreparedCatalog {
         every: Some(view_source(view)),
@@ -307,17 +400,17 @@ pub async fn run_query_over_view(
     };
     let compiled = spanlake_dsl::plan_query(&query, &catalog, &plan_options)?;
     if let Some(spec) = &compiled.pivot {
-        return crate::query::pivot::pivot_stream(ctx, compiled.plan, compiled.columns, spec).await;
+        let pivoted =
+            crate::query::pivot::pivot_stream(ctx, compiled.plan, compiled.columns, spec).await?;
+        return Ok(QueryParts {
+            columns: pivoted.columns,
+            streams: vec![pivoted.stream],
+        });
     }
-    let stream = ctx
-        .execute_logical_plan(compiled.plan)
-        .await?
-        .execute_stream()
-        .await?;
-    Ok(QueryStream {
+    let frame = ctx.execute_logical_plan(compiled.plan).await?;
+    Ok(QueryParts {
         columns: compiled.columns,
-        stream,
-        page: None,
+        streams: execute_in(frame, partitions).await?,
     })
 }
 

@@ -71,6 +71,9 @@ pub enum SinkError {
     /// A broken invariant: a bug in spanlake.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Another partition of the same call failed: this one stopped.
+    #[error("stopped because another partition of the export failed")]
+    Stopped,
 }
 
 impl SinkError {
@@ -85,8 +88,14 @@ impl SinkError {
             | Self::InvalidUrl { .. }
             | Self::Encode { .. }
             | Self::Schema { .. }
-            | Self::Internal(_) => false,
+            | Self::Internal(_)
+            | Self::Stopped => false,
         }
+    }
+
+    /// Whether this partition only stopped because another failed.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, Self::Stopped)
     }
 
     pub(crate) fn object_store(

@@ -25,6 +25,10 @@
 //!  <prefix>/<partition>/part-<NNNNN>-<run_id>.<parquet|jsonl|jsonl.gz>
 //! ```
 //!
+//! [`write_streams`] runs this for each partition of a result in a task of
+//! its own (`part-<partition>-<NNNNN>-<run_id>`), so encoding and uploads
+//! use every core.
+//!
 //! Guarantees:
 //! - Every input row is written exactly once; rows with a null `created`
 //!   go to `date=__HIVE_DEFAULT_PARTITION__` (and `hour=` likewise).
@@ -135,12 +139,111 @@ pub async fn write_stream(
     target: &ExportTarget,
     config: &SinkConfig,
     run_id: &str,
-    mut stream: SendableRecordBatchStream,
+    stream: SendableRecordBatchStream,
     json_columns: &[String],
 ) -> Result<(Vec<WrittenFile>, SinkMetrics), WriteStreamError> {
+    write_partition(target, config, run_id, "part-", stream, json_columns, None).await
+}
+
+/// [`write_stream`] for the partitions of one result, each written by a
+/// task of its own (its encoding, compression, checksums and uploads on
+/// its own core): files are named `part-<partition>-<NNNNN>-<run_id>`, and
+/// each partition may keep `max_open_files / partitions` files open (at
+/// least one), so memory stays as configured. When one partition fails,
+/// the others stop at their next batch and abort their open uploads; the
+/// error is the first partition's own, and
+/// [`WriteStreamError::completed`] lists the completed files of all of
+/// them. One stream is written exactly as by [`write_stream`].
+pub async fn write_streams(
+    target: &ExportTarget,
+    config: &SinkConfig,
+    run_id: &str,
+    mut streams: Vec<SendableRecordBatchStream>,
+    json_columns: &[String],
+) -> Result<(Vec<WrittenFile>, SinkMetrics), WriteStreamError> {
+    if streams.len() <= 1 {
+        let Some(stream) = streams.pop() else {
+            return Ok((Vec::new(), SinkMetrics::default()));
+        };
+        return write_stream(target, config, run_id, stream, json_columns).await;
+    }
+    let count = streams.len();
+    let mut each = config.clone();
+    each.max_open_files = (config.max_open_files / count).max(1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(partition, stream)| {
+            let (target, config, run_id) = (target.clone(), each.clone(), run_id.to_string());
+            let json_columns = json_columns.to_vec();
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let prefix = format!("part-{partition:02}-");
+                let result = write_partition(
+                    &target,
+                    &config,
+                    &run_id,
+                    &prefix,
+                    stream,
+                    &json_columns,
+                    Some(&stop),
+                )
+                .await;
+                if result.is_err() {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                result
+            })
+        })
+        .collect();
+    let mut files = Vec::new();
+    let mut metrics = SinkMetrics::default();
+    let mut failure: Option<SinkError> = None;
+    for task in tasks {
+        let result = match task.await {
+            Ok(result) => result,
+            Err(e) => {
+                failure = Some(SinkError::Internal(format!("a sink task failed: {e}")));
+                continue;
+            }
+        };
+        match result {
+            Ok((written, partition)) => {
+                files.extend(written);
+                metrics.absorb(partition);
+            }
+            Err(e) => {
+                files.extend(e.completed);
+                // The failure that stopped the others, not their stopping.
+                if failure.as_ref().is_none_or(SinkError::is_stopped) {
+                    failure = Some(e.error);
+                }
+            }
+        }
+    }
+    match failure {
+        None => Ok((files, metrics)),
+        Some(error) => Err(WriteStreamError {
+            error,
+            completed: files,
+        }),
+    }
+}
+
+async fn write_partition(
+    target: &ExportTarget,
+    config: &SinkConfig,
+    run_id: &str,
+    name_prefix: &str,
+    mut stream: SendableRecordBatchStream,
+    json_columns: &[String],
+    stop: Option<&std::sync::atomic::AtomicBool>,
+) -> Result<(Vec<WrittenFile>, SinkMetrics), WriteStreamError> {
+    let input_schema = stream.schema();
     let setup = || -> Result<(PreparedSchema, Option<ParquetLayout>), SinkError> {
         check_run_id(run_id)?;
-        let prepared = prepare_schema(&stream.schema(), config.partitioning, json_columns)?;
+        let prepared = prepare_schema(&input_schema, config.partitioning, json_columns)?;
         let layout = match config.format {
             Format::Parquet { compression } => {
                 Some(ParquetLayout::new(&prepared.schema, config, compression)?)
@@ -157,6 +260,7 @@ pub async fn write_stream(
         target,
         config,
         run_id,
+        name_prefix,
         schema: std::sync::Arc::clone(&prepared.schema),
         layout,
         open: HashMap::new(),
@@ -165,7 +269,7 @@ pub async fn write_stream(
         completed: Vec::new(),
         metrics: SinkMetrics::default(),
     };
-    match drive(&mut pool, &prepared, &mut stream).await {
+    match drive(&mut pool, &prepared, &mut stream, stop).await {
         Ok(()) => Ok((pool.completed, pool.metrics)),
         Err(error) => {
             pool.abort_all().await;
@@ -181,9 +285,13 @@ async fn drive(
     pool: &mut FilePool<'_>,
     prepared: &PreparedSchema,
     stream: &mut SendableRecordBatchStream,
+    stop: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<(), SinkError> {
     let batch_rows = pool.config.batch_rows;
     while let Some(batch) = stream.next().await {
+        if stop.is_some_and(|stop| stop.load(std::sync::atomic::Ordering::SeqCst)) {
+            return Err(SinkError::Stopped);
+        }
         let batch = batch.map_err(SinkError::Input)?;
         pool.metrics.input_batches += 1;
         if batch.num_rows() == 0 {
@@ -276,12 +384,31 @@ impl OpenFile {
     }
 }
 
+impl SinkMetrics {
+    /// Add the figures of another partition of the same call.
+    fn absorb(&mut self, other: Self) {
+        self.rows += other.rows;
+        self.bytes += other.bytes;
+        self.files += other.files;
+        self.input_batches += other.input_batches;
+        self.evicted_files += other.evicted_files;
+        for (name, partition) in other.partitions {
+            let mine = self.partitions.entry(name).or_default();
+            mine.rows += partition.rows;
+            mine.bytes += partition.bytes;
+            mine.files += partition.files;
+        }
+    }
+}
+
 /// The open files of one call, at most one per partition.
 #[derive(Debug)]
 struct FilePool<'a> {
     target: &'a ExportTarget,
     config: &'a SinkConfig,
     run_id: &'a str,
+    /// `part-`, or `part-<partition>-` for one of several partitions.
+    name_prefix: &'a str,
     schema: SchemaRef,
     layout: Option<ParquetLayout>,
     open: HashMap<PartitionKey, OpenFile>,
@@ -316,7 +443,8 @@ impl FilePool<'_> {
     fn open_file(&mut self, key: PartitionKey) -> Result<OpenFile, SinkError> {
         let partition = partition_path(self.config.partitioning, key);
         let name = format!(
-            "part-{:05}-{}.{}",
+            "{}{:05}-{}.{}",
+            self.name_prefix,
             self.next_part,
             self.run_id,
             self.config.format.extension()

@@ -1221,3 +1221,84 @@ assert jsonl == [(1000, 858, 1000)], jsonl
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Batches of ids `range`, `per` rows each, on the four days.
+fn four_days_of(range: std::ops::Range<i64>, per: i64, pad: usize) -> Vec<RecordBatch> {
+    range
+        .clone()
+        .step_by(per as usize)
+        .map(|start| spans(start..(start + per).min(range.end), four_days_created, pad))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_of_a_result_are_written_in_parallel_each_row_once() {
+    let target = ExportTarget::new(Arc::new(InMemory::new()), "out");
+    let config = SinkConfig::default();
+    let run_id = "run-parts";
+    let streams = vec![
+        stream_of(four_days_of(0..600, 64, 10)),
+        stream_of(four_days_of(600..1000, 64, 10)),
+    ];
+    let (files, metrics) = write_streams(&target, &config, run_id, streams, &json_columns())
+        .await
+        .unwrap();
+    assert_eq!(metrics.rows, 1000);
+    check_metrics(&files, &metrics);
+    // One file per day (and the null day) per partition, named by partition.
+    assert_eq!(files.len(), 10, "{files:#?}");
+    for file in &files {
+        let name = file.key.rsplit('/').next().unwrap();
+        assert!(
+            (name.starts_with("part-00-") || name.starts_with("part-01-"))
+                && name.ends_with(&format!("-{run_id}.parquet")),
+            "{name}"
+        );
+    }
+    let keys: BTreeSet<&str> = files.iter().map(|f| f.key.as_str()).collect();
+    assert_eq!(keys.len(), files.len(), "a name was used twice");
+    let rows = read_back(&target, &files, config.format()).await;
+    check_rows(&files, &rows, 0..1000, four_days_created, Partitioning::Day, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_partition_stops_the_others_and_reports_every_completed_file() {
+    let store = Arc::new(InMemory::new());
+    let target = ExportTarget::new(store.clone(), "out");
+    let mut config = SinkConfig::default();
+    // Small files: each partition completes some before the failure.
+    config.max_file_bytes = 1;
+    let run_id = "run-fails";
+    let good = stream_of(four_days_of(0..2000, 50, 10));
+    let mut failing: Vec<Result<RecordBatch, DataFusionError>> = four_days_of(2000..2200, 50, 10)
+        .into_iter()
+        .map(Ok)
+        .collect();
+    failing.push(Err(DataFusionError::Execution("the input broke".into())));
+    let failing: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+        span_schema(),
+        futures::stream::iter(failing),
+    ));
+    let err = write_streams(&target, &config, run_id, vec![failing, good], &json_columns())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err.error, SinkError::Input(e) if e.to_string().contains("the input broke")),
+        "the first failure is reported, not the others' stopping: {err:?}"
+    );
+    assert!(!err.completed.is_empty());
+    // What is stored is exactly the completed files: nothing half-written.
+    let stored: BTreeSet<String> = store
+        .list(None)
+        .map(|meta| meta.unwrap().location.to_string())
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect();
+    let completed: BTreeSet<String> = err.completed.iter().map(|f| f.key.clone()).collect();
+    assert_eq!(stored, completed);
+    assert!(
+        completed.iter().any(|k| k.contains("part-00-")),
+        "{completed:?}"
+    );
+}
