@@ -33,6 +33,8 @@ use serde::Deserialize;
 use spanlake_engine::automation::policy::DestinationRefused;
 use spanlake_engine::automation::runner::{AutomationConfig, RunError, Runner};
 use spanlake_engine::export::role::{self as export_role, UNSAVED_AUTOMATION_ID};
+use spanlake_engine::registry::Project;
+use spanlake_engine::registry::apikeys::Org;
 use spanlake_engine::state::{Automation, Kind, Origin, StateDb, Trigger};
 
 use crate::AppState;
@@ -173,19 +175,30 @@ fn parse_kind(kind: &str) -> Result<Kind, ApiError> {
     }
 }
 
+/// A create body read and checked: its kind, its project (in `org`), and
+/// its configuration validated (and held to the destinations policy).
+async fn draft(
+    state: &Arc<AppState>,
+    org: &Org,
+    body: &[u8],
+) -> Result<(CreateBody, Kind, Project, serde_json::Value), ApiError> {
+    let mut body: CreateBody = parse(body, "automation")?;
+    let kind = parse_kind(&body.kind)?;
+    let (org_id, project_arg) = (org.id.clone(), body.project_id.clone());
+    let project = state
+        .registry(move |r| r.resolve_in_org(&org_id, &project_arg))
+        .await?;
+    let config = validated_config(state, kind, std::mem::take(&mut body.config)).await?;
+    Ok((body, kind, project, config))
+}
+
 /// `POST /v1/project_automation`.
 pub(crate) async fn create(
     Auth(org): Auth,
     State(state): State<Arc<AppState>>,
     body: axum::body::Bytes,
 ) -> Answer {
-    let body: CreateBody = parse(&body, "automation")?;
-    let kind = parse_kind(&body.kind)?;
-    let project_arg = body.project_id.clone();
-    let project = state
-        .registry(move |r| r.resolve_in_org(&org.id, &project_arg))
-        .await?;
-    let config = validated_config(&state, kind, body.config).await?;
+    let (body, kind, project, config) = draft(&state, &org, &body).await?;
     let automation = state
         .blocking(move |state| {
             Ok(state_db(state)?.create_with_status(
@@ -379,14 +392,8 @@ pub(crate) async fn test_unsaved(
     State(state): State<Arc<AppState>>,
     body: axum::body::Bytes,
 ) -> Answer {
-    let body: CreateBody = parse(&body, "automation")?;
-    let kind = parse_kind(&body.kind)?;
-    let project_arg = body.project_id.clone();
-    let project = state
-        .registry(move |r| r.resolve_in_org(&org.id, &project_arg))
-        .await?;
-    let config = validated_config(&state, kind, body.config).await?;
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let (body, kind, project, config) = draft(&state, &org, &body).await?;
+    let now = state.store.clock().now_rfc3339();
     let draft = Automation {
         id: UNSAVED_AUTOMATION_ID.to_string(),
         project_id: project.id.clone(),

@@ -241,9 +241,8 @@ pub async fn compact_due(
             Ok((report, _)) if report.is_noop() => {
                 tracing::info!(project = %project.name, %reason, "compaction found nothing to rewrite");
             }
-            Ok((report, figures)) => {
+            Ok((report, _)) => {
                 compacted += 1;
-                figures.log(&project.id);
                 tracing::info!(
                     project = %project.name,
                     %reason,

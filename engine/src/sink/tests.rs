@@ -1233,7 +1233,7 @@ fn four_days_of(range: std::ops::Range<i64>, per: i64, pad: usize) -> Vec<Record
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_of_a_result_are_written_in_parallel_each_row_once() {
-    let target = ExportTarget::new(Arc::new(InMemory::new()), "out");
+    let target = ExportTarget::new(Arc::new(InMemory::new()), "out".into());
     let config = SinkConfig::default();
     let run_id = "run-parts";
     let streams = vec![
@@ -1258,16 +1258,25 @@ async fn partitions_of_a_result_are_written_in_parallel_each_row_once() {
     let keys: BTreeSet<&str> = files.iter().map(|f| f.key.as_str()).collect();
     assert_eq!(keys.len(), files.len(), "a name was used twice");
     let rows = read_back(&target, &files, config.format()).await;
-    check_rows(&files, &rows, 0..1000, four_days_created, Partitioning::Day, 10);
+    check_rows(
+        &files,
+        &rows,
+        0..1000,
+        four_days_created,
+        Partitioning::Day,
+        10,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_partition_stops_the_others_and_reports_every_completed_file() {
     let store = Arc::new(InMemory::new());
-    let target = ExportTarget::new(store.clone(), "out");
-    let mut config = SinkConfig::default();
+    let target = ExportTarget::new(Arc::clone(&store) as Arc<dyn ObjectStore>, "out".into());
     // Small files: each partition completes some before the failure.
-    config.max_file_bytes = 1;
+    let config = SinkConfig {
+        max_file_bytes: 1,
+        ..SinkConfig::default()
+    };
     let run_id = "run-fails";
     let good = stream_of(four_days_of(0..2000, 50, 10));
     let mut failing: Vec<Result<RecordBatch, DataFusionError>> = four_days_of(2000..2200, 50, 10)
@@ -1279,9 +1288,15 @@ async fn a_failing_partition_stops_the_others_and_reports_every_completed_file()
         span_schema(),
         futures::stream::iter(failing),
     ));
-    let err = write_streams(&target, &config, run_id, vec![failing, good], &json_columns())
-        .await
-        .unwrap_err();
+    let err = write_streams(
+        &target,
+        &config,
+        run_id,
+        vec![failing, good],
+        &json_columns(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(&err.error, SinkError::Input(e) if e.to_string().contains("the input broke")),
         "the first failure is reported, not the others' stopping: {err:?}"
