@@ -108,8 +108,14 @@ fn durability_a_checkpoint_that_fails_after_the_commit_answers_2xx_and_its_retry
     );
     assert_eq!(log_versions(&table).last(), Some(&99));
     assert!(checkpoint.is_dir(), "the checkpoint could not be written");
+    // The log line may reach the pipe just after the answer.
+    let logged = |server: &Server| server.log().contains("checkpoint could not be written");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !logged(&server) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert!(
-        server.log().contains("checkpoint could not be written"),
+        logged(&server),
         "the failed checkpoint is logged:\n{}",
         server.log()
     );

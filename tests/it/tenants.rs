@@ -52,8 +52,9 @@ fn another_orgs_objects_are_404_on_every_route_whatever_names_exist() {
         "POST",
         "/v1/project_automation",
         Some(&a),
+        // Days enough that its scheduled run keeps A's rows of 2026-11-01.
         &serde_json::json!({"project_id": pa, "name": "ra", "kind": "retention",
-            "config": {"retention_days": 7, "grace": "0s", "interval": "24h"}})
+            "config": {"retention_days": 36500, "grace": "0s", "interval": "24h"}})
         .to_string(),
     );
     assert_eq!(status, 200, "{retention}");

@@ -30,21 +30,33 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, RecordBatch, StringBuilder,
     TimestampMicrosecondBuilder,
 };
+use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
-use datafusion::catalog::streaming::StreamingTable;
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::metadata::FieldMetadata;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::TableType;
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast,
     col, lit, not,
 };
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{
+    Distribution, EquivalenceProperties, LexRequirement, OrderingRequirements, PhysicalExpr,
+    PhysicalSortRequirement,
+};
 use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
+    InputDistributionRequirements, PlanProperties, ReplaceChildrenOptions,
+};
 use datafusion::prelude::SessionContext;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde_json::{Map, Value};
 use spanlake_dsl::schema::{JSON_COLUMNS, JSON_METADATA_KEY, spans_schema};
 
@@ -208,21 +220,11 @@ impl ProjectLogs {
         versions: DataFrame,
         in_fold_set: &ScalarUDF,
     ) -> Result<DataFrame> {
-        let to_fold = versions
-            .filter(in_fold_set.call(vec![col("id")]))?
-            .sort(vec![
-                col("id").sort(true, false),
-                col(XACT_ID).sort(true, false),
-                col(SEQ).sort(true, false),
-            ])?;
-        let folded = StreamingTable::try_new(
-            spans_schema(),
-            vec![Arc::new(FoldStream {
-                input: to_fold,
-                project_id: self.project().id.clone(),
-            })],
-        )?;
-        Ok(ctx.read_table(Arc::new(folded))?)
+        let to_fold = versions.filter(in_fold_set.call(vec![col("id")]))?;
+        Ok(ctx.read_table(Arc::new(FoldTable {
+            input: to_fold,
+            project_id: self.project().id.clone(),
+        }))?)
     }
 }
 
@@ -318,62 +320,223 @@ impl ScalarUDFImpl for IdInSet {
     }
 }
 
-/// Folds a stream of versions sorted by (id, _xact_id, _seq) into resolved
-/// rows, one batch out per batch in; a run of one id may span batches.
-///
-/// It keeps the (lazy) plan of its input, not a physical plan: a query may
-/// read the view more than once (the summary shape joins spans with their
-/// roots), and each read must execute a fresh physical plan.
-struct FoldStream {
+/// The fold as a table: each scan plans its input afresh (a query may read
+/// the view more than once: the summary shape joins spans with their
+/// roots) under a [`FoldExec`].
+#[derive(Debug)]
+struct FoldTable {
+    /// The versions of the ids to fold (unsorted: [`FoldExec`] asks for its
+    /// order).
     input: DataFrame,
     project_id: String,
 }
 
-impl std::fmt::Debug for FoldStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FoldStream")
-            .field("project_id", &self.project_id)
-            .finish_non_exhaustive()
+#[async_trait::async_trait]
+impl TableProvider for FoldTable {
+    fn schema(&self) -> SchemaRef {
+        spans_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let input = state
+            .create_physical_plan(self.input.logical_plan())
+            .await?;
+        Ok(Arc::new(FoldExec::try_new(
+            input,
+            self.project_id.clone(),
+            projection.cloned(),
+        )?))
     }
 }
 
-impl PartitionStream for FoldStream {
-    fn schema(&self) -> &SchemaRef {
-        static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(spans_schema);
-        &SCHEMA
+/// Folds versions into resolved rows, partition by partition: it requires
+/// its input hash-partitioned by `id` and sorted by `(id, _xact_id, _seq)`
+/// within each partition, so the planner puts a repartition and a
+/// (spilling) sort under it and every core folds its share of the ids, and
+/// a distributed engine can shuffle by `id`. One batch out per batch in; a
+/// run of one id may span batches, never partitions.
+#[derive(Debug)]
+struct FoldExec {
+    input: Arc<dyn ExecutionPlan>,
+    project_id: String,
+    /// Output columns (indices into the spans schema); all when `None`.
+    projection: Option<Vec<usize>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl FoldExec {
+    fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        project_id: String,
+        projection: Option<Vec<usize>>,
+    ) -> datafusion::error::Result<Self> {
+        let schema = datafusion::common::project_schema(&spans_schema(), projection.as_ref())?;
+        let partitions = input.output_partitioning().partition_count();
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            datafusion::physical_plan::Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            input,
+            project_id,
+            projection,
+            properties: Arc::new(properties),
+        })
     }
 
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let input = self.input.clone();
-        let project_id = self.project_id.clone();
-        let folded = futures::stream::once(async move {
-            let versions = input.execute_stream().await?;
-            let state = FoldState {
-                versions,
-                pending: None,
-                project_id,
-                finished: false,
-            };
-            Ok::<_, DataFusionError>(futures::stream::unfold(state, |mut state| async move {
-                if state.finished {
-                    return None;
+    fn input_column(&self, name: &str) -> datafusion::error::Result<Arc<dyn PhysicalExpr>> {
+        Ok(Arc::new(Column::new_with_schema(
+            name,
+            &self.input.schema(),
+        )?))
+    }
+}
+
+impl DisplayAs for FoldExec {
+    fn fmt_as(
+        &self,
+        _format: DisplayFormatType,
+        f: &mut std::fmt::Formatter<'_>,
+    ) -> std::fmt::Result {
+        write!(f, "FoldExec: project={}", self.project_id)
+    }
+}
+
+impl ExecutionPlan for FoldExec {
+    fn name(&self) -> &'static str {
+        "FoldExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn input_distribution_requirements(&self) -> InputDistributionRequirements {
+        // A column the input lacks is a bug; no requirement then fails the
+        // fold loudly rather than folding an id in two partitions.
+        let by_id = self
+            .input_column("id")
+            .map_or(Distribution::SinglePartition, |id| {
+                Distribution::KeyPartitioned(vec![id])
+            });
+        InputDistributionRequirements::new(vec![by_id])
+    }
+
+    fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
+        let ascending = SortOptions {
+            descending: false,
+            nulls_first: false,
+        };
+        let keys: datafusion::error::Result<Vec<_>> = ["id", XACT_ID, SEQ]
+            .into_iter()
+            .map(|name| {
+                self.input_column(name)
+                    .map(|column| PhysicalSortRequirement::new(column, Some(ascending)))
+            })
+            .collect();
+        vec![
+            keys.ok()
+                .and_then(LexRequirement::new)
+                .map(OrderingRequirements::new),
+        ]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::error::Result<TreeNodeRecursion>,
+    ) -> datafusion::error::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(
+                "FoldExec takes one input".to_string(),
+            ));
+        }
+        Ok(Arc::new(Self::try_new(
+            children.swap_remove(0),
+            self.project_id.clone(),
+            self.projection.clone(),
+        )?))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> datafusion::error::Result<SendableRecordBatchStream> {
+        let versions = self.input.execute(partition, context)?;
+        let state = FoldState {
+            versions,
+            pending: None,
+            project_id: self.project_id.clone(),
+            finished: false,
+        };
+        let projection = self.projection.clone();
+        let folded = futures::stream::unfold(state, |mut state| async move {
+            if state.finished {
+                return None;
+            }
+            let out = match state.versions.next().await {
+                Some(Ok(batch)) => state.fold_batch(&batch),
+                Some(Err(e)) => {
+                    state.finished = true;
+                    Err(e)
                 }
-                let out = match state.versions.next().await {
-                    Some(Ok(batch)) => state.fold_batch(&batch),
-                    Some(Err(e)) => {
-                        state.finished = true;
-                        Err(e)
-                    }
-                    None => {
-                        state.finished = true;
-                        state.flush()
-                    }
-                };
-                Some((out, state))
-            }))
+                None => {
+                    state.finished = true;
+                    state.flush()
+                }
+            };
+            Some((out, state))
         })
-        .try_flatten();
-        Box::pin(RecordBatchStreamAdapter::new(spans_schema(), folded))
+        .map(move |batch| match &projection {
+            Some(columns) => batch.and_then(|b| Ok(b.project(columns)?)),
+            None => batch,
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            folded,
+        )))
     }
 }
 
