@@ -905,6 +905,85 @@ mod tests {
         out
     }
 
+    /// `id` and `input` of every resolved row, sorted by id, with the fold's
+    /// plan, in a session of `partitions` target partitions.
+    async fn folded_in(store: &Store, partitions: usize) -> (Vec<(String, String)>, String) {
+        let project = store.registry().unwrap().resolve("p").unwrap();
+        let ctx = crate::session::session(&crate::session::SessionOptions {
+            target_partitions: Some(partitions),
+            ..crate::session::SessionOptions::default()
+        })
+        .unwrap();
+        let view = store
+            .logs(&project)
+            .await
+            .unwrap()
+            .resolved_view(&ctx)
+            .await
+            .unwrap()
+            .select(vec![col("id"), col("input")])
+            .unwrap();
+        let plan = view.clone().create_physical_plan().await.unwrap();
+        let shown = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string();
+        let batches: Vec<RecordBatch> = view.collect().await.unwrap();
+        let mut rows = Vec::new();
+        for batch in &batches {
+            let batch = strings_as_utf8(batch).unwrap();
+            let ids = string_column(&batch, "id").unwrap();
+            let input = string_column(&batch, "input").unwrap();
+            for row in 0..batch.num_rows() {
+                rows.push((ids.value(row).to_string(), input.value(row).to_string()));
+            }
+        }
+        rows.sort();
+        (rows, shown)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_fold_runs_on_every_partition_by_id_with_the_same_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first: Vec<String> = (0..500)
+            .map(|i| format!(r#"{{"id":"s{i:03}","created":"2026-01-01T00:00:00Z","input":"v0"}}"#))
+            .collect();
+        let second: Vec<String> = (0..500)
+            .step_by(3)
+            .map(|i| format!(r#"{{"id":"s{i:03}","_is_merge":true,"input":"v1-{i}"}}"#))
+            .collect();
+        let third: Vec<String> = (0..500)
+            .step_by(7)
+            .map(|i| format!(r#"{{"id":"s{i:03}","_is_merge":true,"input":"v2-{i}"}}"#))
+            .collect();
+        for commit in [&first, &second, &third] {
+            let lines: Vec<&str> = commit.iter().map(String::as_str).collect();
+            ingest_lines(&store, &lines).await;
+        }
+        let (one, _) = folded_in(&store, 1).await;
+        let (four, plan) = folded_in(&store, 4).await;
+        assert!(
+            plan.contains("FoldExec") && plan.contains("RepartitionExec: partitioning=Hash([id@"),
+            "the fold is not partitioned by id:\n{plan}"
+        );
+        assert!(plan.contains("SortExec"), "{plan}");
+        assert_eq!(one.len(), 500);
+        assert_eq!(one, four, "the partitioned fold gives other rows");
+        let expected = |i: usize| {
+            if i % 7 == 0 {
+                format!("\"v2-{i}\"")
+            } else if i % 3 == 0 {
+                format!("\"v1-{i}\"")
+            } else {
+                "\"v0\"".to_string()
+            }
+        };
+        for (i, (id, input)) in four.iter().enumerate() {
+            assert_eq!(id, &format!("s{i:03}"));
+            assert_eq!(input, &expected(i), "{id}");
+        }
+    }
+
     #[tokio::test]
     async fn clean_rows_need_no_fold_and_versions_fold_across_commits() {
         let dir = tempfile::tempdir().unwrap();
