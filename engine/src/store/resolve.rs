@@ -970,9 +970,9 @@ mod tests {
         assert_eq!(one.len(), 500);
         assert_eq!(one, four, "the partitioned fold gives other rows");
         let expected = |i: usize| {
-            if i % 7 == 0 {
+            if i.is_multiple_of(7) {
                 format!("\"v2-{i}\"")
-            } else if i % 3 == 0 {
+            } else if i.is_multiple_of(3) {
                 format!("\"v1-{i}\"")
             } else {
                 "\"v0\"".to_string()
