@@ -218,8 +218,7 @@ impl DestinationPolicy {
                         "export_path `{path}`: local destinations are refused for exports created over the API; the operator can allow a prefix with `spanlake serve {ALLOW_EXPORT_TO_FLAG} {suggestion}`"
                     ),
                 });
-            } else if location.scheme == "gs" || AZURE_SCHEMES.contains(&location.scheme.as_str())
-            {
+            } else if location.scheme == "gs" || AZURE_SCHEMES.contains(&location.scheme.as_str()) {
                 refusals.push(Refusal {
                     rule: Rule::AmbientCredentials,
                     message: format!(
@@ -368,7 +367,12 @@ fn azure_implied_endpoints() -> Vec<(String, &'static str)> {
     let emulator = ["AZURE_STORAGE_USE_EMULATOR", "AZURE_USE_EMULATOR"]
         .iter()
         .filter_map(|v| env_value(v))
-        .any(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"));
+        .any(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes" | "on"
+            )
+        });
     if emulator {
         implied.push(azurite());
     }
@@ -501,11 +505,9 @@ fn location_of(text: &str) -> Result<Location, String> {
     // `abfs[s]://container@account.dfs.core.windows.net/…` names its
     // container before the `@`; no other user info is allowed.
     let container_at = matches!(scheme.as_str(), "abfs" | "abfss")
-        && authority
-            .split_once('@')
-            .is_some_and(|(container, host)| {
-                !container.is_empty() && !container.contains(':') && !host.contains('@')
-            });
+        && authority.split_once('@').is_some_and(|(container, host)| {
+            !container.is_empty() && !container.contains(':') && !host.contains('@')
+        });
     if authority.contains('@') && !container_at {
         return Err("user info (`user@` or keys) is not allowed in the URL".to_string());
     }
@@ -825,12 +827,17 @@ mod tests {
             "az://container/team-a",
             "abfss://container@acct.dfs.core.windows.net/team-a",
         ] {
-            let refused = none.check_export(&config(path, None, None)).await.unwrap_err();
+            let refused = none
+                .check_export(&config(path, None, None))
+                .await
+                .unwrap_err();
             assert_eq!(refused.refusals.len(), 1, "{refused}");
             assert_eq!(refused.refusals[0].rule, Rule::AmbientCredentials);
             assert!(
                 refused.to_string().contains("there is no role to assume")
-                    && refused.to_string().contains(&format!("--allow-export-to {path}/")),
+                    && refused
+                        .to_string()
+                        .contains(&format!("--allow-export-to {path}/")),
                 "{refused}"
             );
         }
@@ -847,7 +854,11 @@ mod tests {
             "az://container/team-a/spans",
             "abfss://container@acct.dfs.core.windows.net/team-a/spans",
         ] {
-            assert_eq!(rules(&allowing, &config(path, None, None)).await, [], "{path}");
+            assert_eq!(
+                rules(&allowing, &config(path, None, None)).await,
+                [],
+                "{path}"
+            );
         }
         for path in [
             "gs://bucket/team-ab",
@@ -865,7 +876,11 @@ mod tests {
         assert_eq!(
             rules(
                 &allowing,
-                &config("abfss://container:KEY@acct.dfs.core.windows.net/team-a", None, None)
+                &config(
+                    "abfss://container:KEY@acct.dfs.core.windows.net/team-a",
+                    None,
+                    None
+                )
             )
             .await,
             [Rule::Malformed]

@@ -81,7 +81,11 @@ fn likely_fix(backend: Backend, error: &object_store::Error) -> &'static str {
             "check the container name in the export path; the container must exist in the storage account"
         }
         Backend::Azure
+            // A bad signature: `AuthenticationFailed` from Azure,
+            // `AuthorizationFailure` from Azurite, both "Server failed to
+            // authenticate the request".
             if matches!(code.as_str(), "AuthenticationFailed" | "InvalidAuthenticationInfo")
+                || text.contains("failed to authenticate")
                 || status == Some(401) =>
         {
             "the credentials were refused: check the account key (`AZURE_STORAGE_ACCOUNT_KEY`), the SAS token (`AZURE_STORAGE_SAS_KEY`) or the connection string (`AZURE_STORAGE_CONNECTION_STRING`), and that it is the key of the account in the URL"

@@ -195,8 +195,9 @@ pub fn target_from_url(url: &str, options: &TargetOptions) -> Result<ExportTarge
             if !options.ignore_env
                 && let Some(text) = env_text(AZURE_CONNECTION_STRING_VARIABLE)
             {
-                builder = with_connection_string(builder, &text)
-                    .map_err(|reason| invalid(format!("`{AZURE_CONNECTION_STRING_VARIABLE}`: {reason}")))?;
+                builder = with_connection_string(builder, &text).map_err(|reason| {
+                    invalid(format!("`{AZURE_CONNECTION_STRING_VARIABLE}`: {reason}"))
+                })?;
             }
             builder = builder
                 .with_url(parsed.as_str())
@@ -294,7 +295,10 @@ impl std::fmt::Debug for AzureConnectionString {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AzureConnectionString")
             .field("account_name", &self.account_name)
-            .field("account_key", &self.account_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "account_key",
+                &self.account_key.as_ref().map(|_| "<redacted>"),
+            )
             .field(
                 "shared_access_signature",
                 &self.shared_access_signature.as_ref().map(|_| "<redacted>"),
@@ -520,10 +524,15 @@ mod tests {
             "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;SharedAccessSignature=sv=2025&sig=SIG",
         )
         .unwrap();
-        assert_eq!(parsed.shared_access_signature.as_deref(), Some("sv=2025&sig=SIG"));
-        assert!(AzureConnectionString::parse("UseDevelopmentStorage=true")
-            .unwrap()
-            .use_development_storage);
+        assert_eq!(
+            parsed.shared_access_signature.as_deref(),
+            Some("sv=2025&sig=SIG")
+        );
+        assert!(
+            AzureConnectionString::parse("UseDevelopmentStorage=true")
+                .unwrap()
+                .use_development_storage
+        );
         for bad in ["AccountName=acct", "AccountKey=K3Y", "garbage"] {
             let err = AzureConnectionString::parse(bad).unwrap_err();
             assert!(!err.contains("K3Y") && !err.contains("acct"), "{err}");
