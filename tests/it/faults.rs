@@ -51,7 +51,7 @@ fn s3_endpoint() -> Option<String> {
     }
 }
 
-fn host_port(endpoint: &str) -> String {
+pub(super) fn host_port(endpoint: &str) -> String {
     endpoint.trim_start_matches("http://").to_owned()
 }
 
@@ -59,7 +59,7 @@ fn host_port(endpoint: &str) -> String {
 
 /// What the proxy does to one request instead of forwarding it faithfully.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Fault {
+pub(super) enum Fault {
     /// `503 Slow Down`, not forwarded.
     SlowDown,
     /// `500 Internal Error`, not forwarded.
@@ -77,7 +77,7 @@ enum Fault {
 /// How the proxy treats requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-enum Mode {
+pub(super) enum Mode {
     /// Forward everything.
     Pass = 0,
     /// A seeded ~10% of requests get a [`Fault`].
@@ -88,10 +88,10 @@ enum Mode {
 
 /// One request seen by the proxy.
 #[derive(Debug, Clone)]
-struct Seen {
-    method: String,
+pub(super) struct Seen {
+    pub(super) method: String,
     target: String,
-    fault: Option<Fault>,
+    pub(super) fault: Option<Fault>,
 }
 
 #[derive(Debug)]
@@ -167,7 +167,7 @@ fn splitmix64(state: &mut u64) -> u64 {
 
 /// The proxy: listens on 127.0.0.1:`port`; its threads stop when it drops.
 #[derive(Debug)]
-struct FaultProxy {
+pub(super) struct FaultProxy {
     port: u16,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
@@ -175,7 +175,13 @@ struct FaultProxy {
 }
 
 impl FaultProxy {
-    fn start(upstream: &str, seed: u64, mode: Mode, per_mille: u64, severe_budget: usize) -> Self {
+    pub(super) fn start(
+        upstream: &str,
+        seed: u64,
+        mode: Mode,
+        per_mille: u64,
+        severe_budget: usize,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
@@ -217,17 +223,17 @@ impl FaultProxy {
         }
     }
 
-    fn endpoint(&self) -> String {
+    pub(super) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn set_mode(&self, mode: Mode) {
+    pub(super) fn set_mode(&self, mode: Mode) {
         self.shared.down_after.store(usize::MAX, Ordering::SeqCst);
         self.shared.mode.store(mode as u8, Ordering::SeqCst);
     }
 
     /// Forward `requests` more requests, then answer 503 to everything.
-    fn go_down_after(&self, requests: usize) {
+    pub(super) fn go_down_after(&self, requests: usize) {
         self.set_mode(Mode::Pass);
         self.shared.down_after.store(requests, Ordering::SeqCst);
     }
@@ -237,7 +243,7 @@ impl FaultProxy {
         self.shared.write_burst.store(writes, Ordering::SeqCst);
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(super) fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
     }
 
@@ -251,7 +257,7 @@ impl FaultProxy {
     }
 
     /// Stop accepting, end every connection thread, wait for all of them.
-    fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();

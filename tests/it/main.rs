@@ -11,12 +11,14 @@
 //! - `server`: the HTTP API, with the unmodified Braintrust SDK;
 //! - `tenants`: two orgs' keys on every route of the HTTP API;
 //! - `destinations`: where exports created over the API may write;
+//! - `clouds`: exports to GCS and Azure Blob Storage, against their emulators;
 //! - `bounds`: memory and time per request of the HTTP API;
 //! - `limits`: bounded work per query over HTTP (deep and adversarial queries);
 //! - `http`: the harness of HTTP tests (a `spanlake serve` process).
 
 mod bounds;
 mod cli;
+mod clouds;
 mod compact;
 mod console;
 mod destinations;

@@ -12,10 +12,11 @@
 //!    ├─ under an --allow-export-to prefix (path-segment match) ──────────────► ok
 //!    ├─ local (file://, bare path) ──────────────────────────────────────────► refused
 //!    └─ s3:// with role_arn (STS AssumeRole, external id spanlake:<org>:…) ──► ok
-//!       anything else (ambient credentials of the server) ───────────────────► refused
+//!       anything else (ambient credentials of the server; gs:// and the
+//!       Azure schemes always, having no role to assume) ──────────────────► refused
 //!    endpoint (the export's own)     must be an --allow-endpoint (exact scheme, host, port)
-//!    S3 endpoints of the environment and the STS endpoint, unless allowed:
-//!       https only; host (and every address it resolves to) public
+//!    S3, GCS and Azure endpoints of the environment and the STS endpoint,
+//!    unless allowed: https only; host (and every address it resolves to) public
 //! ```
 //!
 //! A refusal makes no request to the refused host and writes nothing; its
@@ -45,6 +46,17 @@ pub const ALLOW_ENDPOINT_FLAG: &str = "--allow-endpoint";
 /// (object_store's `AmazonS3Builder::from_env`).
 const S3_ENDPOINT_VARIABLES: [&str; 3] =
     ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"];
+
+/// Environment variables whose GCS base URL the server's `gs://` stores use
+/// (object_store's `GoogleCloudStorageBuilder::from_env`).
+const GCS_ENDPOINT_VARIABLES: [&str; 1] = ["GOOGLE_BASE_URL"];
+
+/// Environment variables whose Azure account URL the server's Azure stores
+/// use (object_store's `MicrosoftAzureBuilder::from_env`).
+const AZURE_ENDPOINT_VARIABLES: [&str; 2] = ["AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"];
+
+/// The schemes of Azure Blob Storage destinations.
+const AZURE_SCHEMES: [&str; 5] = ["az", "abfs", "abfss", "azure", "adl"];
 
 /// How long a host name may take to resolve during a check.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -206,6 +218,13 @@ impl DestinationPolicy {
                         "export_path `{path}`: local destinations are refused for exports created over the API; the operator can allow a prefix with `spanlake serve {ALLOW_EXPORT_TO_FLAG} {suggestion}`"
                     ),
                 });
+            } else if location.scheme == "gs" || AZURE_SCHEMES.contains(&location.scheme.as_str()) {
+                refusals.push(Refusal {
+                    rule: Rule::AmbientCredentials,
+                    message: format!(
+                        "export_path `{path}`: Google Cloud Storage and Azure exports write with the server's own credentials (there is no role to assume), which only destinations under a prefix the operator allows may use; the operator can allow the prefix with `spanlake serve {ALLOW_EXPORT_TO_FLAG} {suggestion}`"
+                    ),
+                });
             } else if !with_role {
                 let how = if location.scheme == "s3" {
                     "set `role_arn` to a role whose trust policy requires the external id `spanlake:<org_id>:*` of your org"
@@ -255,14 +274,22 @@ impl DestinationPolicy {
         // Endpoints the export would reach that the user did not choose:
         // the environment's S3 endpoint and the STS endpoint.
         let mut implied: Vec<(String, &'static str)> = Vec::new();
-        if remote
-            && config.endpoint.is_none()
-            && location.as_ref().is_some_and(|l| l.scheme == "s3")
-        {
-            for variable in S3_ENDPOINT_VARIABLES {
-                if let Some(value) = env_value(variable) {
-                    implied.push((value, variable));
+        let scheme = location.as_ref().map_or("", |l| l.scheme.as_str());
+        if remote && config.endpoint.is_none() {
+            if scheme == "s3" {
+                for variable in S3_ENDPOINT_VARIABLES {
+                    if let Some(value) = env_value(variable) {
+                        implied.push((value, variable));
+                    }
                 }
+            } else if scheme == "gs" {
+                for variable in GCS_ENDPOINT_VARIABLES {
+                    if let Some(value) = env_value(variable) {
+                        implied.push((value, variable));
+                    }
+                }
+            } else if AZURE_SCHEMES.contains(&scheme) {
+                implied.extend(azure_implied_endpoints());
             }
         }
         if with_role {
@@ -322,6 +349,55 @@ impl DestinationPolicy {
             ),
         })
     }
+}
+
+/// The Azure endpoints the server's stores would contact by the
+/// environment: the emulator's (`AZURE_STORAGE_USE_EMULATOR`, or
+/// `UseDevelopmentStorage` in the connection string), the account URL
+/// variables, and a connection string's `BlobEndpoint`.
+fn azure_implied_endpoints() -> Vec<(String, &'static str)> {
+    const AZURITE_URL: &str = "AZURITE_BLOB_STORAGE_URL";
+    let azurite = || {
+        (
+            env_value(AZURITE_URL).unwrap_or_else(|| "http://127.0.0.1:10000".to_string()),
+            AZURITE_URL,
+        )
+    };
+    let mut implied = Vec::new();
+    let emulator = ["AZURE_STORAGE_USE_EMULATOR", "AZURE_USE_EMULATOR"]
+        .iter()
+        .filter_map(|v| env_value(v))
+        .any(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes" | "on"
+            )
+        });
+    if emulator {
+        implied.push(azurite());
+    }
+    for variable in AZURE_ENDPOINT_VARIABLES {
+        if let Some(value) = env_value(variable) {
+            implied.push((value, variable));
+        }
+    }
+    let variable = crate::sink::AZURE_CONNECTION_STRING_VARIABLE;
+    if let Some(text) = env_value(variable)
+        && let Ok(parsed) = crate::sink::AzureConnectionString::parse(&text)
+    {
+        if parsed.use_development_storage {
+            implied.push(azurite());
+        }
+        if let Some(endpoint) = parsed.blob_endpoint {
+            // An account URL has a path (the emulator's account): the
+            // endpoint is its scheme, host and port.
+            let origin = Url::parse(&endpoint)
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or(endpoint);
+            implied.push((origin, "the connection string's `BlobEndpoint`"));
+        }
+    }
+    implied
 }
 
 fn env_value(name: &str) -> Option<String> {
@@ -426,7 +502,13 @@ fn location_of(text: &str) -> Result<Location, String> {
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, ""),
     };
-    if authority.contains('@') {
+    // `abfs[s]://container@account.dfs.core.windows.net/…` names its
+    // container before the `@`; no other user info is allowed.
+    let container_at = matches!(scheme.as_str(), "abfs" | "abfss")
+        && authority.split_once('@').is_some_and(|(container, host)| {
+            !container.is_empty() && !container.contains(':') && !host.contains('@')
+        });
+    if authority.contains('@') && !container_at {
         return Err("user info (`user@` or keys) is not allowed in the URL".to_string());
     }
     if path.contains(['?', '#']) {
@@ -735,6 +817,92 @@ mod tests {
         assert_eq!(literal_class("localhost"), Some("a loopback"));
         assert_eq!(literal_class("[::1]"), Some("a loopback"));
         assert_eq!(literal_class("s3.amazonaws.com"), None);
+    }
+
+    #[tokio::test]
+    async fn cloud_destinations_need_an_allowed_prefix() {
+        let none = DestinationPolicy::default();
+        for path in [
+            "gs://bucket/team-a",
+            "az://container/team-a",
+            "abfss://container@acct.dfs.core.windows.net/team-a",
+        ] {
+            let refused = none
+                .check_export(&config(path, None, None))
+                .await
+                .unwrap_err();
+            assert_eq!(refused.refusals.len(), 1, "{refused}");
+            assert_eq!(refused.refusals[0].rule, Rule::AmbientCredentials);
+            assert!(
+                refused.to_string().contains("there is no role to assume")
+                    && refused
+                        .to_string()
+                        .contains(&format!("--allow-export-to {path}/")),
+                "{refused}"
+            );
+        }
+        let allowing = policy(
+            &[
+                "gs://bucket/team-a/",
+                "az://container/team-a/",
+                "abfss://container@acct.dfs.core.windows.net/team-a/",
+            ],
+            &[],
+        );
+        for path in [
+            "gs://bucket/team-a/spans",
+            "az://container/team-a/spans",
+            "abfss://container@acct.dfs.core.windows.net/team-a/spans",
+        ] {
+            assert_eq!(
+                rules(&allowing, &config(path, None, None)).await,
+                [],
+                "{path}"
+            );
+        }
+        for path in [
+            "gs://bucket/team-ab",
+            "gs://other/team-a",
+            "az://container2/team-a",
+            "abfss://other@acct.dfs.core.windows.net/team-a",
+        ] {
+            assert_eq!(
+                rules(&allowing, &config(path, None, None)).await,
+                [Rule::AmbientCredentials],
+                "{path}"
+            );
+        }
+        // A key in the user info is refused, whatever the scheme.
+        assert_eq!(
+            rules(
+                &allowing,
+                &config(
+                    "abfss://container:KEY@acct.dfs.core.windows.net/team-a",
+                    None,
+                    None
+                )
+            )
+            .await,
+            [Rule::Malformed]
+        );
+        // The export's own endpoint is checked as for S3.
+        assert_eq!(
+            rules(
+                &allowing,
+                &config("gs://bucket/team-a/x", None, Some("http://127.0.0.1:4443"))
+            )
+            .await,
+            [Rule::NonPublicAddress]
+        );
+        let with_endpoint = policy(&["gs://bucket/team-a/"], &["http://127.0.0.1:4443"]);
+        assert_eq!(
+            rules(
+                &with_endpoint,
+                &config("gs://bucket/team-a/x", None, Some("http://127.0.0.1:4443"))
+            )
+            .await,
+            []
+        );
     }
 
     #[tokio::test]

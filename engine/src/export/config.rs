@@ -30,7 +30,9 @@ pub struct RawExportConfig {
     /// The BTQL of a `query` export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub btql: Option<String>,
-    /// Destination URL: `s3://bucket/prefix`, `file:///abs/path`.
+    /// Destination URL: `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix` (or `abfss://container@account…/prefix`),
+    /// `file:///abs/path`.
     pub export_path: String,
     /// `parquet` (default) or `jsonl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,7 +63,9 @@ pub struct RawExportConfig {
     /// IAM role to assume with the external id of the automation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
-    /// Endpoint of an S3-compatible server.
+    /// Endpoint of an S3-compatible server; for `gs://`, the GCS API's base
+    /// URL; for Azure, the account URL (an emulator's, e.g.
+    /// `http://127.0.0.1:10000/devstoreaccount1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
 }
@@ -85,7 +89,7 @@ pub struct ExportConfig {
     pub trace_idle: Duration,
     /// Role to assume.
     pub role_arn: Option<String>,
-    /// S3-compatible endpoint.
+    /// The endpoint override (S3, GCS base URL or Azure account URL).
     pub endpoint: Option<String>,
 }
 

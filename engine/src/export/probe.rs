@@ -25,16 +25,103 @@ pub struct TestStep {
     pub message: String,
 }
 
-fn likely_fix(error: &object_store::Error) -> &'static str {
-    let text = error.to_string();
-    if text.contains("NoSuchBucket") || text.contains("does not exist") {
-        "check the bucket name in the export path; the bucket must exist"
-    } else if text.contains("AccessDenied") || text.contains("403") || text.contains("Forbidden") {
-        "the credentials lack permission: allow s3:PutObject, s3:GetObject and s3:DeleteObject on the prefix (and check the role's trust policy and external id)"
-    } else if text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") {
-        "the access key is unknown or the secret is wrong"
-    } else {
-        "check the endpoint, the network and the credentials"
+/// The cloud an export path is on, for the likely fix of a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    S3,
+    Gcs,
+    Azure,
+    Other,
+}
+
+/// The backend of `export_path` and the bucket or container it names
+/// (`abfss://container@account…` names it before the `@`).
+fn destination_of(export_path: &str) -> (Backend, Option<String>) {
+    let Ok(url) = url::Url::parse(export_path) else {
+        return (Backend::Other, None);
+    };
+    let host = url.host_str().filter(|h| !h.is_empty()).map(str::to_owned);
+    match url.scheme() {
+        "s3" | "s3a" => (Backend::S3, host),
+        "gs" => (Backend::Gcs, host),
+        "az" | "abfs" | "abfss" | "azure" | "adl" => {
+            let container = if url.username().is_empty() {
+                host
+            } else {
+                Some(url.username().to_owned())
+            };
+            (Backend::Azure, container)
+        }
+        _ => (Backend::Other, None),
+    }
+}
+
+/// What to check after a failed probe request, from the destination's
+/// status and error code (its reply is read here, never shown).
+fn likely_fix(backend: Backend, error: &object_store::Error) -> &'static str {
+    use crate::sink::summary::{answered_status, aws_error_code};
+    let text = crate::error::error_chain(error);
+    let code = aws_error_code(&text).unwrap_or_default();
+    let status = answered_status(error);
+    let missing_place = matches!(
+        code.as_str(),
+        "NoSuchBucket" | "ContainerNotFound" | "ContainerBeingDeleted"
+    ) || text.contains("does not exist");
+    match backend {
+        Backend::Gcs if missing_place => {
+            "check the bucket name in the export path; the bucket must exist"
+        }
+        Backend::Gcs if status == Some(401) || matches!(error, object_store::Error::Unauthenticated { .. }) => {
+            "the credentials were refused: check the service-account key (`GOOGLE_SERVICE_ACCOUNT` file or `GOOGLE_SERVICE_ACCOUNT_KEY`) or the application default credentials (`GOOGLE_APPLICATION_CREDENTIALS`)"
+        }
+        Backend::Gcs if status == Some(403) => {
+            "the service account lacks permission: grant it storage.objects.create, get and delete on the bucket (e.g. `roles/storage.objectUser`)"
+        }
+        Backend::Azure if missing_place => {
+            "check the container name in the export path; the container must exist in the storage account"
+        }
+        Backend::Azure
+            // A bad signature: `AuthenticationFailed` from Azure,
+            // `AuthorizationFailure` from Azurite, both "Server failed to
+            // authenticate the request".
+            if matches!(code.as_str(), "AuthenticationFailed" | "InvalidAuthenticationInfo")
+                || text.contains("failed to authenticate")
+                || status == Some(401) =>
+        {
+            "the credentials were refused: check the account key (`AZURE_STORAGE_ACCOUNT_KEY`), the SAS token (`AZURE_STORAGE_SAS_KEY`) or the connection string (`AZURE_STORAGE_CONNECTION_STRING`), and that it is the key of the account in the URL"
+        }
+        Backend::Azure if status == Some(403) => {
+            "the credentials lack permission: a SAS token needs the write, read and delete permissions on the container; a role needs `Storage Blob Data Contributor`"
+        }
+        Backend::Azure | Backend::Gcs => "check the endpoint, the network and the credentials",
+        Backend::S3 | Backend::Other => {
+            if text.contains("NoSuchBucket") || text.contains("does not exist") {
+                "check the bucket name in the export path; the bucket must exist"
+            } else if text.contains("AccessDenied")
+                || text.contains("403")
+                || text.contains("Forbidden")
+            {
+                "the credentials lack permission: allow s3:PutObject, s3:GetObject and s3:DeleteObject on the prefix (and check the role's trust policy and external id)"
+            } else if text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") {
+                "the access key is unknown or the secret is wrong"
+            } else {
+                "check the endpoint, the network and the credentials"
+            }
+        }
+    }
+}
+
+/// The likely fix when the store cannot even be built (a credential that
+/// does not parse, an unknown URL form): nothing was sent yet.
+fn connect_fix(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Gcs => {
+            "check the service-account key (`GOOGLE_SERVICE_ACCOUNT` names a key file, `GOOGLE_SERVICE_ACCOUNT_KEY` holds one) or `GOOGLE_APPLICATION_CREDENTIALS`: it must be a JSON key of a service account"
+        }
+        Backend::Azure => {
+            "check the account (`AZURE_STORAGE_ACCOUNT_NAME`) and its key, SAS token or connection string (`AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_SAS_KEY`, `AZURE_STORAGE_CONNECTION_STRING`)"
+        }
+        Backend::S3 | Backend::Other => "check the export path and the credentials",
     }
 }
 
@@ -87,6 +174,12 @@ pub async fn test_export_target(config: &ExportConfig, external_id: Option<&str>
             }
         }
     }
+    let (backend, place) = destination_of(&config.export_path);
+    let place = match (backend, place) {
+        (Backend::Azure, Some(name)) => format!(" in container `{name}`"),
+        (Backend::S3 | Backend::Gcs, Some(name)) => format!(" in bucket `{name}`"),
+        _ => String::new(),
+    };
     let target = match target_with_credentials(config, credentials) {
         Ok(target) => {
             steps.push(TestStep {
@@ -100,7 +193,7 @@ pub async fn test_export_target(config: &ExportConfig, external_id: Option<&str>
             steps.push(TestStep {
                 step: "connect",
                 ok: false,
-                message: e.to_string(),
+                message: format!("{e}; {}", connect_fix(backend)),
             });
             return steps;
         }
@@ -116,9 +209,9 @@ pub async fn test_export_target(config: &ExportConfig, external_id: Option<&str>
         step,
         ok: false,
         message: format!(
-            "{step} `{key}` failed: {}; {}",
+            "{step} `{key}`{place} failed: {}; {}",
             crate::sink::summary::store_error_summary(e),
-            likely_fix(e)
+            likely_fix(backend, e)
         ),
     };
     if let Err(e) = target.store.put(&key, PutPayload::from(body.clone())).await {
@@ -128,7 +221,7 @@ pub async fn test_export_target(config: &ExportConfig, external_id: Option<&str>
     steps.push(TestStep {
         step: "write",
         ok: true,
-        message: format!("wrote `{key}` ({} bytes)", body.len()),
+        message: format!("wrote `{key}`{place} ({} bytes)", body.len()),
     });
     match target.store.get(&key).await {
         Ok(found) => match found.bytes().await {

@@ -71,7 +71,10 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{Format, ParquetCompression, Partitioning, RawSinkConfig, SinkConfig};
 pub use error::{SinkError, WriteStreamError};
-pub use objstore::{ExportTarget, TargetOptions, target_from_url};
+pub use objstore::{
+    AZURE_CONNECTION_STRING_VARIABLE, AzureConnectionString, ExportTarget, TargetOptions,
+    target_from_url,
+};
 pub use partition::NULL_PARTITION;
 
 use self::jsonl::JsonlFile;
