@@ -282,10 +282,9 @@ async fn plan_and_run(
 }
 
 /// `frame`'s rows in `partitions` streams (one, for a result with an order
-/// or when asked for one). The physical plan's own partitions are kept when
-/// there are that many; otherwise its batches are dealt round-robin, so that
-/// the readers of the streams work in parallel even over an operator of one
-/// partition.
+/// or when asked for one): the plan's batches dealt round-robin, so that the
+/// readers of the streams share the work evenly, whatever the partitions of
+/// the plan.
 async fn execute_in(
     frame: datafusion::dataframe::DataFrame,
     partitions: usize,
@@ -299,17 +298,15 @@ async fn execute_in(
     if plan.output_ordering().is_some() {
         return Ok(vec![datafusion::physical_plan::execute_stream(plan, task)?]);
     }
-    let plan: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() == partitions
-    {
-        plan
-    } else {
-        Arc::new(
-            datafusion::physical_plan::repartition::RepartitionExec::try_new(
-                plan,
-                Partitioning::RoundRobinBatch(partitions),
-            )?,
-        )
-    };
+    // Always dealt round-robin, even when the plan has that many partitions
+    // already: those are often uneven (a union of the fold's partitions
+    // and the clean rows' scan partitions, some of them empty).
+    let plan: Arc<dyn ExecutionPlan> = Arc::new(
+        datafusion::physical_plan::repartition::RepartitionExec::try_new(
+            plan,
+            Partitioning::RoundRobinBatch(partitions),
+        )?,
+    );
     Ok(datafusion::physical_plan::execute_stream_partitioned(
         plan, task,
     )?)
