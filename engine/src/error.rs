@@ -63,6 +63,16 @@ pub enum Error {
         /// [`crate::sink::summary::is_transient`]).
         retryable: bool,
     },
+    /// The credentials of a destination could not be had (an STS
+    /// AssumeRole refused or unanswered): the role, the answer summarised
+    /// and the likely fix, never a secret.
+    #[error("{message}")]
+    Credentials {
+        message: String,
+        /// Whether it may succeed when retried unchanged (STS unreachable,
+        /// a 5xx or 429; not a refusal).
+        retryable: bool,
+    },
     /// Another process holds the write lock of a project's store.
     #[error("the store of project `{project}` is locked by another writer ({path})")]
     Locked {
@@ -110,7 +120,9 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Locked { .. } => true,
-            Self::Destination { retryable, .. } | Self::Sink { retryable, .. } => *retryable,
+            Self::Destination { retryable, .. }
+            | Self::Sink { retryable, .. }
+            | Self::Credentials { retryable, .. } => *retryable,
             Self::LeaseHeld { .. } => true,
             Self::Io { source, .. } => matches!(
                 source.kind(),

@@ -157,9 +157,10 @@ impl From<&Error> for ApiError {
                 Self::new(StatusCode::CONFLICT, "conflict", error.to_string())
             }
             Error::InvalidArgument(message) => Self::bad_request(message.clone()),
-            Error::Destination { .. } | Error::Sink { .. } | Error::LeaseHeld { .. } => {
-                Self::bad_request(error.to_string())
-            }
+            Error::Destination { .. }
+            | Error::Sink { .. }
+            | Error::Credentials { .. }
+            | Error::LeaseHeld { .. } => Self::bad_request(error.to_string()),
             Error::Locked { .. } => Self::busy(format!("{error}; retry shortly"), 1),
             Error::State(_) if error.is_busy() => Self::busy(
                 "the state database is busy (another process holds its write lock); retry shortly",

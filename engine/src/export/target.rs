@@ -36,7 +36,10 @@ pub(super) async fn export_target_assumed(
             provider
                 .credential()
                 .await
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                .map_err(|e| Error::Credentials {
+                    message: e.to_string(),
+                    retryable: e.is_transient(),
+                })?;
             Some(provider as AwsCredentialProvider)
         }
         None => None,

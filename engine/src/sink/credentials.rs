@@ -125,6 +125,17 @@ impl AssumeRoleError {
         &self.kind
     }
 
+    /// Whether asking again unchanged may succeed: STS was not reached, or
+    /// answered 5xx or 429. A refusal (wrong trust policy, external id,
+    /// permissions) or missing base credentials will not change by itself.
+    pub fn is_transient(&self) -> bool {
+        match &self.kind {
+            AssumeRoleErrorKind::Transport { .. } => true,
+            AssumeRoleErrorKind::Rejected { status, .. } => *status >= 500 || *status == 429,
+            AssumeRoleErrorKind::BaseCredentials(_) | AssumeRoleErrorKind::BadReply(_) => false,
+        }
+    }
+
     /// The HTTP status of an STS rejection.
     pub fn status(&self) -> Option<u16> {
         match &self.kind {
@@ -667,6 +678,42 @@ mod tests {
             "{error}"
         );
         assert!(!error.to_string().contains("SECRET"));
+    }
+
+    #[tokio::test]
+    async fn only_an_unreachable_or_failing_sts_is_worth_retrying() {
+        let provider = AssumeRoleProvider::new(AssumeRoleOptions {
+            role_arn: "arn:aws:iam::1:role/r".into(),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            base: Some(Arc::new(object_store::StaticCredentialProvider::new(
+                AwsCredential {
+                    key_id: "AKID".into(),
+                    secret_key: "SECRETSECRET".into(),
+                    token: None,
+                },
+            ))),
+            ignore_env: true,
+            ..AssumeRoleOptions::default()
+        })
+        .unwrap();
+        let unreachable = provider.credential().await.unwrap_err();
+        assert!(unreachable.is_transient(), "{unreachable}");
+        let rejected = |status: u16, code: &str| {
+            provider.error(AssumeRoleErrorKind::Rejected {
+                status,
+                code: code.into(),
+                message: String::new(),
+            })
+        };
+        assert!(!rejected(403, "AccessDenied").is_transient());
+        assert!(!rejected(400, "ValidationError").is_transient());
+        assert!(rejected(503, "ServiceUnavailable").is_transient());
+        assert!(rejected(429, "Throttling").is_transient());
+        assert!(
+            !provider
+                .error(AssumeRoleErrorKind::BaseCredentials("none".into()))
+                .is_transient()
+        );
     }
 
     /// A fake STS: answers every request with credentials that expire after
