@@ -472,26 +472,7 @@ fn console_names_the_failing_step_of_a_wrong_role_and_why() {
         "--allow-endpoint",
         &endpoint,
     ]);
-    for name in [
-        "AWS_ENDPOINT",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_STS",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-        "AWS_ROLE_ARN",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    ] {
-        command.env_remove(name);
-    }
-    command
-        .env("AWS_ACCESS_KEY_ID", &caller.0)
-        .env("AWS_SECRET_ACCESS_KEY", &caller.1)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
+    crate::roles::with_only_keys(&mut command, &caller);
     let server = Server::start_command(command);
     let out = screenshots(&spanlake, "wrong-role");
     scenario(

@@ -177,9 +177,9 @@ pub(crate) fn allow(actions: &[&str], resources: &[String]) -> serde_json::Value
     })
 }
 
-/// `spanlake <args>` with exactly these AWS keys in the environment.
-fn run_as(spanlake: &Spanlake, keys: &(String, String), args: &[&str]) -> Run {
-    let mut command = spanlake.command(args);
+/// `command` with exactly these AWS keys in its environment: no endpoint,
+/// session, profile, role or metadata lookup inherited.
+pub(crate) fn with_only_keys(command: &mut Command, keys: &(String, String)) {
     for name in [
         "AWS_ENDPOINT",
         "AWS_ENDPOINT_URL",
@@ -201,6 +201,12 @@ fn run_as(spanlake: &Spanlake, keys: &(String, String), args: &[&str]) -> Run {
         .env("AWS_ALLOW_HTTP", "true")
         // No instance metadata lookups on a machine without it.
         .env("AWS_EC2_METADATA_DISABLED", "true");
+}
+
+/// `spanlake <args>` with exactly these AWS keys in the environment.
+fn run_as(spanlake: &Spanlake, keys: &(String, String), args: &[&str]) -> Run {
+    let mut command = spanlake.command(args);
+    with_only_keys(&mut command, keys);
     let output = command.output().expect("run the spanlake binary");
     Run {
         code: output.status.code().unwrap_or(-1),

@@ -329,8 +329,7 @@ pub(super) async fn write_run(
             )
         }
     };
-    let partitions = ctx.copied_config().target_partitions();
-    let result = run_query_over_view(&ctx, &query, rows, &options, store.clock(), partitions)
+    let result = run_query_over_view(&ctx, &query, rows, &options, store.clock())
         .await
         .map_err(failed)?;
     let json_columns: Vec<String> = result
@@ -374,10 +373,7 @@ pub async fn export_query(
     let local = LocalFolder::of(&config.export_path, store.fsync());
     let run_id = uuid::Uuid::now_v7().to_string();
     let started = store.clock().now_rfc3339();
-    let partitions = crate::query::session(options)?
-        .copied_config()
-        .target_partitions();
-    let result = crate::query::run_query_in_parts(store, text, options, partitions).await?;
+    let result = crate::query::run_query_in_parts(store, text, options).await?;
     let json_columns: Vec<String> = result
         .columns
         .iter()

@@ -162,20 +162,19 @@ pub async fn run_parsed_query(
     query: spanlake_dsl::ast::Query,
     options: &QueryOptions,
 ) -> Result<QueryStream> {
-    Ok(plan_and_run(store, query, options, 1).await?.0)
+    Ok(plan_and_run(store, query, options, false).await?.0)
 }
 
-/// Plan and start `text` against `store` with its rows in up to
-/// `partitions` streams (see [`QueryParts`]; a paged query, a pivot or a
-/// sorted result is one stream).
+/// Plan and start `text` against `store` with its rows in as many streams
+/// as its session has target partitions (see [`QueryParts`]; a paged query,
+/// a pivot or a sorted result is one stream).
 pub async fn run_query_in_parts(
     store: &Store,
     text: &str,
     options: &QueryOptions,
-    partitions: usize,
 ) -> Result<QueryParts> {
     let query = spanlake_dsl::parse_any(text)?;
-    let (first, rest) = plan_and_run(store, query, options, partitions).await?;
+    let (first, rest) = plan_and_run(store, query, options, true).await?;
     let mut streams = vec![first.stream];
     streams.extend(rest);
     Ok(QueryParts {
@@ -184,15 +183,16 @@ pub async fn run_query_in_parts(
     })
 }
 
-/// The query's first stream as a [`QueryStream`] (with its page), and the
-/// streams of its other partitions.
+/// The query's first stream as a [`QueryStream`] (with its page), and, when
+/// `split`, the streams of its other partitions.
 async fn plan_and_run(
     store: &Store,
     mut query: spanlake_dsl::ast::Query,
     options: &QueryOptions,
-    partitions: usize,
+    split: bool,
 ) -> Result<(QueryStream, Vec<SendableRecordBatchStream>)> {
     let ctx = session(options)?;
+    let partitions = if split { target_partitions(&ctx) } else { 1 };
     let paging = paging_of(&mut query, options.page.as_ref())?;
     let fingerprint = query_fingerprint(
         &query,
@@ -285,6 +285,10 @@ async fn plan_and_run(
 /// or when asked for one): the plan's batches dealt round-robin, so that the
 /// readers of the streams share the work evenly, whatever the partitions of
 /// the plan.
+fn target_partitions(ctx: &SessionContext) -> usize {
+    ctx.state().config().target_partitions()
+}
+
 async fn execute_in(
     frame: datafusion::dataframe::DataFrame,
     partitions: usize,
@@ -376,15 +380,14 @@ fn in_total_order(
 
 /// Plan and start `text` in `ctx` with every `project_logs(...)` source
 /// reading `view` (for example the rows an export run covers), its rows in
-/// up to `partitions` streams (see [`QueryParts`]); `now()` is
-/// `options.now`, else `clock`'s time.
+/// as many streams as `ctx` has target partitions (see [`QueryParts`]);
+/// `now()` is `options.now`, else `clock`'s time.
 pub async fn run_query_over_view(
     ctx: &SessionContext,
     text: &str,
     view: datafusion::dataframe::DataFrame,
     options: &QueryOptions,
     clock: &crate::clock::Clock,
-    partitions: usize,
 ) -> Result<QueryParts> {
     let query = spanlake_dsl::parse_any(text)?;
     let catalog = PreparedCatalog {
@@ -407,7 +410,7 @@ pub async fn run_query_over_view(
     let frame = ctx.execute_logical_plan(compiled.plan).await?;
     Ok(QueryParts {
         columns: compiled.columns,
-        streams: execute_in(frame, partitions).await?,
+        streams: execute_in(frame, target_partitions(ctx)).await?,
     })
 }
 

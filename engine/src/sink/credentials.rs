@@ -656,9 +656,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn unreachable_sts_is_a_transport_error() {
-        let provider = AssumeRoleProvider::new(AssumeRoleOptions {
+    /// A provider with static base keys whose STS endpoint answers nothing.
+    fn unreachable_sts() -> AssumeRoleProvider {
+        AssumeRoleProvider::new(AssumeRoleOptions {
             role_arn: "arn:aws:iam::1:role/r".into(),
             endpoint: Some("http://127.0.0.1:1".into()),
             base: Some(Arc::new(object_store::StaticCredentialProvider::new(
@@ -671,7 +671,12 @@ mod tests {
             ignore_env: true,
             ..AssumeRoleOptions::default()
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn unreachable_sts_is_a_transport_error() {
+        let provider = unreachable_sts();
         let error = provider.credential().await.unwrap_err();
         assert!(
             matches!(error.kind(), AssumeRoleErrorKind::Transport { .. }),
@@ -682,20 +687,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_an_unreachable_or_failing_sts_is_worth_retrying() {
-        let provider = AssumeRoleProvider::new(AssumeRoleOptions {
-            role_arn: "arn:aws:iam::1:role/r".into(),
-            endpoint: Some("http://127.0.0.1:1".into()),
-            base: Some(Arc::new(object_store::StaticCredentialProvider::new(
-                AwsCredential {
-                    key_id: "AKID".into(),
-                    secret_key: "SECRETSECRET".into(),
-                    token: None,
-                },
-            ))),
-            ignore_env: true,
-            ..AssumeRoleOptions::default()
-        })
-        .unwrap();
+        let provider = unreachable_sts();
         let unreachable = provider.credential().await.unwrap_err();
         assert!(unreachable.is_transient(), "{unreachable}");
         let rejected = |status: u16, code: &str| {
