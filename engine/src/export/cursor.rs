@@ -1,6 +1,5 @@
 //! The range of a run: where it ends, and the table version it reads.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::AsArray;
@@ -11,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::query::{QueryOptions, session};
 use crate::state::Automation;
 use crate::store::Store;
+use crate::store::scan::VersionScan;
 use crate::store::schema::XACT_ID;
 
 /// Choose the end of this run: the last whole commit after `cursor_from`
@@ -39,12 +39,7 @@ pub(super) async fn choose_cursor_to(
         return Ok(None);
     };
     let ctx = session(&QueryOptions::default())?;
-    table.update_datafusion_session(&ctx.state())?;
-    let provider = table
-        .table_provider()
-        .with_session(Arc::new(ctx.state()))
-        .await?;
-    let mut counts = ctx.read_table(provider)?;
+    let mut counts = VersionScan::of(table).read(&ctx)?;
     if let Some(from) = cursor_from {
         counts = counts.filter(col(XACT_ID).gt(lit(from)))?;
     }

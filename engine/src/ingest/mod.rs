@@ -70,6 +70,7 @@ use spanlake_dsl::schema::JSON_COLUMNS;
 use crate::error::{Error, Result};
 use crate::registry::Project;
 use crate::store::merge;
+use crate::store::scan::VersionScan;
 use crate::store::schema::{self, VersionOp, physical_schema, xact_id_for_version};
 use crate::store::{ProjectLogs, Store, commit_durably};
 
@@ -295,13 +296,8 @@ async fn load_id_hashes(logs: &ProjectLogs) -> Result<HashSet<u64, IdHasher>> {
         return Ok(ids);
     }
     let ctx = crate::session::session(&crate::session::SessionOptions::default())?;
-    table.update_datafusion_session(&ctx.state())?;
-    let provider = table
-        .table_provider()
-        .with_session(Arc::new(ctx.state()))
-        .await?;
-    let mut stream = ctx
-        .read_table(provider)?
+    let mut stream = VersionScan::of(table)
+        .read(&ctx)?
         .select(vec![col("id")])?
         .execute_stream()
         .await?;

@@ -21,6 +21,7 @@ use futures::TryStreamExt;
 
 use crate::error::{Error, Result};
 use crate::store::ProjectLogs;
+use crate::store::scan::VersionScan;
 use crate::store::schema::{OP, SEQ, VersionOp, XACT_ID};
 
 /// Name of the column holding each row's data file in the planning scans.
@@ -386,20 +387,17 @@ pub async fn plan_retention(logs: &ProjectLogs, cutoff: DateTime<Utc>) -> Result
 }
 
 /// A scan of only the given files of the table, optionally with a file column.
-pub(super) async fn scan(
+pub(super) fn scan(
     ctx: &SessionContext,
     table: &DeltaTable,
     paths: impl IntoIterator<Item = String>,
     with_file: bool,
 ) -> Result<datafusion::dataframe::DataFrame> {
-    let mut builder = table
-        .table_provider()
-        .with_session(Arc::new(ctx.state()))
-        .with_file_paths(paths);
+    let mut scan = VersionScan::of(table).only(paths);
     if with_file {
-        builder = builder.with_file_column(FILE_COLUMN);
+        scan = scan.with_file_column(FILE_COLUMN);
     }
-    Ok(ctx.read_table(builder.await?)?)
+    scan.read(ctx)
 }
 
 /// The index of the file a scan's file column value names.
@@ -452,8 +450,7 @@ pub(super) async fn read_versions(
     if paths.is_empty() || ids.is_empty() {
         return Ok(());
     }
-    let mut stream = scan(ctx, table, paths, true)
-        .await?
+    let mut stream = scan(ctx, table, paths, true)?
         .filter(id_in(ids))?
         .select(vec![
             cast(col("id"), DataType::Utf8).alias("id"),
@@ -514,7 +511,6 @@ pub(super) async fn plan(
         .map(|view| file_stats(&view, cut))
         .collect();
     let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state())?;
     let paths_where = |keep: &dyn Fn(&FileStats) -> bool| -> Vec<String> {
         files
             .iter()
@@ -527,8 +523,7 @@ pub(super) async fn plan(
     let mixed = paths_where(&|f| !f.clean);
     let mut multi = HashSet::new();
     if !mixed.is_empty() {
-        let batches = scan(&ctx, table, mixed, false)
-            .await?
+        let batches = scan(&ctx, table, mixed, false)?
             .filter(col(OP).not_eq(lit(VersionOp::NewReplace as i32)))?
             .select(vec![cast(col("id"), DataType::Utf8).alias("id")])?
             .distinct()?
@@ -628,8 +623,7 @@ pub(super) async fn plan(
             table,
             counted.iter().map(|&i| files[i].info.path.clone()),
             true,
-        )
-        .await?
+        )?
         .aggregate(
             vec![cast(col(FILE_COLUMN), DataType::Utf8).alias("file")],
             vec![
@@ -681,8 +675,7 @@ pub(super) async fn plan(
         // Only `root_span_id` and the columns of the predicate are read, and
         // only from the files that lose rows.
         let paths = drop.iter().chain(&files_to_rewrite).map(|f| f.path.clone());
-        let batches = scan(&ctx, table, paths, false)
-            .await?
+        let batches = scan(&ctx, table, paths, false)?
             .filter(deletion.expired())?
             .aggregate(
                 vec![],

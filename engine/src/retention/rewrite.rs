@@ -149,7 +149,6 @@ async fn run_retention(
     let mut rows_copied = 0u64;
     if !plan.files_to_rewrite.is_empty() {
         let ctx = SessionContext::new();
-        table.update_datafusion_session(&ctx.state())?;
         let columns: Vec<Expr> = schema::physical_schema()
             .fields()
             .iter()
@@ -160,8 +159,7 @@ async fn run_retention(
             table,
             plan.files_to_rewrite.iter().map(|f| f.path.clone()),
             false,
-        )
-        .await?
+        )?
         .filter(not(deletion.expired()))?
         .select(columns)?
         .execute_stream()

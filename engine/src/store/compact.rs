@@ -77,6 +77,7 @@ use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use super::commit_durably;
+use super::scan::VersionScan;
 use super::resolve::{IdInSet, PAGINATION_KEY, needs_fold, stored_pagination_key, utf8};
 use super::schema::{self, MERGE, OP, SEQ, VersionOp, XACT_ID, physical_schema};
 use super::{ProjectLogs, Store};
@@ -253,20 +254,20 @@ impl Plan {
     }
 }
 
-async fn scan(
+fn scan(
     ctx: &SessionContext,
     table: &DeltaTable,
     paths: Option<Vec<String>>,
     file_column: bool,
 ) -> Result<DataFrame> {
-    let mut builder = table.table_provider().with_session(Arc::new(ctx.state()));
+    let mut scan = VersionScan::of(table);
     if file_column {
-        builder = builder.with_file_column(FILE_COLUMN);
+        scan = scan.with_file_column(FILE_COLUMN);
     }
     if let Some(paths) = paths {
-        builder = builder.with_file_paths(paths);
+        scan = scan.only(paths);
     }
-    Ok(ctx.read_table(builder.await?)?)
+    scan.read(ctx)
 }
 
 fn in_set(ids: &Arc<HashSet<String>>) -> ScalarUDF {
@@ -296,8 +297,7 @@ async fn plan(
     let mut deleted_ids = HashSet::new();
     let mut names = FileNames::default();
     if !candidates.is_empty() {
-        let mut stream = scan(ctx, table, Some(candidates.clone()), true)
-            .await?
+        let mut stream = scan(ctx, table, Some(candidates.clone()), true)?
             .filter(needs_fold())?
             .select(vec![col(FILE_COLUMN), col("id"), col(OP)])?
             .execute_stream()
@@ -328,8 +328,7 @@ async fn plan(
     // version is usually in an older, clean file): its file is rewritten.
     let mut versions_folded = 0u64;
     if !fold_ids.is_empty() {
-        let mut stream = scan(ctx, table, None, true)
-            .await?
+        let mut stream = scan(ctx, table, None, true)?
             .filter(in_set(&fold_ids).call(vec![col("id")]))?
             .select(vec![col(FILE_COLUMN)])?
             .execute_stream()
@@ -435,7 +434,6 @@ async fn compact(
             ..CompactionReport::default()
         });
     };
-    table.update_datafusion_session(&ctx.state())?;
     let Some(plan) = plan(&ctx, &logs, options).await? else {
         return Ok(CompactionReport::default());
     };
@@ -525,7 +523,7 @@ async fn write_files(
         .table()
         .ok_or_else(|| Error::Internal("compaction without a table".into()))?;
     let paths: Vec<String> = plan.rewrite.iter().cloned().collect();
-    let versions = scan(ctx, table, Some(paths), false).await?;
+    let versions = scan(ctx, table, Some(paths), false)?;
     let in_fold_set = in_set(&plan.fold_ids);
     let physical: Vec<Expr> = physical_schema()
         .fields()

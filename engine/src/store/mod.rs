@@ -21,6 +21,7 @@ pub mod compact;
 pub mod durable;
 pub mod merge;
 pub mod resolve;
+pub(crate) mod scan;
 pub mod schema;
 pub mod vacuum;
 

@@ -61,6 +61,7 @@ use serde_json::{Map, Value};
 use spanlake_dsl::schema::{JSON_COLUMNS, JSON_METADATA_KEY, spans_schema};
 
 use super::ProjectLogs;
+use super::scan::VersionScan;
 use super::schema::{MERGE, OP, SEQ, STRING_COLUMNS, VersionOp, XACT_ID};
 use crate::error::{Error, Result};
 use crate::store::merge::{self, EventOp};
@@ -179,13 +180,8 @@ impl ProjectLogs {
         let Some(table) = self.table() else {
             return Ok(ctx.read_batch(RecordBatch::new_empty(spans_schema()))?);
         };
-        table.update_datafusion_session(&ctx.state())?;
         // The scan takes its settings (string views or not) from the session.
-        let provider = table
-            .table_provider()
-            .with_session(Arc::new(ctx.state()))
-            .await?;
-        let mut versions = ctx.read_table(provider)?;
+        let mut versions = VersionScan::of(table).read(ctx)?;
         if let Some(upto) = upto {
             versions = versions.filter(col(XACT_ID).lt_eq(lit(upto)))?;
         }
