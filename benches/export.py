@@ -426,9 +426,11 @@ def duckdb_count(out: Path, fmt: str) -> tuple[int, dict[str, int]]:
     if fmt == "parquet":
         src = f"read_parquet({sql_str(str(out) + '/*/*.parquet')}, hive_partitioning=true)"
     else:
+        # a spanlake output's _manifests/*.json must not pick the ".json" pattern
         pattern = next((str(out) + f"/*/*{ext}" for ext in (".json", ".jsonl", ".json.gz",
                                                              ".jsonl.gz", ".gz")
-                        if glob.glob(str(out) + f"/*/*{ext}")), str(out) + "/*/*")
+                        if any(Path(g).parent.name != "_manifests"
+                               for g in glob.glob(str(out) + f"/*/*{ext}"))), str(out) + "/*/*")
         src = (f"read_json_objects({sql_str(pattern)}, format='newline_delimited', "
                "hive_partitioning=true)")
     rows = con.execute(f"SELECT CAST(date AS VARCHAR), count(*) FROM {src} GROUP BY ALL").fetchall()
