@@ -45,7 +45,10 @@ pub fn session(options: &SessionOptions) -> Result<SessionContext> {
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(pool)
         .build_arc()?;
-    let mut config = SessionConfig::new()
+    // DataFusion's own settings may be given as `DATAFUSION_*` environment
+    // variables (`DATAFUSION_EXECUTION_TARGET_PARTITIONS=4`: four
+    // partitions whatever the cores); the ones below are ours.
+    let mut config = SessionConfig::from_env()?
         .with_batch_size(options.batch_rows)
         .with_information_schema(false);
     if let Some(partitions) = options.target_partitions {

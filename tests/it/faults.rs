@@ -13,10 +13,10 @@
 //! Without `SPANLAKE_S3_ENDPOINT` these tests skip with a notice, unless
 //! `SPANLAKE_REQUIRE_SERVICES` is set (then they fail).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -851,6 +851,11 @@ fn ingest_data(spanlake: &Spanlake, spans: usize) {
     if spans == 0 {
         return;
     }
+    spanlake.ingest("p", &generate_spans(spanlake, spans));
+}
+
+/// A JSONL file of `spans` generated spans (tools/gen_spans.py).
+fn generate_spans(spanlake: &Spanlake, spans: usize) -> PathBuf {
     let python = std::env::var("SPANLAKE_DUCKDB_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = spanlake.root().join("gen");
     let status = Command::new(python)
@@ -861,7 +866,7 @@ fn ingest_data(spanlake: &Spanlake, spans: usize) {
         .status()
         .expect("run tools/gen_spans.py");
     assert!(status.success());
-    spanlake.ingest("p", &out.join(format!("spans_{spans}.jsonl")));
+    out.join(format!("spans_{spans}.jsonl"))
 }
 
 // ------------------------------------------------------------------ tests
@@ -1163,6 +1168,125 @@ fn faults_server_down_mid_run_leaves_no_orphan_files() {
         "files of the failed run remain ({} were left right after it)",
         left_after_failure.len()
     );
+}
+
+/// An export whose rows are split across three partitions (set with
+/// DataFusion's own `DATAFUSION_EXECUTION_TARGET_PARTITIONS`; three
+/// commits, so three files, so three batches dealt round-robin): the server
+/// goes down while the partitions write, so one fails first and stops the
+/// others; nothing is committed and the cursor stays. The rerun writes one
+/// manifest that lists the files of every partition, and nothing else is
+/// left in the bucket.
+#[test]
+fn faults_a_failed_partition_fails_the_run_and_one_manifest_lists_every_partition() {
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    let bucket = format!("faults-{}-parts", std::process::id());
+    create_bucket(&endpoint, &bucket);
+    let spanlake = Spanlake::new();
+    ingest_data(&spanlake, 0);
+    let generated = std::fs::read_to_string(generate_spans(&spanlake, 2100)).unwrap();
+    let lines: Vec<&str> = generated.lines().collect();
+    for (i, chunk) in lines.chunks(700).enumerate() {
+        let file = spanlake.root().join(format!("chunk-{i}.jsonl"));
+        std::fs::write(&file, chunk.join("\n") + "\n").unwrap();
+        spanlake.ingest("p", &file);
+    }
+    let mut proxy = FaultProxy::start(&host_port(&endpoint), 1, Mode::Pass, 0, 0);
+    create_export(
+        &spanlake,
+        "parts",
+        &format!("s3://{bucket}/parts"),
+        &proxy.endpoint(),
+        &["--format", "jsonl", "--max-file-bytes", "32KiB"],
+    );
+    let run_parts = |args: &[&str]| {
+        let started = Instant::now();
+        let run = spanlake
+            .command(args)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_TIMEOUT", CLIENT_TIMEOUT)
+            .env("SPANLAKE_TEST_STORE_RETRIES", "0")
+            .env("DATAFUSION_EXECUTION_TARGET_PARTITIONS", "3")
+            .output()
+            .expect("run spanlake");
+        assert!(
+            started.elapsed() < RUN_LIMIT,
+            "the run took {:?}",
+            started.elapsed()
+        );
+        run
+    };
+    proxy.go_down_after(12);
+    let failed = run_parts(&["automation", "run", "parts", "-p", "p"]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    eprintln!("[parts] the failed run:\n{stderr}");
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 503"),
+        "the error does not say what failed: {stderr}"
+    );
+    assert!(
+        manifests(&endpoint, &bucket, "parts").is_empty(),
+        "a failed run committed a manifest"
+    );
+    assert_eq!(
+        cursor(&spanlake, "parts"),
+        serde_json::Value::Null,
+        "the cursor moved"
+    );
+    let partitions_of = |keys: &[String]| {
+        keys.iter()
+            .filter_map(|k| k.rsplit('/').next()?.get(..7).map(str::to_owned))
+            .collect::<BTreeSet<_>>()
+    };
+    let left = data_keys(&endpoint, &bucket, "parts");
+    eprintln!(
+        "[parts] left right after the failure: {} file(s) of {:?}",
+        left.len(),
+        partitions_of(&left)
+    );
+
+    proxy.set_mode(Mode::Pass);
+    let rerun = run_parts(&["automation", "run", "parts", "-p", "p"]);
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    proxy.stop();
+    let committed = manifests(&endpoint, &bucket, "parts");
+    assert_eq!(committed.len(), 1);
+    assert_eq!(manifest_rows(&committed), 2113);
+    let keys = committed_keys(&committed);
+    assert_eq!(
+        partitions_of(&keys),
+        BTreeSet::from([
+            "part-00".to_owned(),
+            "part-01".to_owned(),
+            "part-02".to_owned()
+        ]),
+        "the manifest does not list files of every partition: {keys:#?}"
+    );
+    assert_eq!(
+        data_keys(&endpoint, &bucket, "parts"),
+        keys,
+        "files of the failed run remain"
+    );
+    let rows = committed_rows(
+        &endpoint,
+        &bucket,
+        &committed,
+        &spanlake.root().join("read"),
+    )
+    .expect("JSON Lines are read without DuckDB");
+    let ids: BTreeSet<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), rows.len(), "a row was written twice");
+    assert_eq!(rows.len(), 2113);
 }
 
 /// `spanlake serve` meets a burst of 503s: each scheduled run fails at its

@@ -77,8 +77,8 @@ use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use super::commit_durably;
-use super::scan::VersionScan;
 use super::resolve::{IdInSet, PAGINATION_KEY, needs_fold, stored_pagination_key, utf8};
+use super::scan::VersionScan;
 use super::schema::{self, MERGE, OP, SEQ, VersionOp, XACT_ID, physical_schema};
 use super::{ProjectLogs, Store};
 use crate::error::{Error, Result};

@@ -102,14 +102,14 @@ impl<'a> VersionScan<'a> {
             if self.file_column.is_some() {
                 file = file.with_partition_values(vec![ScalarValue::Utf8(Some(path))]);
             }
-            let stats = view.stats().and_then(|s| serde_json::from_str::<Value>(&s).ok());
-            file.statistics = Some(Arc::new(file_statistics(
+            let stats = view
+                .stats()
+                .and_then(|s| serde_json::from_str::<Value>(&s).ok());
+            files.push(file.with_statistics(Arc::new(file_statistics(
                 &file_schema,
                 stats.as_ref(),
                 view.num_records(),
-                self.file_column.is_some(),
-            )));
-            files.push(file);
+            ))));
         }
         let partition_columns: Vec<FieldRef> = self
             .file_column
@@ -130,21 +130,20 @@ impl<'a> VersionScan<'a> {
 
 /// What the Delta log says of a file, for pruning it without reading it:
 /// its row count and the bounds of `_xact_id`, `_op` and `created` (the
-/// columns the store writes statistics of). Delta truncates timestamp
-/// bounds to milliseconds, so the upper bound of `created` is widened by one.
-fn file_statistics(
-    schema: &Schema,
-    stats: Option<&Value>,
-    rows: Option<usize>,
-    file_column: bool,
-) -> Statistics {
+/// columns the store writes statistics of), with their null counts. The
+/// integer bounds are exact, and DataFusion prunes whole files on exact
+/// bounds only. Delta truncates timestamp bounds to milliseconds, so those of
+/// `created` are given as inexact (the upper one widened by a millisecond):
+/// its row groups are pruned on the Parquet footer's exact statistics.
+fn file_statistics(schema: &Schema, stats: Option<&Value>, rows: Option<usize>) -> Statistics {
     let bound = |side: &str, name: &str| stats?.get(side)?.get(name).cloned();
-    let mut columns: Vec<ColumnStatistics> = schema
+    let columns: Vec<ColumnStatistics> = schema
         .fields()
         .iter()
         .map(|field| {
             let name = field.name().as_str();
-            let (min, max) = match (name, field.data_type()) {
+            // (bounds, exact): DataFusion prunes files on exact bounds only.
+            let ((min, max), exact) = match (name, field.data_type()) {
                 (XACT_ID | OP, data_type) => {
                     let int = |v: Option<Value>| {
                         let v = v?.as_i64()?;
@@ -156,7 +155,10 @@ fn file_statistics(
                             _ => None,
                         }
                     };
-                    (int(bound("minValues", name)), int(bound("maxValues", name)))
+                    (
+                        (int(bound("minValues", name)), int(bound("maxValues", name))),
+                        true,
+                    )
                 }
                 ("created", DataType::Timestamp(TimeUnit::Microsecond, tz)) => {
                     let micros = |v: Option<Value>, widen: i64| {
@@ -168,24 +170,39 @@ fn file_statistics(
                         ))
                     };
                     (
-                        micros(bound("minValues", name), 0),
-                        micros(bound("maxValues", name), 999),
+                        (
+                            micros(bound("minValues", name), 0),
+                            micros(bound("maxValues", name), 999),
+                        ),
+                        false,
                     )
                 }
-                _ => (None, None),
+                _ => ((None, None), false),
             };
             let mut column = ColumnStatistics::new_unknown();
             if let (Some(min), Some(max)) = (min, max) {
+                let precision = |v| {
+                    if exact {
+                        Precision::Exact(v)
+                    } else {
+                        Precision::Inexact(v)
+                    }
+                };
                 column = column
-                    .with_min_value(Precision::Inexact(min))
-                    .with_max_value(Precision::Inexact(max));
+                    .with_min_value(precision(min))
+                    .with_max_value(precision(max));
+                // Without a null count, a bound decides nothing (pruning
+                // asks whether any value is not null).
+                if let Some(nulls) = bound("nullCount", name)
+                    .and_then(|n| n.as_u64())
+                    .and_then(|n| usize::try_from(n).ok())
+                {
+                    column = column.with_null_count(Precision::Exact(nulls));
+                }
             }
             column
         })
         .collect();
-    if file_column {
-        columns.push(ColumnStatistics::new_unknown());
-    }
     Statistics {
         num_rows: rows.map_or(Precision::Absent, Precision::Exact),
         total_byte_size: Precision::Absent,
@@ -233,12 +250,11 @@ impl TableProvider for SnapshotTable {
         let table_schema = TableSchema::builder(Arc::clone(&self.file_schema))
             .with_table_partition_cols(self.partition_columns.clone())
             .build();
-        let mut source = ParquetSource::new(table_schema).with_table_parquet_options(
-            TableParquetOptions {
+        let mut source =
+            ParquetSource::new(table_schema).with_table_parquet_options(TableParquetOptions {
                 global: options.execution.parquet.clone(),
                 ..TableParquetOptions::default()
-            },
-        );
+            });
         if let Some(filter) = conjunction(filters.to_vec()) {
             let schema = DFSchema::try_from(self.schema.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(filter, &schema)?);
@@ -255,5 +271,163 @@ impl TableProvider for SnapshotTable {
             .with_limit(limit)
             .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{AsArray, RecordBatch};
+    use arrow::datatypes::Int64Type;
+    use datafusion::physical_plan::{ExecutionPlanProperties, collect, displayable};
+    use datafusion::prelude::{col, lit};
+
+    use super::VersionScan;
+    use crate::ingest::{IngestOptions, ingest};
+    use crate::session::{SessionOptions, session};
+    use crate::store::Store;
+    use crate::store::schema::XACT_ID;
+
+    async fn commit(store: &Store, from: usize) {
+        let project = store.registry().unwrap().resolve_or_create("p").unwrap();
+        let lines: Vec<String> = (from..from + 50)
+            .map(|i| {
+                format!(r#"{{"id":"s{i:03}","created":"2026-01-01T00:00:00Z","input":"v{i}"}}"#)
+            })
+            .collect();
+        let input = std::io::Cursor::new(lines.join("\n").into_bytes());
+        ingest(
+            store,
+            &project,
+            Box::new(input),
+            "test",
+            &IngestOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Three commits, three files: read on three partitions (files are
+    /// split by byte range, so row groups of one file are too), and a filter
+    /// on `_xact_id` reads none of the first file's rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_snapshot_files_are_read_on_every_partition_and_pruned_on_their_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for from in [0, 50, 100] {
+            commit(&store, from).await;
+        }
+        let project = store.registry().unwrap().resolve("p").unwrap();
+        let logs = store.logs(&project).await.unwrap();
+        let table = logs.table().unwrap();
+        let ctx = session(&SessionOptions {
+            target_partitions: Some(3),
+            ..SessionOptions::default()
+        })
+        .unwrap();
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .repartition_file_min_size = 0;
+
+        let all = VersionScan::of(table).read(&ctx).unwrap();
+        let plan = all.create_physical_plan().await.unwrap();
+        assert_eq!(
+            plan.output_partitioning().partition_count(),
+            3,
+            "{}",
+            displayable(plan.as_ref()).indent(false)
+        );
+        let batches: Vec<RecordBatch> = collect(plan, ctx.task_ctx()).await.unwrap();
+        assert_eq!(
+            batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
+            150
+        );
+
+        let first_xact = VersionScan::of(table)
+            .read(&ctx)
+            .unwrap()
+            .aggregate(
+                vec![],
+                vec![datafusion::functions_aggregate::expr_fn::min(col(XACT_ID))],
+            )
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()[0]
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .value(0);
+        let later = VersionScan::of(table)
+            .read(&ctx)
+            .unwrap()
+            .filter(col(XACT_ID).gt(lit(first_xact)))
+            .unwrap();
+        let plan = later.create_physical_plan().await.unwrap();
+        let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
+        assert_eq!(
+            batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
+            100
+        );
+        let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+            plan.as_ref(),
+        )
+        .indent(false)
+        .to_string();
+        // Each file here holds one `_xact_id`, so DataFusion folds the
+        // column into a literal when it opens the file and the file's only
+        // row group is skipped on it (a file of several commits is skipped
+        // whole on its Delta statistics); either way none of its data is read.
+        assert!(
+            shown.contains("row_groups_pruned_statistics=3 total → 2 matched"),
+            "the first file's rows were read:\n{shown}"
+        );
+    }
+
+    /// A file column names each row's file as the snapshot does, and `only`
+    /// reads just the files asked for.
+    #[tokio::test]
+    async fn only_the_files_asked_for_with_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        commit(&store, 0).await;
+        commit(&store, 50).await;
+        let project = store.registry().unwrap().resolve("p").unwrap();
+        let logs = store.logs(&project).await.unwrap();
+        let table = logs.table().unwrap();
+        let paths: Vec<String> = table
+            .snapshot()
+            .unwrap()
+            .log_data()
+            .iter()
+            .map(|view| view.path().into_owned())
+            .collect();
+        assert_eq!(paths.len(), 2);
+        let ctx = session(&SessionOptions::default()).unwrap();
+        let batches = VersionScan::of(table)
+            .only([paths[1].clone()])
+            .with_file_column("file")
+            .read(&ctx)
+            .unwrap()
+            .select(vec![col("file")])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut names = Vec::new();
+        for batch in &batches {
+            names.extend(
+                batch
+                    .column(0)
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|n| n.unwrap().to_owned()),
+            );
+        }
+        assert_eq!(names.len(), 50);
+        assert!(names.iter().all(|n| n == &paths[1]), "{names:?}");
     }
 }
