@@ -20,6 +20,7 @@ mod bounds;
 mod cli;
 mod clouds;
 mod compact;
+mod compat;
 mod console;
 mod destinations;
 mod durability;
