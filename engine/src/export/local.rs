@@ -1,7 +1,11 @@
 //! Exports to a local folder: fsync before the commit, staging files of
 //! killed uploads.
 
+use std::sync::{Arc, Mutex};
+
 use object_store::path::Path;
+
+use crate::sink::CompletionHook;
 
 use crate::error::{Error, Result};
 
@@ -12,6 +16,16 @@ pub(super) struct LocalFolder {
     root: std::path::PathBuf,
     /// fsync data files and manifests (the store's setting).
     fsync: bool,
+    /// The fsyncs started as each data file completed (see
+    /// [`LocalFolder::flush_early`]), awaited by [`LocalFolder::sync`].
+    early: Arc<Mutex<Vec<EarlySync>>>,
+}
+
+/// One data file's fsync, started when the file completed.
+#[derive(Debug)]
+struct EarlySync {
+    key: String,
+    task: tokio::task::JoinHandle<Result<()>>,
 }
 
 impl LocalFolder {
@@ -27,7 +41,11 @@ impl LocalFolder {
         } else {
             std::path::absolute(export_path).ok()?
         };
-        Some(Self { root, fsync })
+        Some(Self {
+            root,
+            fsync,
+            early: Arc::default(),
+        })
     }
 
     /// The file of object `key` (a full key of the local store, whose root
@@ -40,12 +58,52 @@ impl LocalFolder {
             .map_err(|e| Error::Internal(format!("exported key `{key}` is not a local file: {e}")))
     }
 
+    /// A hook for the sink that starts each data file's fsync (on a
+    /// blocking thread) as soon as the file is complete, so that the disk
+    /// writes it back while the next files are encoded, instead of all of
+    /// them after the last one (measured on 300k spans exported as JSON
+    /// Lines to a local folder: the fsyncs took about a third of the
+    /// export's wall time when they all came at the end). `None` without
+    /// fsync.
+    pub(super) fn flush_early(&self) -> Option<CompletionHook> {
+        if !self.fsync {
+            return None;
+        }
+        let early = Arc::clone(&self.early);
+        Some(CompletionHook(Arc::new(move |key: &str| {
+            let key = key.to_string();
+            let file = key.clone();
+            let task = tokio::task::spawn_blocking(move || {
+                crate::store::durable::sync_path(&Self::file_of(&file)?)
+            });
+            early
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(EarlySync { key, task });
+        })))
+    }
+
     /// fsync the files of `keys`, their folders, and every folder up to the
     /// export folder's parent (partition folders, `_manifests` and the
     /// export folder itself may be new). Nothing without fsync.
+    ///
+    /// Waits first for the fsyncs [`LocalFolder::flush_early`] started: a
+    /// failed one fails this too (Linux may report a write-back error to
+    /// one fsync only, so the second fsync below would not see it).
     pub(super) async fn sync(&self, keys: Vec<String>) -> Result<()> {
         if !self.fsync || keys.is_empty() {
             return Ok(());
+        }
+        let started: Vec<EarlySync> = std::mem::take(
+            &mut *self
+                .early
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for early in started {
+            early.task.await.map_err(|e| {
+                Error::Internal(format!("fsync task of `{}` failed: {e}", early.key))
+            })??;
         }
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || {

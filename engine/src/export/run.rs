@@ -87,10 +87,13 @@ async fn run_export(
         .map_err(|e| Error::Internal(format!("stored export config: {e}")))?;
     let config = raw.validate()?;
     let external_id = automation_external_id(store, automation)?;
-    let target = export_target_assumed(&config, Some(&external_id)).await?;
+    let local = LocalFolder::of(&config.export_path, store.fsync());
+    let target = flushed_early(
+        export_target_assumed(&config, Some(&external_id)).await?,
+        local.as_ref(),
+    );
     let run_id = uuid::Uuid::now_v7().to_string();
     let lease = RunLease::take(store, state, automation, &run_id)?;
-    let local = LocalFolder::of(&config.export_path, store.fsync());
     let run = RunContext {
         automation,
         config: &config,
@@ -102,6 +105,15 @@ async fn run_export(
     let result = run_export_leased(store, state, &run, trigger).await;
     lease.release(state)?;
     result
+}
+
+/// `target`, starting the fsync of each data file of a local folder as the
+/// file completes.
+fn flushed_early(target: ExportTarget, local: Option<&LocalFolder>) -> ExportTarget {
+    match local.and_then(LocalFolder::flush_early) {
+        Some(hook) => target.on_complete(hook),
+        None => target,
+    }
 }
 
 /// What one run works on.
@@ -369,8 +381,8 @@ pub async fn export_query(
     config: &ExportConfig,
     options: &QueryOptions,
 ) -> Result<Manifest> {
-    let target = export_target_assumed(config, None).await?;
     let local = LocalFolder::of(&config.export_path, store.fsync());
+    let target = flushed_early(export_target_assumed(config, None).await?, local.as_ref());
     let run_id = uuid::Uuid::now_v7().to_string();
     let started = store.clock().now_rfc3339();
     let result = crate::query::run_query_in_parts(store, text, options).await?;

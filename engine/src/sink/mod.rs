@@ -72,8 +72,8 @@ use serde::{Deserialize, Serialize};
 pub use config::{Format, ParquetCompression, Partitioning, RawSinkConfig, SinkConfig};
 pub use error::{SinkError, WriteStreamError};
 pub use objstore::{
-    AZURE_CONNECTION_STRING_VARIABLE, AzureConnectionString, ExportTarget, TargetOptions,
-    target_from_url,
+    AZURE_CONNECTION_STRING_VARIABLE, AzureConnectionString, CompletionHook, ExportTarget,
+    TargetOptions, target_from_url,
 };
 pub use partition::NULL_PARTITION;
 
@@ -496,6 +496,7 @@ impl FilePool<'_> {
             return Ok(());
         };
         let written = file.finish().await?;
+        self.target.completed(&written.key);
         self.metrics.rows += written.rows;
         self.metrics.bytes += written.bytes;
         self.metrics.files += 1;

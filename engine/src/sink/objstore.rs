@@ -31,12 +31,43 @@ pub struct ExportTarget {
     pub store: Arc<dyn ObjectStore>,
     /// Key prefix, without leading or trailing `/`; may be empty.
     pub prefix: Path,
+    /// Told the key of every data file as soon as it is complete.
+    on_complete: Option<CompletionHook>,
+}
+
+/// What an [`ExportTarget`] calls with the key of each completed data file
+/// (for example, to start flushing a local file to disk while the next
+/// ones are written). It runs on the writer's task: it must not block.
+#[derive(Clone)]
+pub struct CompletionHook(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for CompletionHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CompletionHook")
+    }
 }
 
 impl ExportTarget {
     /// A target over any store (for example a shared in-memory store).
     pub fn new(store: Arc<dyn ObjectStore>, prefix: Path) -> Self {
-        Self { store, prefix }
+        Self {
+            store,
+            prefix,
+            on_complete: None,
+        }
+    }
+
+    /// This target, calling `hook` with the key of every completed file.
+    #[must_use]
+    pub fn on_complete(mut self, hook: CompletionHook) -> Self {
+        self.on_complete = Some(hook);
+        self
+    }
+
+    pub(crate) fn completed(&self, key: &str) {
+        if let Some(hook) = &self.on_complete {
+            (hook.0)(key);
+        }
     }
 }
 
