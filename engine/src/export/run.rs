@@ -261,9 +261,7 @@ pub(super) async fn write_run(
         progress,
     } = *run;
     let failed = |e: Error| (e, Vec::new());
-    let project = store
-        .with_registry(|r| r.get(&automation.project_id))
-        .map_err(failed)?;
+    let project = automation.export_table(store).map_err(failed)?;
     let logs = store
         .logs_at(&project, Some(snapshot))
         .await
