@@ -37,6 +37,7 @@ mod console;
 pub mod error;
 mod ingest;
 mod metrics;
+mod objects;
 mod projects;
 
 pub use error::ApiError;
@@ -166,9 +167,15 @@ pub fn router(store: Arc<Store>, config: ServerConfig, metrics: Arc<Metrics>) ->
         )
         .route("/v1/project_logs/{id}/insert", post(ingest::insert))
         .route(
-            "/v1/project_logs/{id}/fetch",
+            "/v1/{object_type}/{id}/fetch",
             get(btql::fetch_get).post(btql::fetch_post),
         )
+        .route(
+            "/v1/{object_type}",
+            post(objects::create).get(objects::list),
+        )
+        .route("/v1/{object_type}/{id}", get(objects::get))
+        .route("/v1/{object_type}/{id}/summarize", get(objects::summarize))
         .route("/btql", post(btql::btql))
         .route(
             "/v1/project_automation",
