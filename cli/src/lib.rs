@@ -10,6 +10,7 @@
 
 pub mod automation;
 pub mod http;
+pub mod objects;
 pub use spanlake_dsl::diagnostics;
 pub mod render;
 pub mod store;
@@ -95,6 +96,12 @@ pub enum Command {
     /// Maintenance of a project's log table (compaction).
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// The experiments of a project (`Eval` runs): list, show.
+    #[command(subcommand)]
+    Experiment(objects::ObjectCommand),
+    /// The datasets of a project: list, show.
+    #[command(subcommand)]
+    Dataset(objects::ObjectCommand),
 }
 
 /// `spanlake project ...`
@@ -242,6 +249,22 @@ pub async fn run(cli: Cli) -> u8 {
         } => serve_command(&store, once, &retry_delay, &compaction, &http).await,
         Command::Apikey(command) => http::apikey_command(&store, command),
         Command::Store(command) => store::store_command(&store, command).await,
+        Command::Experiment(command) => {
+            objects::object_command(
+                &store,
+                spanlake_engine::registry::objects::ObjectType::Experiment,
+                command,
+            )
+            .await
+        }
+        Command::Dataset(command) => {
+            objects::object_command(
+                &store,
+                spanlake_engine::registry::objects::ObjectType::Dataset,
+                command,
+            )
+            .await
+        }
         Command::Export(args) => {
             let text = args.query.clone();
             let result = automation::export_command(&store, args).await;
