@@ -1,0 +1,567 @@
+//! Experiments and datasets: an `Eval` of the unmodified Braintrust SDK
+//! over a dataset it inserted, updated and read back, its results over
+//! `/btql` and exported to S3 (read by DuckDB); retention by days of
+//! experiments and datasets; bad input naming what is wrong.
+
+use crate::http::{Server, api_key, create_project};
+use crate::retention::{json_of, parquet_list};
+use crate::support::{Spanlake, create_bucket, delta_disk_files, delta_live_files, service_var};
+
+fn strings(value: &serde_json::Value) -> Vec<&str> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_braintrust_sdk_runs_an_eval_over_its_dataset_that_btql_and_an_s3_export_return() {
+    let (Some(python), Some(endpoint)) = (
+        service_var("SPANLAKE_DUCKDB_PYTHON"),
+        service_var("SPANLAKE_S3_ENDPOINT"),
+    ) else {
+        return;
+    };
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "eval-org");
+    let bucket = "eval-e2e";
+    let server = Server::start(
+        &spanlake,
+        &[
+            "--allow-export-to",
+            "s3://eval-e2e/",
+            "--allow-endpoint",
+            &endpoint,
+        ],
+    );
+    create_bucket(&endpoint, bucket);
+    let output = std::process::Command::new(&python)
+        .arg(crate::support::tests_dir().join("sdk/eval_e2e.py"))
+        .env("BRAINTRUST_APP_URL", server.url())
+        .env("BRAINTRUST_API_URL", server.url())
+        .env("BRAINTRUST_API_KEY", &key)
+        .env("E2E_BUCKET", bucket)
+        .env("SPANLAKE_S3_ENDPOINT", &endpoint)
+        .output()
+        .expect("run the SDK script");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "SDK script failed\n--- stdout\n{}\n--- stderr\n{stderr}\n--- server\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        server.log()
+    );
+    // The SDK prints tracebacks and "Dropping batch" on failures it
+    // swallows, and a warning when it cannot fetch the summary.
+    for sign in ["Traceback", "Dropping", "Failed to fetch"] {
+        assert!(!stderr.contains(sign), "{stderr}");
+    }
+    let out: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the script's JSON summary");
+
+    // The dataset, read back by a fresh SDK handle: the first record as
+    // inserted, the second updated (merged metadata), the third deleted.
+    let inserted = strings(&out["inserted_ids"]);
+    let records = out["records"].as_array().unwrap();
+    assert_eq!(records.len(), 2, "{records:#?}");
+    assert_eq!(records[0]["id"], inserted[0]);
+    assert_eq!(records[0]["input"], serde_json::json!({"a": 2, "b": 3}));
+    assert_eq!(records[0]["expected"], 5);
+    assert_eq!(records[0]["tags"], serde_json::json!(["easy"]));
+    assert_eq!(records[1]["id"], inserted[1]);
+    assert_eq!(records[1]["expected"], 14);
+    assert_eq!(
+        records[1]["metadata"],
+        serde_json::json!({"kind": "add", "reviewed": true})
+    );
+    assert!(records.iter().all(|r| r["id"] != inserted[2]));
+    assert!(records[1]["_xact_id"].as_str().unwrap() > records[0]["_xact_id"].as_str().unwrap());
+    assert_eq!(out["dataset_total_records"], 2);
+    let listed: Vec<(&str, &serde_json::Value)> = out["btql_records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), &r["expected"]))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (inserted[0], &serde_json::json!(5)),
+            (inserted[1], &serde_json::json!(14))
+        ]
+    );
+
+    // The Eval: the scores the SDK computed for each case itself, averaged
+    // here, are what GET /v1/experiment/{id}/summarize answered it.
+    let sdk_cases = out["sdk_cases"].as_array().unwrap();
+    assert_eq!(sdk_cases.len(), 2);
+    for scorer in ["exact", "close"] {
+        let mean = sdk_cases
+            .iter()
+            .map(|c| c["scores"][scorer].as_f64().unwrap())
+            .sum::<f64>()
+            / 2.0;
+        let summarized = out["sdk_scores"][scorer].as_f64().unwrap();
+        assert!(
+            (mean - summarized).abs() < 1e-9,
+            "{scorer}: {mean} vs {summarized}"
+        );
+    }
+    assert_eq!(out["sdk_scores"]["exact"], 0.5);
+    assert_eq!(strings(&out["sdk_metrics"]), ["duration"]);
+    let experiment_id = out["experiment_id"].as_str().unwrap();
+    assert_eq!(out["experiments"][0]["id"], experiment_id);
+    assert_eq!(out["experiments"][0]["name"], "adder");
+
+    // /btql, summary shape: one row per case, with the case's scores and
+    // the dataset record it came from.
+    let cases = out["btql_cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2, "{cases:#?}");
+    for (case, sdk) in cases.iter().zip(sdk_cases) {
+        assert_eq!(case["input"], sdk["input"]);
+        assert_eq!(case["output"], sdk["output"]);
+        assert_eq!(case["expected"], sdk["expected"]);
+        for scorer in ["exact", "close"] {
+            assert_eq!(
+                case["scores"][scorer].as_f64(),
+                sdk["scores"][scorer].as_f64(),
+                "{case}"
+            );
+        }
+        assert_eq!(case["origin"]["object_type"], "dataset");
+        assert_eq!(case["origin"]["object_id"], out["dataset_id"]);
+    }
+    // SQL, spans shape: per case an eval span, a task span and one span
+    // per scorer.
+    let mut types: Vec<&str> = out["btql_spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["type"].as_str().unwrap())
+        .collect();
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        [
+            "eval", "eval", "score", "score", "score", "score", "task", "task"
+        ]
+    );
+    // The JSON AST, traces shape: every span of the one case `exact`
+    // missed.
+    let missed = out["btql_missed"].as_array().unwrap();
+    assert_eq!(missed.len(), 4, "{missed:#?}");
+    assert!(
+        missed
+            .iter()
+            .all(|s| s["root_span_id"] == missed[0]["root_span_id"])
+    );
+    assert!(
+        missed
+            .iter()
+            .any(|s| s["span_attributes"]["type"] == "eval" && s["expected"] == 14)
+    );
+
+    // The export of the experiment: every span once, read back by DuckDB,
+    // the scorers' averages those of the SDK.
+    assert_eq!(out["run"]["status"], "succeeded", "{}", out["run"]);
+    assert_eq!(out["run"]["rows"], 8);
+    assert_eq!(out["manifest_rows"], 8);
+    assert_eq!(out["exported_rows"], 8);
+    assert_eq!(out["exported_distinct_ids"], 8);
+    assert_eq!(out["exported_scorer_averages"], out["sdk_scores"]);
+
+    // The CLI, over the store itself.
+    let listed = json_of(
+        &spanlake
+            .run(["experiment", "list", "-p", "eval-e2e", "--format", "json"])
+            .ok(),
+    );
+    assert_eq!(listed[0]["id"], experiment_id);
+    assert_eq!(listed[0]["rows"], 8);
+    assert_eq!(listed[0]["cases"], 2);
+    assert_eq!(listed[0]["scores"]["exact"]["score"], 0.5);
+    let shown = json_of(
+        &spanlake
+            .run([
+                "dataset",
+                "show",
+                "arithmetic",
+                "-p",
+                "eval-e2e",
+                "--format",
+                "json",
+            ])
+            .ok(),
+    );
+    assert_eq!(shown["id"], out["dataset_id"]);
+    assert_eq!(shown["rows"], 2);
+    let text = spanlake
+        .run(["experiment", "show", experiment_id])
+        .ok()
+        .stdout;
+    assert!(text.contains("score    exact"), "{text}");
+}
+
+/// `/logs3` rows of `object` (`experiment_id` or `dataset_id`), each
+/// `(id, days ago)`.
+fn rows_of(
+    field: &str,
+    object: &str,
+    rows: &[(&str, i64)],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|(id, days)| {
+            let created = now - chrono::Duration::days(*days);
+            serde_json::json!({
+                "id": id,
+                field: object,
+                "created": created.to_rfc3339(),
+                "input": {"n": id},
+                "scores": {"s": 0.5},
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn retention_of_experiments_and_datasets_older_than_n_days_leaves_exactly_the_newer_rows() {
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "keep");
+    let now = chrono::Utc::now();
+    let (experiments, dataset) = {
+        let server = Server::start(&spanlake, &[]);
+        let project = create_project(&server, &key, "keep-new");
+        let create = |kind: &str, name: &str| {
+            let (status, object) = server.call(
+                "POST",
+                &format!("/v1/{kind}"),
+                Some(&key),
+                &serde_json::json!({"project_id": project, "name": name}).to_string(),
+            );
+            assert_eq!(status, 200, "{object}");
+            object["id"].as_str().unwrap().to_string()
+        };
+        let experiments = [
+            create("experiment", "old"),
+            create("experiment", "mixed"),
+            create("experiment", "new"),
+        ];
+        let dataset = create("dataset", "records");
+        let mut rows = Vec::new();
+        rows.extend(rows_of(
+            "experiment_id",
+            &experiments[0],
+            &[("o1", 60), ("o2", 59), ("o3", 45), ("o4", 31)],
+            now,
+        ));
+        rows.extend(rows_of(
+            "experiment_id",
+            &experiments[1],
+            &[("m1", 50), ("m2", 40), ("m3", 35), ("m4", 3), ("m5", 1)],
+            now,
+        ));
+        rows.extend(rows_of(
+            "experiment_id",
+            &experiments[2],
+            &[("n1", 2), ("n2", 1), ("n3", 0)],
+            now,
+        ));
+        rows.extend(rows_of(
+            "dataset_id",
+            &dataset,
+            &[("d1", 40), ("d2", 33), ("d3", 2), ("d4", 1), ("d5", 0)],
+            now,
+        ));
+        // Project logs, old too: an experiment's retention leaves them.
+        rows.extend(rows_of(
+            "project_id",
+            &project,
+            &[("l1", 90), ("l2", 80)],
+            now,
+        ));
+        let body = serde_json::json!({"rows": rows, "api_version": 2}).to_string();
+        let (status, answer) = server.call("POST", "/logs3", Some(&key), &body);
+        assert_eq!(status, 200, "{answer}");
+        // A later merge onto an old row: it keeps the row's `created`, so
+        // both versions go.
+        let merge = serde_json::json!({"rows": [{"id": "m1", "experiment_id": experiments[1], "_is_merge": true, "scores": {"late": 1}}]});
+        let (status, answer) = server.call("POST", "/logs3", Some(&key), &merge.to_string());
+        assert_eq!(status, 200, "{answer}");
+        (experiments, dataset)
+    };
+    let count = |source: &str| {
+        spanlake
+            .query_jsonl(&format!("select: id | from: {source}"))
+            .ok()
+            .jsonl()
+            .len()
+    };
+    assert_eq!(count(&format!("experiment('{}')", experiments[1])), 5);
+
+    spanlake
+        .run([
+            "automation",
+            "create-retention",
+            "-p",
+            "keep-new",
+            "--days",
+            "30",
+            "--object-type",
+            "experiment",
+            "--grace",
+            "0s",
+        ])
+        .ok();
+    let name = "retention-experiment-30d";
+    let preview = json_of(
+        &spanlake
+            .run(["automation", "test", name, "-p", "keep-new"])
+            .ok(),
+    );
+    let report = json_of(
+        &spanlake
+            .run(["automation", "run", name, "-p", "keep-new"])
+            .ok(),
+    );
+    // 4 old rows, 3 old rows of `mixed` and the merge's second version.
+    assert_eq!(preview["rows"], 8, "{preview}");
+    assert_eq!(report["rows"], 8, "{report}");
+    assert_eq!(report["rows_deleted"], 8, "{report}");
+    assert_eq!(report["tables"], 3, "{report}");
+    assert!(report["files_purged"].as_u64().unwrap() > 0, "{report}");
+
+    // Through spanlake: each experiment keeps exactly its newer rows; the
+    // dataset and the project's logs are untouched.
+    let left: Vec<usize> = experiments
+        .iter()
+        .map(|e| count(&format!("experiment('{e}')")))
+        .collect();
+    assert_eq!(left, [0, 2, 3]);
+    assert_eq!(count(&format!("dataset('{dataset}')")), 5);
+    assert_eq!(count("project_logs('keep-new')"), 2);
+    let listed = json_of(
+        &spanlake
+            .run(["experiment", "list", "-p", "keep-new", "--format", "json"])
+            .ok(),
+    );
+    let rows: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["rows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, [0, 2, 3]);
+
+    // Independently: DuckDB over the data files each table's Delta log
+    // references, which are exactly the files on disk (grace 0s: purged).
+    let cutoff = chrono::DateTime::parse_from_rfc3339(report["cutoff"].as_str().unwrap()).unwrap();
+    let mut files_left = 0;
+    for (experiment, ids) in
+        experiments
+            .iter()
+            .zip([vec![], vec!["m4", "m5"], vec!["n1", "n2", "n3"]])
+    {
+        let table = spanlake
+            .data_dir()
+            .join("experiments")
+            .join(experiment)
+            .join("logs");
+        let live = delta_live_files(&table);
+        assert_eq!(
+            delta_disk_files(&table),
+            live,
+            "{experiment}: vacuum left only live files"
+        );
+        files_left += live.len();
+        if live.is_empty() {
+            assert!(ids.is_empty());
+            continue;
+        }
+        if let Some(python) = service_var("SPANLAKE_DUCKDB_PYTHON") {
+            let sql = format!(
+                "select list(id order by id), count(*) filter (where created < '{}'::timestamptz) from {}",
+                cutoff.to_rfc3339(),
+                parquet_list(&table, &live)
+            );
+            assert_eq!(
+                crate::support::duckdb_rows(&python, &sql),
+                serde_json::json!([[ids, 0]]),
+                "{experiment}"
+            );
+        }
+    }
+    assert!(files_left > 0);
+
+    // The datasets' retention, the same way.
+    spanlake
+        .run([
+            "automation",
+            "create-retention",
+            "-p",
+            "keep-new",
+            "--days",
+            "30",
+            "--object-type",
+            "dataset",
+            "--grace",
+            "0s",
+        ])
+        .ok();
+    let report = json_of(
+        &spanlake
+            .run([
+                "automation",
+                "run",
+                "retention-dataset-30d",
+                "-p",
+                "keep-new",
+            ])
+            .ok(),
+    );
+    assert_eq!(report["rows_deleted"], 2, "{report}");
+    assert_eq!(count(&format!("dataset('{dataset}')")), 3);
+    assert_eq!(count("project_logs('keep-new')"), 2);
+}
+
+#[test]
+fn bad_experiment_and_dataset_input_says_what_where_and_what_to_do() {
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "bad");
+    let server = Server::start(&spanlake, &[]);
+    let project = create_project(&server, &key, "bad-input");
+    let (status, experiment) = server.call(
+        "POST",
+        "/v1/experiment",
+        Some(&key),
+        &serde_json::json!({"project_id": project, "name": "e"}).to_string(),
+    );
+    assert_eq!(status, 200);
+    let experiment = experiment["id"].as_str().unwrap().to_string();
+
+    let error_of = |method: &str, path: &str, body: serde_json::Value| {
+        let (status, answer) = server.call(method, path, Some(&key), &body.to_string());
+        (
+            status,
+            answer["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    let (status, message) = error_of("POST", "/v1/experiment", serde_json::json!({"name": "x"}));
+    assert_eq!(status, 400);
+    assert!(message.contains("missing `project_id`"), "{message}");
+    let (status, message) = error_of(
+        "POST",
+        "/v1/dataset",
+        serde_json::json!({"project_id": project}),
+    );
+    assert_eq!(status, 400);
+    assert!(message.contains("missing `name`"), "{message}");
+    let row = |fields: serde_json::Value| serde_json::json!({"rows": [fields]});
+    let (status, message) = error_of(
+        "POST",
+        "/logs3",
+        row(serde_json::json!({"id": "a", "project_id": project, "experiment_id": experiment})),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        message.contains("rows[0] names `project_id` and `experiment_id`"),
+        "{message}"
+    );
+    let unknown = "00000000-0000-4000-8000-000000000001";
+    let (status, message) = error_of(
+        "POST",
+        "/logs3",
+        row(serde_json::json!({"id": "a", "dataset_id": unknown})),
+    );
+    assert_eq!(status, 404);
+    assert!(
+        message.contains(&format!("unknown dataset `{unknown}`"))
+            && message.contains("POST /v1/dataset"),
+        "{message}"
+    );
+    let (status, message) = error_of("POST", "/logs3", row(serde_json::json!({"id": "a"})));
+    assert_eq!(status, 400);
+    assert!(message.contains("rows[0] names no object"), "{message}");
+    // An experiment's id is not a dataset's, in a query either.
+    let (status, message) = error_of(
+        "POST",
+        "/btql",
+        serde_json::json!({"query": format!("select: id | from: dataset('{experiment}')")}),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        message.contains(&format!("unknown dataset `{experiment}`")),
+        "{message}"
+    );
+    let (status, message) = error_of(
+        "POST",
+        &format!("/v1/dataset/{experiment}/fetch"),
+        serde_json::json!({"limit": 10}),
+    );
+    assert_eq!(status, 404, "{message}");
+    // An export of an experiment needs its id, and an existing one.
+    let export = |config: serde_json::Value| {
+        error_of(
+            "POST",
+            "/v1/project_automation",
+            serde_json::json!({"project_id": project, "name": "x", "kind": "export", "config": config}),
+        )
+    };
+    let (status, message) = export(
+        serde_json::json!({"object_type": "experiment", "data": "spans", "export_path": "s3://b/p"}),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        message.contains("object_id: an export of `experiment` needs the id"),
+        "{message}"
+    );
+    let (status, message) = export(
+        serde_json::json!({"object_type": "experiments", "data": "spans", "export_path": "s3://b/p"}),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        message.contains(
+            "object_type: `experiments` is not one of `project_logs`, `experiment`, `dataset`"
+        ),
+        "{message}"
+    );
+    let (status, message) = export(
+        serde_json::json!({"object_type": "experiment", "object_id": unknown, "data": "spans", "export_path": "s3://b/p"}),
+    );
+    assert_eq!(status, 404);
+    assert!(
+        message.contains(&format!("unknown experiment `{unknown}`")),
+        "{message}"
+    );
+    drop(server);
+
+    // The CLI: a retention of an unknown object type, exit 2 with the key.
+    let run = spanlake
+        .run([
+            "automation",
+            "create-retention",
+            "-p",
+            "bad-input",
+            "--days",
+            "3",
+            "--object-type",
+            "prompt",
+        ])
+        .expect_code(2);
+    assert!(
+        run.stderr.contains("object_type: `prompt` is not one of"),
+        "{}",
+        run.stderr
+    );
+    let run = spanlake.run(["experiment", "show", "nope"]).expect_code(2);
+    assert!(
+        run.stderr.contains("no experiment has the id `nope`"),
+        "{}",
+        run.stderr
+    );
+}
