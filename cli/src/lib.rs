@@ -24,6 +24,7 @@ use clap::{Parser, Subcommand};
 use spanlake_engine::Error as EngineError;
 use spanlake_engine::ingest::{IngestOptions, IngestReport, ingest};
 use spanlake_engine::query::{QueryOptions, run_query};
+use spanlake_engine::registry::objects::ObjectType::{Dataset, Experiment};
 use spanlake_engine::store::{Store, StoreOptions};
 
 /// spanlake: a store and query engine for LLM trace logs (Braintrust-style spans).
@@ -249,22 +250,8 @@ pub async fn run(cli: Cli) -> u8 {
         } => serve_command(&store, once, &retry_delay, &compaction, &http).await,
         Command::Apikey(command) => http::apikey_command(&store, command),
         Command::Store(command) => store::store_command(&store, command).await,
-        Command::Experiment(command) => {
-            objects::object_command(
-                &store,
-                spanlake_engine::registry::objects::ObjectType::Experiment,
-                command,
-            )
-            .await
-        }
-        Command::Dataset(command) => {
-            objects::object_command(
-                &store,
-                spanlake_engine::registry::objects::ObjectType::Dataset,
-                command,
-            )
-            .await
-        }
+        Command::Experiment(command) => objects::object_command(&store, Experiment, command).await,
+        Command::Dataset(command) => objects::object_command(&store, Dataset, command).await,
         Command::Export(args) => {
             let text = args.query.clone();
             let result = automation::export_command(&store, args).await;

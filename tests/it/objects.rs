@@ -3,9 +3,9 @@
 //! `/btql` and exported to S3 (read by DuckDB); retention by days of
 //! experiments and datasets; bad input naming what is wrong.
 
-use crate::http::{Server, api_key, create_project};
+use crate::http::{Server, api_key, create_object, create_project, sdk_end_to_end};
 use crate::retention::{json_of, parquet_list};
-use crate::support::{Spanlake, create_bucket, delta_disk_files, delta_live_files, service_var};
+use crate::support::{Spanlake, delta_disk_files, delta_live_files, service_var};
 
 fn strings(value: &serde_json::Value) -> Vec<&str> {
     value
@@ -18,48 +18,9 @@ fn strings(value: &serde_json::Value) -> Vec<&str> {
 
 #[test]
 fn the_braintrust_sdk_runs_an_eval_over_its_dataset_that_btql_and_an_s3_export_return() {
-    let (Some(python), Some(endpoint)) = (
-        service_var("SPANLAKE_DUCKDB_PYTHON"),
-        service_var("SPANLAKE_S3_ENDPOINT"),
-    ) else {
+    let Some((spanlake, out)) = sdk_end_to_end("eval-org", "eval-e2e", "eval_e2e.py", &[]) else {
         return;
     };
-    let spanlake = Spanlake::new();
-    let key = api_key(&spanlake, "eval-org");
-    let bucket = "eval-e2e";
-    let server = Server::start(
-        &spanlake,
-        &[
-            "--allow-export-to",
-            "s3://eval-e2e/",
-            "--allow-endpoint",
-            &endpoint,
-        ],
-    );
-    create_bucket(&endpoint, bucket);
-    let output = std::process::Command::new(&python)
-        .arg(crate::support::tests_dir().join("sdk/eval_e2e.py"))
-        .env("BRAINTRUST_APP_URL", server.url())
-        .env("BRAINTRUST_API_URL", server.url())
-        .env("BRAINTRUST_API_KEY", &key)
-        .env("E2E_BUCKET", bucket)
-        .env("SPANLAKE_S3_ENDPOINT", &endpoint)
-        .output()
-        .expect("run the SDK script");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "SDK script failed\n--- stdout\n{}\n--- stderr\n{stderr}\n--- server\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        server.log()
-    );
-    // The SDK prints tracebacks and "Dropping batch" on failures it
-    // swallows, and a warning when it cannot fetch the summary.
-    for sign in ["Traceback", "Dropping", "Failed to fetch"] {
-        assert!(!stderr.contains(sign), "{stderr}");
-    }
-    let out: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("the script's JSON summary");
 
     // The dataset, read back by a fresh SDK handle: the first record as
     // inserted, the second updated (merged metadata), the third deleted.
@@ -226,6 +187,40 @@ fn rows_of(
         .collect()
 }
 
+/// Create a retention of rows over 30 days old of every `object_type` of
+/// project `keep-new` (grace 0s), preview it, run it: the preview and the
+/// report.
+fn retention_30_days(
+    spanlake: &Spanlake,
+    object_type: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let args = [
+        "-p",
+        "keep-new",
+        "--days",
+        "30",
+        "--object-type",
+        object_type,
+        "--grace",
+        "0s",
+    ];
+    spanlake
+        .run(["automation", "create-retention"].iter().chain(&args))
+        .ok();
+    let name = format!("retention-{object_type}-30d");
+    let preview = json_of(
+        &spanlake
+            .run(["automation", "test", &name, "-p", "keep-new"])
+            .ok(),
+    );
+    let report = json_of(
+        &spanlake
+            .run(["automation", "run", &name, "-p", "keep-new"])
+            .ok(),
+    );
+    (preview, report)
+}
+
 #[test]
 fn retention_of_experiments_and_datasets_older_than_n_days_leaves_exactly_the_newer_rows() {
     let spanlake = Spanlake::new();
@@ -234,16 +229,7 @@ fn retention_of_experiments_and_datasets_older_than_n_days_leaves_exactly_the_ne
     let (experiments, dataset) = {
         let server = Server::start(&spanlake, &[]);
         let project = create_project(&server, &key, "keep-new");
-        let create = |kind: &str, name: &str| {
-            let (status, object) = server.call(
-                "POST",
-                &format!("/v1/{kind}"),
-                Some(&key),
-                &serde_json::json!({"project_id": project, "name": name}).to_string(),
-            );
-            assert_eq!(status, 200, "{object}");
-            object["id"].as_str().unwrap().to_string()
-        };
+        let create = |kind: &str, name: &str| create_object(&server, &key, kind, &project, name);
         let experiments = [
             create("experiment", "old"),
             create("experiment", "mixed"),
@@ -301,31 +287,7 @@ fn retention_of_experiments_and_datasets_older_than_n_days_leaves_exactly_the_ne
     };
     assert_eq!(count(&format!("experiment('{}')", experiments[1])), 5);
 
-    spanlake
-        .run([
-            "automation",
-            "create-retention",
-            "-p",
-            "keep-new",
-            "--days",
-            "30",
-            "--object-type",
-            "experiment",
-            "--grace",
-            "0s",
-        ])
-        .ok();
-    let name = "retention-experiment-30d";
-    let preview = json_of(
-        &spanlake
-            .run(["automation", "test", name, "-p", "keep-new"])
-            .ok(),
-    );
-    let report = json_of(
-        &spanlake
-            .run(["automation", "run", name, "-p", "keep-new"])
-            .ok(),
-    );
+    let (preview, report) = retention_30_days(&spanlake, "experiment");
     // 4 old rows, 3 old rows of `mixed` and the merge's second version.
     assert_eq!(preview["rows"], 8, "{preview}");
     assert_eq!(report["rows"], 8, "{report}");
@@ -396,31 +358,7 @@ fn retention_of_experiments_and_datasets_older_than_n_days_leaves_exactly_the_ne
     assert!(files_left > 0);
 
     // The datasets' retention, the same way.
-    spanlake
-        .run([
-            "automation",
-            "create-retention",
-            "-p",
-            "keep-new",
-            "--days",
-            "30",
-            "--object-type",
-            "dataset",
-            "--grace",
-            "0s",
-        ])
-        .ok();
-    let report = json_of(
-        &spanlake
-            .run([
-                "automation",
-                "run",
-                "retention-dataset-30d",
-                "-p",
-                "keep-new",
-            ])
-            .ok(),
-    );
+    let (_, report) = retention_30_days(&spanlake, "dataset");
     assert_eq!(report["rows_deleted"], 2, "{report}");
     assert_eq!(count(&format!("dataset('{dataset}')")), 3);
     assert_eq!(count("project_logs('keep-new')"), 2);
@@ -432,14 +370,7 @@ fn bad_experiment_and_dataset_input_says_what_where_and_what_to_do() {
     let key = api_key(&spanlake, "bad");
     let server = Server::start(&spanlake, &[]);
     let project = create_project(&server, &key, "bad-input");
-    let (status, experiment) = server.call(
-        "POST",
-        "/v1/experiment",
-        Some(&key),
-        &serde_json::json!({"project_id": project, "name": "e"}).to_string(),
-    );
-    assert_eq!(status, 200);
-    let experiment = experiment["id"].as_str().unwrap().to_string();
+    let experiment = create_object(&server, &key, "experiment", &project, "e");
 
     let error_of = |method: &str, path: &str, body: serde_json::Value| {
         let (status, answer) = server.call(method, path, Some(&key), &body.to_string());
