@@ -496,3 +496,71 @@ fn bad_experiment_and_dataset_input_says_what_where_and_what_to_do() {
         run.stderr
     );
 }
+
+#[test]
+fn an_experiments_row_versions_compact_into_one_each_and_read_the_same() {
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "fold");
+    let now = chrono::Utc::now();
+    let experiment = {
+        let server = Server::start(&spanlake, &[]);
+        let project = create_project(&server, &key, "fold");
+        let experiment = create_object(&server, &key, "experiment", &project, "e");
+        let cases = [("c1", 0), ("c2", 0), ("c3", 0), ("c4", 0), ("c5", 0)];
+        let body = serde_json::json!({"rows": rows_of("experiment_id", &experiment, &cases, now)});
+        assert_eq!(
+            server
+                .call("POST", "/logs3", Some(&key), &body.to_string())
+                .0,
+            200
+        );
+        // Later scores of three cases, in a request of their own: merges.
+        let merges: Vec<serde_json::Value> = ["c1", "c3", "c5"]
+            .iter()
+            .map(|id| serde_json::json!({"id": id, "experiment_id": experiment, "_is_merge": true, "scores": {"late": 1}}))
+            .collect();
+        let body = serde_json::json!({ "rows": merges });
+        assert_eq!(
+            server
+                .call("POST", "/logs3", Some(&key), &body.to_string())
+                .0,
+            200
+        );
+        experiment
+    };
+    let read = || {
+        spanlake
+            .query_jsonl(&format!(
+                "select: * | from: experiment('{experiment}') | sort: id"
+            ))
+            .ok()
+            .stdout
+    };
+    let before = read();
+    assert_eq!(before.lines().count(), 5);
+    assert_eq!(
+        before.matches("\"late\":1").count() + before.matches("\"late\": 1").count(),
+        3,
+        "{before}"
+    );
+    let report = json_of(
+        &spanlake
+            .run([
+                "store",
+                "compact",
+                "-p",
+                "fold",
+                "--experiment",
+                &experiment,
+            ])
+            .ok(),
+    );
+    assert_eq!(report["ids_folded"], 3, "{report}");
+    assert_eq!(report["rows_in"], 8, "{report}");
+    assert_eq!(report["rows_out"], 5, "{report}");
+    // Byte for byte the same rows, `_xact_id` and `_pagination_key` included.
+    assert_eq!(read(), before);
+    // The project's logs are another table: nothing to compact there.
+    let logs = json_of(&spanlake.run(["store", "compact", "-p", "fold"]).ok());
+    assert_eq!(logs["ids_folded"], 0, "{logs}");
+}

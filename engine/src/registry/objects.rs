@@ -234,6 +234,21 @@ impl ProjectRegistry {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every table of the data directory, each a handle of
+    /// [`crate::store::Store::logs`]: per project (by name), its logs, then
+    /// its experiments and its datasets (oldest first).
+    pub fn all_tables(&self) -> Result<Vec<Project>> {
+        let mut tables = Vec::new();
+        for project in self.list()? {
+            let mut objects = self.list_objects(&project, ObjectType::Experiment)?;
+            objects.extend(self.list_objects(&project, ObjectType::Dataset)?);
+            let handles: Vec<Project> = objects.iter().map(|o| project.for_object(o)).collect();
+            tables.push(project);
+            tables.extend(handles);
+        }
+        Ok(tables)
+    }
+
     /// The `object_type` with this id, with the project it belongs to (a
     /// handle on its table, see [`Project::for_object`]); `org_id` limits
     /// it to one org (another org's object is unknown, exactly like one
