@@ -490,7 +490,8 @@ pub(crate) async fn fetch_get(
     auth: Auth,
     state: State<Arc<AppState>>,
     _slot: QuerySlot,
-    Path((kind, project)): Path<(String, String)>,
+    route: axum::extract::MatchedPath,
+    Path(project): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let limit = match params.get("limit") {
@@ -508,7 +509,14 @@ pub(crate) async fn fetch_get(
             .cloned()
             .map(serde_json::Value::String),
     };
-    fetch(auth, state, &kind, project, params).await
+    fetch(
+        auth,
+        state,
+        crate::objects::object_type_of(&route)?,
+        project,
+        params,
+    )
+    .await
 }
 
 /// `POST /v1/{project_logs,experiment,dataset}/{id}/fetch {"limit", "cursor", "max_xact_id"}`
@@ -517,7 +525,8 @@ pub(crate) async fn fetch_post(
     auth: Auth,
     state: State<Arc<AppState>>,
     _slot: QuerySlot,
-    Path((kind, project)): Path<(String, String)>,
+    route: axum::extract::MatchedPath,
+    Path(project): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let params: FetchParams = if body.is_empty() {
@@ -526,7 +535,14 @@ pub(crate) async fn fetch_post(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid fetch body: {e}")))?
     };
-    fetch(auth, state, &kind, project, params).await
+    fetch(
+        auth,
+        state,
+        crate::objects::object_type_of(&route)?,
+        project,
+        params,
+    )
+    .await
 }
 
 /// The resolved rows of a project's logs, an experiment or a dataset
@@ -536,15 +552,10 @@ pub(crate) async fn fetch_post(
 async fn fetch(
     Auth(org): Auth,
     State(state): State<Arc<AppState>>,
-    kind: &str,
+    object_type: ObjectType,
     id: String,
     params: FetchParams,
 ) -> Result<Response, ApiError> {
-    let object_type = ObjectType::parse(kind).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "no route `/v1/{kind}/.../fetch`; fetch from `project_logs`, `experiment` or `dataset`"
-        ))
-    })?;
     if object_type != ObjectType::ProjectLogs && params.version.is_some() {
         return Err(ApiError::bad_request(format!(
             "`version`: spanlake reads the latest version of a {object_type}, not a pinned one; fetch without `version`"

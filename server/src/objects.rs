@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{MatchedPath, Path, Query, State};
 use spanlake_engine::objects::summarize_object;
 use spanlake_engine::registry::Project;
 use spanlake_engine::registry::objects::{LogObject, NewObject, ObjectType};
@@ -44,19 +44,25 @@ pub(crate) fn object_json(object: &LogObject) -> serde_json::Value {
     });
     if object.object_type == ObjectType::Experiment {
         json["public"] = serde_json::Value::Bool(false);
-        json["base_exp_id"] = serde_json::Value::Null;
-        json["dataset_id"] = serde_json::Value::Null;
     }
     json
 }
 
-fn object_type_of(path_segment: &str) -> Result<ObjectType, ApiError> {
-    match ObjectType::parse(path_segment) {
-        Some(t @ (ObjectType::Experiment | ObjectType::Dataset)) => Ok(t),
-        _ => Err(ApiError::not_found(format!(
-            "no route `/v1/{path_segment}`; objects are `/v1/experiment` and `/v1/dataset`"
-        ))),
-    }
+/// The object type a route is for: the segment after `/v1/` of its
+/// pattern (`/v1/experiment/{id}`, `/v1/dataset/{id}/fetch`, ...).
+pub(crate) fn object_type_of(route: &MatchedPath) -> Result<ObjectType, ApiError> {
+    route
+        .as_str()
+        .strip_prefix("/v1/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(ObjectType::parse)
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("route `{}` names no object type", route.as_str()),
+            )
+        })
 }
 
 fn optional_string(body: &serde_json::Value, field: &str) -> Result<Option<String>, ApiError> {
@@ -76,10 +82,10 @@ fn optional_string(body: &serde_json::Value, field: &str) -> Result<Option<Strin
 pub(crate) async fn create(
     Auth(org): Auth,
     State(state): State<Arc<AppState>>,
-    Path(kind): Path<String>,
+    route: MatchedPath,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let object_type = object_type_of(&kind)?;
+    let object_type = object_type_of(&route)?;
     let body: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body is not valid JSON (line {}, column {}): {e}",
@@ -126,10 +132,10 @@ pub(crate) async fn create(
 pub(crate) async fn list(
     Auth(org): Auth,
     State(state): State<Arc<AppState>>,
-    Path(kind): Path<String>,
+    route: MatchedPath,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let object_type = object_type_of(&kind)?;
+    let object_type = object_type_of(&route)?;
     let project = query
         .get("project_id")
         .or_else(|| query.get("project_name"))
@@ -169,9 +175,10 @@ async fn object_of(
 pub(crate) async fn get(
     Auth(org): Auth,
     State(state): State<Arc<AppState>>,
-    Path((kind, id)): Path<(String, String)>,
+    route: MatchedPath,
+    Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let object_type = object_type_of(&kind)?;
+    let object_type = object_type_of(&route)?;
     let (object, _) = object_of(&state, org.id, object_type, id).await?;
     Ok(Json(object_json(&object)))
 }
@@ -184,10 +191,11 @@ pub(crate) async fn get(
 pub(crate) async fn summarize(
     Auth(org): Auth,
     State(state): State<Arc<AppState>>,
-    Path((kind, id)): Path<(String, String)>,
+    route: MatchedPath,
+    Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let object_type = object_type_of(&kind)?;
+    let object_type = object_type_of(&route)?;
     let (object, table) = object_of(&state, org.id, object_type, id).await?;
     let summarize_data = query
         .get(if object_type == ObjectType::Experiment {

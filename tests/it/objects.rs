@@ -564,3 +564,98 @@ fn an_experiments_row_versions_compact_into_one_each_and_read_the_same() {
     let logs = json_of(&spanlake.run(["store", "compact", "-p", "fold"]).ok());
     assert_eq!(logs["ids_folded"], 0, "{logs}");
 }
+
+#[test]
+fn another_orgs_experiments_and_datasets_are_unknown_on_every_route() {
+    let spanlake = Spanlake::new();
+    let alice = api_key(&spanlake, "alice");
+    let bob = api_key(&spanlake, "bob");
+    let server = Server::start(&spanlake, &[]);
+    let project = create_project(&server, &alice, "alice-evals");
+    let experiment = create_object(&server, &alice, "experiment", &project, "e");
+    let dataset = create_object(&server, &alice, "dataset", &project, "d");
+    let rows = serde_json::json!({"rows": [
+        {"id": "r1", "experiment_id": experiment, "input": 1},
+        {"id": "r2", "dataset_id": dataset, "input": 2},
+    ]});
+    assert_eq!(
+        server
+            .call("POST", "/logs3", Some(&alice), &rows.to_string())
+            .0,
+        200
+    );
+    let unknown = "00000000-0000-4000-8000-00000000abcd";
+    for (kind, id) in [("experiment", &experiment), ("dataset", &dataset)] {
+        // Alice sees it; Bob gets what an id nobody has gets.
+        for path in [
+            format!("/v1/{kind}/{id}"),
+            format!("/v1/{kind}/{id}/summarize"),
+            format!("/v1/{kind}/{id}/fetch"),
+        ] {
+            assert_eq!(server.call("GET", &path, Some(&alice), "").0, 200, "{path}");
+            let (status, foreign) = server.call("GET", &path, Some(&bob), "");
+            let (_, nobody) =
+                server.call("GET", &path.replace(id.as_str(), unknown), Some(&bob), "");
+            assert_eq!(status, 404, "{path}: {foreign}");
+            assert_eq!(
+                foreign["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .replace(id.as_str(), unknown),
+                nobody["error"]["message"].as_str().unwrap(),
+                "{path}"
+            );
+        }
+        let row = serde_json::json!({"rows": [{"id": "x", format!("{kind}_id"): id}]});
+        assert_eq!(
+            server
+                .call("POST", "/logs3", Some(&bob), &row.to_string())
+                .0,
+            404
+        );
+        let query = serde_json::json!({"query": format!("select: id | from: {kind}('{id}')")});
+        let (status, answer) = server.call("POST", "/btql", Some(&bob), &query.to_string());
+        assert_eq!(status, 400);
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("unknown {kind}")),
+            "{answer}"
+        );
+        let (status, listed) = server.call(
+            "GET",
+            &format!("/v1/{kind}?project_id={project}"),
+            Some(&bob),
+            "",
+        );
+        assert_eq!(status, 404, "{listed}");
+        let create = serde_json::json!({"project_id": project, "name": "mine"});
+        assert_eq!(
+            server
+                .call(
+                    "POST",
+                    &format!("/v1/{kind}"),
+                    Some(&bob),
+                    &create.to_string()
+                )
+                .0,
+            404
+        );
+    }
+    // Nothing of Bob's got in: Alice's objects hold their one row each.
+    let (_, fetched) = server.call(
+        "POST",
+        &format!("/v1/experiment/{experiment}/fetch"),
+        Some(&alice),
+        "{}",
+    );
+    assert_eq!(fetched["events"].as_array().unwrap().len(), 1, "{fetched}");
+    let (_, listed) = server.call(
+        "GET",
+        &format!("/v1/experiment?project_id={project}"),
+        Some(&alice),
+        "",
+    );
+    assert_eq!(listed["objects"].as_array().unwrap().len(), 1, "{listed}");
+}

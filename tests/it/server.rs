@@ -197,14 +197,21 @@ fn api_keys_scope_requests_to_their_org_and_bad_input_commits_nothing() {
         logs3_body(&project, &[huge]).as_bytes(),
     );
     assert_eq!(status, 413);
-    // A row of an experiment, and an unknown project id.
+    // A row of an experiment that does not exist, and an unknown project id.
     let (status, body) = server.call(
         "POST",
         "/logs3",
         Some(&alice),
         r#"{"rows": [{"id": "e1", "experiment_id": "x"}]}"#,
     );
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown experiment `x`"),
+        "{body}"
+    );
     let (status, _) = server.call(
         "POST",
         "/v1/project_logs/00000000-0000-4000-8000-000000000000/insert",
