@@ -7,7 +7,7 @@
 //!  GET  /v1/experiment?project_id=&experiment_name=                                     ─► {"objects": [...]}
 //!  GET  /v1/experiment/{id}                                                             ─► the experiment
 //!  GET  /v1/experiment/{id}/summarize?summarize_scores=                                 ─► scores and metrics (the end of an Eval)
-//!  POST /v1/dataset {project_id, name, description?, metadata?}                         ─► the dataset (get-or-create by name)
+//!  POST /v1/dataset {project_id, name?, description?, metadata?}                         ─► the dataset (get-or-create by name)
 //!  GET  /v1/dataset?project_id=&dataset_name=, GET /v1/dataset/{id}                     ─► as for experiments
 //!  GET  /v1/dataset/{id}/summarize?summarize_data=                                      ─► {"data_summary": {"total_records"}}
 //! ```
@@ -113,11 +113,6 @@ pub(crate) async fn create(
         metadata: body.get("metadata").filter(|m| !m.is_null()).cloned(),
         ensure_new,
     };
-    if object_type == ObjectType::Dataset && new.name.is_none() {
-        return Err(ApiError::bad_request(
-            "missing `name`: the dataset's name (`init_dataset(name=...)`)",
-        ));
-    }
     let object = state
         .registry(move |r| {
             let project = r.resolve_in_org(&org.id, &project_id)?;

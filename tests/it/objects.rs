@@ -388,10 +388,10 @@ fn bad_experiment_and_dataset_input_says_what_where_and_what_to_do() {
     let (status, message) = error_of(
         "POST",
         "/v1/dataset",
-        serde_json::json!({"project_id": project}),
+        serde_json::json!({"project_id": project, "name": " "}),
     );
     assert_eq!(status, 400);
-    assert!(message.contains("missing `name`"), "{message}");
+    assert!(message.contains("name: cannot be empty"), "{message}");
     let row = |fields: serde_json::Value| serde_json::json!({"rows": [fields]});
     let (status, message) = error_of(
         "POST",

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 pub use spanlake_dsl::ObjectType;
 
-use super::{Project, ProjectRegistry, is_constraint, validate_name};
+use super::{Project, ProjectRegistry, is_constraint};
 use crate::error::{Error, Result};
 
 /// Which table of a project a [`Project`] handle addresses, when it is not
@@ -58,7 +58,8 @@ fn serialize_object_type<S: serde::Serializer>(t: &ObjectType, s: S) -> Result<S
 /// What to create (see [`ProjectRegistry::create_object`]).
 #[derive(Debug, Clone, Default)]
 pub struct NewObject {
-    /// The name; an experiment without one is named `experiment-N`.
+    /// The name; without one, the first free of `experiment-1`,
+    /// `experiment-2`, ... (`dataset-1`, ... for a dataset).
     pub name: Option<String>,
     /// Free text.
     pub description: Option<String>,
@@ -139,7 +140,7 @@ impl ProjectRegistry {
             ));
         }
         if let Some(name) = &new.name {
-            validate_name(name)?;
+            validate_object_name(object_type, name)?;
             if let Some(existing) = self.object_by_name(project, object_type, name)?
                 && !new.ensure_new
             {
@@ -153,16 +154,15 @@ impl ProjectRegistry {
                 "metadata: must be a JSON object, got `{metadata}`"
             )));
         }
-        let base = new.name.clone().unwrap_or_else(|| object_type.to_string());
-        // The first free name: `base` itself when given and free, then
-        // `base-2`, `base-3`, ... (a concurrent creator may take one: try
-        // the next).
-        let mut n = u32::from(new.name.is_none()) + 1;
+        // The first free name: the name given, then `name-2`, `name-3`, ...;
+        // unnamed, `experiment-1`, `experiment-2`, ... (a concurrent creator
+        // may take one: try the next).
+        let mut n = 1u32;
         loop {
-            let name = if n == 1 {
-                base.clone()
-            } else {
-                format!("{base}-{n}")
+            let name = match (&new.name, n) {
+                (Some(name), 1) => name.clone(),
+                (Some(name), n) => format!("{name}-{n}"),
+                (None, n) => format!("{object_type}-{n}"),
             };
             if self.object_by_name(project, object_type, &name)?.is_none() {
                 let object = LogObject {
@@ -330,6 +330,21 @@ impl ProjectRegistry {
     }
 }
 
+fn validate_object_name(object_type: ObjectType, name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "name: cannot be empty; leave it out and the {object_type} gets one"
+        )));
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err(Error::InvalidArgument(format!(
+            "name: {object_type} name `{}` contains control characters",
+            name.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
 fn row_to_object(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogObject> {
     let object_type: String = r.get(1)?;
     let metadata: Option<String> = r.get(6)?;
@@ -393,7 +408,7 @@ mod tests {
         let unnamed = registry
             .create_object(&project, ObjectType::Experiment, &NewObject::default())
             .unwrap();
-        assert_eq!(unnamed.name, "experiment-2");
+        assert_eq!(unnamed.name, "experiment-1");
         let listed: Vec<String> = registry
             .list_objects(&project, ObjectType::Experiment)
             .unwrap()
