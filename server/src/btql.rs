@@ -509,14 +509,7 @@ pub(crate) async fn fetch_get(
             .cloned()
             .map(serde_json::Value::String),
     };
-    fetch(
-        auth,
-        state,
-        crate::objects::object_type_of(&route)?,
-        project,
-        params,
-    )
-    .await
+    fetch(auth, state, &route, project, params).await
 }
 
 /// `POST /v1/{project_logs,experiment,dataset}/{id}/fetch {"limit", "cursor", "max_xact_id"}`
@@ -535,27 +528,21 @@ pub(crate) async fn fetch_post(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid fetch body: {e}")))?
     };
-    fetch(
-        auth,
-        state,
-        crate::objects::object_type_of(&route)?,
-        project,
-        params,
-    )
-    .await
+    fetch(auth, state, &route, project, params).await
 }
 
 /// The resolved rows of a project's logs, an experiment or a dataset
-/// (`kind`), newest transaction first, a page at a time:
+/// (by the `route`), newest transaction first, a page at a time:
 /// `{"events": [...], "cursor": "..."}`. `limit` counts rows (the public
 /// API counts traces).
 async fn fetch(
     Auth(org): Auth,
     State(state): State<Arc<AppState>>,
-    object_type: ObjectType,
+    route: &axum::extract::MatchedPath,
     id: String,
     params: FetchParams,
 ) -> Result<Response, ApiError> {
+    let object_type = crate::objects::object_type_of(route)?;
     if object_type != ObjectType::ProjectLogs && params.version.is_some() {
         return Err(ApiError::bad_request(format!(
             "`version`: spanlake reads the latest version of a {object_type}, not a pinned one; fetch without `version`"
