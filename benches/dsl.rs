@@ -15,7 +15,11 @@ use spanlake_dsl::{Catalog, PlanOptions, parse_query, plan_query, schema::spans_
 struct SpansCatalog;
 
 impl Catalog for SpansCatalog {
-    fn project_logs(&self, _args: &[String]) -> Result<Arc<dyn TableSource>, String> {
+    fn source(
+        &self,
+        _object_type: spanlake_dsl::ObjectType,
+        _args: &[String],
+    ) -> Result<Arc<dyn TableSource>, String> {
         Ok(Arc::new(LogicalTableSource::new(spans_schema())))
     }
 }

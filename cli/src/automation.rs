@@ -96,6 +96,14 @@ pub struct CreateExportArgs {
     /// `traces`, `spans` or `query`.
     #[arg(long)]
     pub data: String,
+    /// What is exported: `project_logs` (default), `experiment` or
+    /// `dataset` (the one `--object-id` names).
+    #[arg(long, value_name = "TYPE")]
+    pub object_type: Option<String>,
+    /// The id of the experiment or dataset to export (`spanlake experiment
+    /// list -p PROJECT`).
+    #[arg(long, value_name = "ID")]
+    pub object_id: Option<String>,
     /// The BTQL of a `query` export.
     #[arg(long)]
     pub btql: Option<String>,
@@ -130,6 +138,10 @@ pub struct CreateRetentionArgs {
     /// Rows created more than this many days before a run are deleted.
     #[arg(long)]
     pub days: u32,
+    /// Whose rows go: `project_logs` (default), `experiment` or `dataset`
+    /// (the rows of every experiment or dataset of the project).
+    #[arg(long, value_name = "TYPE")]
+    pub object_type: Option<String>,
     /// Unique name within the project (default `retention-<days>d`).
     #[arg(long)]
     pub name: Option<String>,
@@ -253,6 +265,8 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
         AutomationCommand::CreateExport(args) => {
             let project = store.registry()?.resolve(&args.project)?;
             let raw = RawExportConfig {
+                object_type: args.object_type,
+                object_id: args.object_id,
                 data: args.data,
                 btql: args.btql,
                 export_path: destination_url(&args.to)?,
@@ -267,8 +281,9 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                 role_arn: args.role_arn,
                 endpoint: args.endpoint,
             };
-            let (_, stored) =
+            let (validated, stored) =
                 AutomationConfig::validate(Kind::Export, serde_json::to_value(&raw)?)?;
+            validated.check_object(store, &project)?;
             let automation = state.create(
                 &project.id,
                 &args.name,
@@ -295,7 +310,12 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
         }
         AutomationCommand::CreateRetention(args) => {
             let project = store.registry()?.resolve(&args.project)?;
+            let whose = match &args.object_type {
+                Some(t) if t != "project_logs" => format!("{t}-"),
+                _ => String::new(),
+            };
             let config = spanlake_engine::retention::RetentionConfig {
+                object_type: args.object_type,
                 retention_days: args.days,
                 grace: args.grace,
                 interval: args.interval,
@@ -305,7 +325,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                 AutomationConfig::validate(Kind::Retention, serde_json::to_value(&config)?)?;
             let name = args
                 .name
-                .unwrap_or_else(|| format!("retention-{}d", args.days));
+                .unwrap_or_else(|| format!("retention-{whose}{}d", args.days));
             let automation = state.create(
                 &project.id,
                 &name,

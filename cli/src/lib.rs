@@ -10,6 +10,7 @@
 
 pub mod automation;
 pub mod http;
+pub mod objects;
 pub use spanlake_dsl::diagnostics;
 pub mod render;
 pub mod store;
@@ -23,6 +24,7 @@ use clap::{Parser, Subcommand};
 use spanlake_engine::Error as EngineError;
 use spanlake_engine::ingest::{IngestOptions, IngestReport, ingest};
 use spanlake_engine::query::{QueryOptions, run_query};
+use spanlake_engine::registry::objects::ObjectType::{Dataset, Experiment};
 use spanlake_engine::store::{Store, StoreOptions};
 
 /// spanlake: a store and query engine for LLM trace logs (Braintrust-style spans).
@@ -95,6 +97,12 @@ pub enum Command {
     /// Maintenance of a project's log table (compaction).
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// The experiments of a project (`Eval` runs): list, show.
+    #[command(subcommand)]
+    Experiment(objects::ObjectCommand),
+    /// The datasets of a project: list, show.
+    #[command(subcommand)]
+    Dataset(objects::ObjectCommand),
 }
 
 /// `spanlake project ...`
@@ -242,6 +250,8 @@ pub async fn run(cli: Cli) -> u8 {
         } => serve_command(&store, once, &retry_delay, &compaction, &http).await,
         Command::Apikey(command) => http::apikey_command(&store, command),
         Command::Store(command) => store::store_command(&store, command).await,
+        Command::Experiment(command) => objects::object_command(&store, Experiment, command).await,
+        Command::Dataset(command) => objects::object_command(&store, Dataset, command).await,
         Command::Export(args) => {
             let text = args.query.clone();
             let result = automation::export_command(&store, args).await;

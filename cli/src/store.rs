@@ -1,6 +1,8 @@
-//! `spanlake store ...`: maintenance of a project's log table.
+//! `spanlake store ...`: maintenance of a project's log table, or of one of
+//! its experiments' or datasets' tables.
 
 use clap::Subcommand;
+use spanlake_engine::registry::objects::ObjectType;
 use spanlake_engine::store::Store;
 use spanlake_engine::store::compact::{CompactOptions, Compaction, CompactionReport};
 
@@ -19,6 +21,12 @@ pub struct CompactArgs {
     /// Project id or name.
     #[arg(long, short)]
     pub project: String,
+    /// Compact this experiment's table (its id) instead of the project's logs.
+    #[arg(long, value_name = "ID", conflicts_with = "dataset")]
+    pub experiment: Option<String>,
+    /// Compact this dataset's table (its id) instead of the project's logs.
+    #[arg(long, value_name = "ID")]
+    pub dataset: Option<String>,
     /// Report what would be rewritten; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -34,7 +42,19 @@ pub struct CompactArgs {
 pub async fn store_command(store: &Store, command: StoreCommand) -> anyhow::Result<()> {
     match command {
         StoreCommand::Compact(args) => {
-            let project = store.registry()?.resolve(&args.project)?;
+            let project = {
+                let registry = store.registry()?;
+                let project = registry.resolve(&args.project)?;
+                match (&args.experiment, &args.dataset) {
+                    (Some(id), _) => {
+                        registry.automation_table(&project, ObjectType::Experiment, Some(id))?
+                    }
+                    (None, Some(id)) => {
+                        registry.automation_table(&project, ObjectType::Dataset, Some(id))?
+                    }
+                    (None, None) => project,
+                }
+            };
             let target_file_bytes = spanlake_engine::config::parse_bytes(&args.target_file_size)
                 .map_err(|e| anyhow::anyhow!("--target-file-size: {e}"))?;
             let options = CompactOptions {
@@ -52,7 +72,11 @@ pub async fn store_command(store: &Store, command: StoreCommand) -> anyhow::Resu
                         .context(format!("compaction of project `{}` failed", project.name))
                 })?;
             println!("{}", serde_json::to_string(&report)?);
-            eprintln!("{}", summary(&report, &project.name));
+            let label = project.object.as_ref().map_or_else(
+                || project.name.clone(),
+                |o| format!("{} {}", o.object_type, o.name),
+            );
+            eprintln!("{}", summary(&report, &label));
             Ok(())
         }
     }

@@ -16,6 +16,7 @@ mod error;
 pub mod functions;
 mod json_ast;
 mod limits;
+mod object_type;
 mod plan;
 pub mod schema;
 mod sql;
@@ -24,6 +25,7 @@ mod syntax;
 pub use error::{Diagnostic, Diagnostics, Span};
 pub use json_ast::parse_json_ast;
 pub use limits::{MAX_EXPRESSION_DEPTH, MAX_JSON_DEPTH};
+pub use object_type::{ObjectType, object_type_names};
 pub use plan::{
     Catalog, CompiledQuery, OutputColumn, PivotSort, PivotSpec, PlanOptions, plan_query,
 };

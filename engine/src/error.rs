@@ -24,6 +24,15 @@ pub enum Error {
     /// A project name or id that does not exist.
     #[error("unknown project `{0}`")]
     UnknownProject(String),
+    /// An experiment or dataset id that does not exist (or belongs to
+    /// another org).
+    #[error("unknown {object_type} `{id}`")]
+    UnknownObject {
+        /// `experiment` or `dataset`.
+        object_type: spanlake_dsl::ObjectType,
+        /// The id as given.
+        id: String,
+    },
     /// A project with this name exists already.
     #[error("a project named `{0}` already exists")]
     ProjectExists(String),
@@ -151,7 +160,10 @@ impl Error {
     pub fn is_user_data_error(&self) -> bool {
         matches!(
             self,
-            Self::Query(_) | Self::InvalidInput { .. } | Self::UnknownProject(_)
+            Self::Query(_)
+                | Self::InvalidInput { .. }
+                | Self::UnknownProject(_)
+                | Self::UnknownObject { .. }
         )
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! ```text
 //!  automation  runner (one path for both kinds), scheduler, destinations policy   ◄── cli, server
+//!  objects                     experiments' and datasets' summaries (BTQL over their tables)
 //!  export   retention          an export run: config, target, cursor, run, manifest, recover, probe │ retention: plan, rewrite
 //!  state                       automations, cursors, runs, leases (state.db)
 //!  sink                        object stores, credentials, JSONL and Parquet writers, partitions
@@ -28,6 +29,7 @@ pub mod export;
 mod faults;
 pub mod ingest;
 pub mod metrics;
+pub mod objects;
 pub mod query;
 pub mod registry;
 pub mod retention;

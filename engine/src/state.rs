@@ -158,6 +158,60 @@ pub struct Automation {
     pub origin: Origin,
 }
 
+impl Automation {
+    /// The object type its configuration names (`object_type`;
+    /// `project_logs` when absent).
+    pub fn object_type(&self) -> Result<crate::registry::objects::ObjectType> {
+        use crate::registry::objects::ObjectType;
+        match self.config.get("object_type").and_then(|v| v.as_str()) {
+            None => Ok(ObjectType::ProjectLogs),
+            Some(name) => ObjectType::parse(name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "the stored configuration of automation `{}` names object type `{name}`, not one of {}",
+                    self.name,
+                    spanlake_dsl::object_type_names()
+                ))
+            }),
+        }
+    }
+
+    /// The experiment or dataset its configuration names (`object_id`), if any.
+    pub fn object_id(&self) -> Option<&str> {
+        self.config.get("object_id").and_then(|v| v.as_str())
+    }
+
+    /// The tables it works on, each a handle of [`Store::logs`]: the
+    /// project's logs; for an export of an experiment or dataset, that one
+    /// object's table; for a retention of experiments or datasets, the
+    /// table of every one of them in the project.
+    pub fn tables(&self, store: &Store) -> Result<Vec<crate::registry::Project>> {
+        use crate::registry::objects::ObjectType;
+        let object_type = self.object_type()?;
+        store.with_registry(|r| {
+            let project = r.get(&self.project_id)?;
+            match (self.kind, object_type) {
+                (_, ObjectType::ProjectLogs) | (Kind::Export, _) => Ok(vec![r.automation_table(
+                    &project,
+                    object_type,
+                    self.object_id(),
+                )?]),
+                (Kind::Retention, _) => Ok(r
+                    .list_objects(&project, object_type)?
+                    .iter()
+                    .map(|o| project.for_object(o))
+                    .collect()),
+            }
+        })
+    }
+
+    /// The one table an export works on (see [`Self::tables`]).
+    pub fn export_table(&self, store: &Store) -> Result<crate::registry::Project> {
+        self.tables(store)?
+            .pop()
+            .ok_or_else(|| Error::Internal(format!("export `{}` has no table", self.name)))
+    }
+}
+
 /// What started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -786,7 +840,8 @@ impl StateDb {
         Ok(changed == 1)
     }
 
-    /// Table versions of `project_id` pinned by running exports: the
+    /// Table versions of the table `project_id` (a project's logs, or an
+    /// experiment or dataset by its id) pinned by running exports: the
     /// `cursor_to` snapshot of every export run still `running` whose
     /// automation's lease is held, unexpired, by that run's live process (a
     /// crashed run's pin lapses with its lease). Vacuum keeps every file these
@@ -796,7 +851,8 @@ impl StateDb {
             "SELECT r.cursor_to, r.run_id, l.holder, r.details FROM runs r
                JOIN automations a ON a.id = r.automation_id
                JOIN leases l ON l.automation_id = a.id
-              WHERE a.project_id = ?1 AND a.kind = 'export' AND r.status = 'running'
+              WHERE coalesce(json_extract(a.config, '$.object_id'), a.project_id) = ?1
+                AND a.kind = 'export' AND r.status = 'running'
                 AND r.cursor_to IS NOT NULL AND l.expires_micros >= ?2",
         )?;
         let now = self.clock.now_micros();

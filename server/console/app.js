@@ -871,7 +871,11 @@ function openAutomationDialog(project, existing, onSaved) {
         field("S3 endpoint", endpoint, "Only for S3-compatible servers; the operator must allow it (--allow-endpoint)."))));
 
   // Retention fields.
-  const objectType = select([["project_logs", "project_logs (the only one today)"]], "project_logs", { id: "r-object-type" });
+  const objectType = select([
+    ["project_logs", "project_logs (the project's logs)"],
+    ["experiment", "experiment (the rows of every experiment)"],
+    ["dataset", "dataset (the records of every dataset)"],
+  ], c.object_type || "project_logs", { id: "r-object-type" });
   const days = el("input", { type: "number", id: "r-days", min: 0, value: c.retention_days ?? 30 });
   const grace = el("input", { type: "text", id: "r-grace", value: c.grace || "24h" });
   const rInterval = el("input", { type: "text", id: "r-interval", value: c.interval || "24h" });
@@ -917,7 +921,9 @@ function openAutomationDialog(project, existing, onSaved) {
     const n = Number(days.value);
     if (!Number.isInteger(n) || n < 0) found.push("Retention days: a whole number of days.");
     if (n === 0 && !force.checked) found.push("Retention days: 0 deletes every row; use at least 1, or tick Force.");
-    return { config: { retention_days: n, grace: grace.value.trim(), interval: rInterval.value.trim(), force: force.checked }, problems: found };
+    const retention = { retention_days: n, grace: grace.value.trim(), interval: rInterval.value.trim(), force: force.checked };
+    if (objectType.value !== "project_logs") retention.object_type = objectType.value;
+    return { config: retention, problems: found };
   };
   const showProblems = (list) => {
     clear(problems);

@@ -136,10 +136,12 @@ fn run_error(error: RunError) -> ApiError {
 /// server's policy too; the stored (normalized) configuration.
 async fn validated_config(
     state: &AppState,
+    project: &Project,
     kind: Kind,
     config: serde_json::Value,
 ) -> Result<serde_json::Value, ApiError> {
     let (validated, stored) = AutomationConfig::validate(kind, config)?;
+    validated.check_object(&state.store, project)?;
     if let AutomationConfig::Export(config) = &validated {
         state
             .config
@@ -188,7 +190,7 @@ async fn draft(
     let project = state
         .registry(move |r| r.resolve_in_org(&org_id, &project_arg))
         .await?;
-    let config = validated_config(state, kind, std::mem::take(&mut body.config)).await?;
+    let config = validated_config(state, &project, kind, std::mem::take(&mut body.config)).await?;
     Ok((body, kind, project, config))
 }
 
@@ -281,7 +283,18 @@ pub(crate) async fn update(
     // A configuration given here is the API's choice from now on.
     let (config, origin) = match body.config {
         Some(config) => (
-            validated_config(&state, current.kind, config).await?,
+            validated_config(
+                &state,
+                &state
+                    .registry({
+                        let project_id = current.project_id.clone();
+                        move |r| r.get(&project_id)
+                    })
+                    .await?,
+                current.kind,
+                config,
+            )
+            .await?,
             Some(Origin::Api),
         ),
         None => (current.config.clone(), None),

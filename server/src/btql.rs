@@ -1,4 +1,4 @@
-//! `POST /btql` and `GET|POST /v1/project_logs/{id}/fetch`.
+//! `POST /btql` and `GET|POST /v1/{project_logs,experiment,dataset}/{id}/fetch`.
 //!
 //! The query is text (pipe BTQL or SQL, detected) or the JSON AST the SDK
 //! sends. `limit` is the page size (default `default_page_rows`, at most
@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use spanlake_engine::Error;
 use spanlake_engine::query::rows::write_row_object;
 use spanlake_engine::query::{Paging, QueryOptions, QueryStream, run_parsed_query};
+use spanlake_engine::registry::objects::ObjectType;
 
 use crate::AppState;
 use crate::auth::Auth;
@@ -479,13 +480,17 @@ pub(crate) struct FetchParams {
     limit: Option<u64>,
     cursor: Option<String>,
     max_xact_id: Option<String>,
+    /// A pinned version of an experiment or dataset (the SDK's
+    /// `init_dataset(version=...)`): refused, spanlake reads the latest.
+    version: Option<serde_json::Value>,
 }
 
-/// `GET /v1/project_logs/{id}/fetch?limit=&cursor=&max_xact_id=`.
+/// `GET /v1/{project_logs,experiment,dataset}/{id}/fetch?limit=&cursor=&max_xact_id=`.
 pub(crate) async fn fetch_get(
     auth: Auth,
     state: State<Arc<AppState>>,
     _slot: QuerySlot,
+    route: axum::extract::MatchedPath,
     Path(project): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
@@ -499,15 +504,21 @@ pub(crate) async fn fetch_get(
         limit,
         cursor: params.get("cursor").cloned(),
         max_xact_id: params.get("max_xact_id").cloned(),
+        version: params
+            .get("version")
+            .cloned()
+            .map(serde_json::Value::String),
     };
-    fetch(auth, state, project, params).await
+    fetch(auth, state, &route, project, params).await
 }
 
-/// `POST /v1/project_logs/{id}/fetch {"limit", "cursor", "max_xact_id"}`.
+/// `POST /v1/{project_logs,experiment,dataset}/{id}/fetch {"limit", "cursor", "max_xact_id"}`
+/// (the SDK's `Dataset.fetch()` posts `{"limit": 1000[, "cursor"]}`).
 pub(crate) async fn fetch_post(
     auth: Auth,
     state: State<Arc<AppState>>,
     _slot: QuerySlot,
+    route: axum::extract::MatchedPath,
     Path(project): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
@@ -517,22 +528,30 @@ pub(crate) async fn fetch_post(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid fetch body: {e}")))?
     };
-    fetch(auth, state, project, params).await
+    fetch(auth, state, &route, project, params).await
 }
 
-/// The project's resolved rows, newest transaction first, a page at a time:
+/// The resolved rows of a project's logs, an experiment or a dataset
+/// (by the `route`), newest transaction first, a page at a time:
 /// `{"events": [...], "cursor": "..."}`. `limit` counts rows (the public
 /// API counts traces).
 async fn fetch(
     Auth(org): Auth,
     State(state): State<Arc<AppState>>,
-    project: String,
+    route: &axum::extract::MatchedPath,
+    id: String,
     params: FetchParams,
 ) -> Result<Response, ApiError> {
-    let project = state
+    let object_type = crate::objects::object_type_of(route)?;
+    if object_type != ObjectType::ProjectLogs && params.version.is_some() {
+        return Err(ApiError::bad_request(format!(
+            "`version`: spanlake reads the latest version of a {object_type}, not a pinned one; fetch without `version`"
+        )));
+    }
+    let table = state
         .store
-        .with_registry(|r| r.resolve_in_org(&org.id, &project))?;
-    let mut text = format!("select: * | from: project_logs('{}')", project.id);
+        .with_registry(|r| r.source_table(object_type, &id, Some(&org.id)))?;
+    let mut text = format!("select: * | from: {object_type}('{}')", table.table_id());
     if let Some(max) = &params.max_xact_id {
         let max: u64 = max.parse().map_err(|_| {
             ApiError::bad_request(format!(

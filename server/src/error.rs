@@ -153,6 +153,9 @@ impl From<&Error> for ApiError {
             Error::UnknownProject(name) => Self::not_found(format!(
                 "unknown project `{name}` (or not visible to this API key's org); create it with POST /v1/project"
             )),
+            Error::UnknownObject { object_type, id } => Self::not_found(format!(
+                "unknown {object_type} `{id}` (or not visible to this API key's org); create it with POST /v1/{object_type}"
+            )),
             Error::ProjectExists(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", error.to_string())
             }

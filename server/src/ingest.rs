@@ -1,5 +1,7 @@
 //! Durable, idempotent ingest over HTTP: `POST /logs3` (the SDK's batches,
-//! inline or through the overflow upload) and
+//! inline or through the overflow upload, of project logs, experiments and
+//! datasets: each row names its object by `project_id`, `experiment_id` or
+//! `dataset_id`, and goes to that object's table) and
 //! `POST /v1/project_logs/{id}/insert`.
 //!
 //! ```text
@@ -46,6 +48,7 @@ use spanlake_engine::ingest::group::{
     forget_old_digests,
 };
 use spanlake_engine::registry::Project;
+use spanlake_engine::registry::objects::ObjectType;
 use spanlake_engine::store::Store;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -213,15 +216,20 @@ struct Row {
     id: String,
 }
 
+/// The object a row names: `project_id` (the project's logs),
+/// `experiment_id` or `dataset_id`, with the id given.
+type RowObject = (ObjectType, String);
+
 /// Check `raw` (row `index` of the request) and make it one line, giving it
 /// an id when it has none (as the REST API does). The id given is derived
 /// from the request body's digest and the row's index, so that a retried
 /// request gets the same ids, and so the same digest: it commits once.
+/// Also the object the row names, if it names one.
 fn prepare_row(
     raw: &RawValue,
     index: usize,
     body_digest: &[u8],
-) -> Result<(Row, Option<String>, bool), ApiError> {
+) -> Result<(Row, Option<RowObject>), ApiError> {
     let text = raw.get();
     if !text.trim_start().starts_with('{') {
         return Err(ApiError::bad_request(format!(
@@ -230,20 +238,37 @@ fn prepare_row(
     }
     let head: RowHead<'_> = serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request(format!("rows[{index}]: {e}")))?;
-    let other_object = head.experiment_id.is_some()
-        || head.dataset_id.is_some()
-        || head.prompt_session_id.is_some();
-    let project_id = match head.project_id {
-        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
-            Ok(id) => Some(id),
-            Err(_) => {
-                return Err(ApiError::bad_request(format!(
-                    "rows[{index}]: `project_id` must be a string"
-                )));
-            }
-        },
-        None => None,
-    };
+    if head.prompt_session_id.is_some() {
+        return Err(ApiError::bad_request(format!(
+            "rows[{index}] is for a playground (`prompt_session_id`); spanlake stores project logs (`project_id`), experiments (`experiment_id`) and datasets (`dataset_id`)"
+        )));
+    }
+    let mut named = Vec::new();
+    for (object_type, field) in [
+        (ObjectType::ProjectLogs, head.project_id),
+        (ObjectType::Experiment, head.experiment_id),
+        (ObjectType::Dataset, head.dataset_id),
+    ] {
+        let Some(raw) = field else { continue };
+        let id = serde_json::from_str::<String>(raw.get()).map_err(|_| {
+            ApiError::bad_request(format!(
+                "rows[{index}]: `{}` must be a string",
+                object_type.id_field()
+            ))
+        })?;
+        named.push((object_type, id));
+    }
+    if named.len() > 1 {
+        let fields: Vec<String> = named
+            .iter()
+            .map(|(t, _)| format!("`{}`", t.id_field()))
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "rows[{index}] names {}: a row belongs to one object; send one of them",
+            fields.join(" and ")
+        )));
+    }
+    let object = named.pop();
     let id = match head.id.map(|raw| serde_json::from_str::<String>(raw.get())) {
         Some(Ok(id)) if !id.is_empty() => Some(id),
         Some(_) => {
@@ -279,29 +304,44 @@ fn prepare_row(
             }
         }
     };
-    Ok((row, project_id, other_object))
+    Ok((row, object))
 }
 
-/// Commit `rows` (grouped by project) and answer `{"ids", "xact_id"}`.
+/// Commit `rows` (grouped by the table of their object: a project's logs,
+/// an experiment, a dataset) and answer `{"ids", "xact_id"}`.
 async fn commit_rows(
     state: &AppState,
     org_id: &str,
-    rows: Vec<(Row, String)>,
+    rows: Vec<(Row, RowObject)>,
     budget: IngestPermit,
 ) -> Result<(Vec<String>, i64), ApiError> {
     let budget = Arc::new(budget.0);
     let mut ids = Vec::with_capacity(rows.len());
+    // Each name given (a project may be named by id or by name) and the
+    // slot of its table.
+    let mut named: Vec<(RowObject, usize)> = Vec::new();
     let mut by_project: Vec<(Project, Vec<u8>, Vec<usize>)> = Vec::new();
-    for (index, (row, project_id)) in rows.into_iter().enumerate() {
+    for (index, (row, object)) in rows.into_iter().enumerate() {
         ids.push(row.id);
-        let slot = match by_project.iter().position(|(p, _, _)| p.id == project_id) {
-            Some(slot) => slot,
+        let slot = match named.iter().find(|(n, _)| *n == object) {
+            Some(&(_, slot)) => slot,
             None => {
-                let project = state
+                let (object_type, id) = &object;
+                let table = state
                     .store
-                    .with_registry(|r| r.resolve_in_org(org_id, &project_id))?;
-                by_project.push((project, Vec::new(), Vec::new()));
-                by_project.len() - 1
+                    .with_registry(|r| r.source_table(*object_type, id, Some(org_id)))?;
+                let slot = match by_project
+                    .iter()
+                    .position(|(p, _, _)| p.table_id() == table.table_id())
+                {
+                    Some(slot) => slot,
+                    None => {
+                        by_project.push((table, Vec::new(), Vec::new()));
+                        by_project.len() - 1
+                    }
+                };
+                named.push((object, slot));
+                slot
             }
         };
         let (_, lines, indexes) = &mut by_project[slot];
@@ -414,15 +454,13 @@ pub(crate) async fn logs3(
         .map_err(|_| ApiError::bad_request("`rows` must be an array of row objects"))?;
     let mut prepared = Vec::with_capacity(rows.len());
     for (index, raw) in rows.into_iter().enumerate() {
-        let (row, project_id, other_object) = prepare_row(raw, index, &body_digest)?;
-        if other_object {
-            return Err(ApiError::bad_request(format!(
-                "rows[{index}] is for an experiment, dataset or playground; spanlake stores project logs only (rows with `project_id` and `log_id: \"g\"`)"
-            )));
-        }
-        let project_id = project_id
-            .ok_or_else(|| ApiError::bad_request(format!("rows[{index}] has no `project_id`")))?;
-        prepared.push((row, project_id));
+        let (row, object) = prepare_row(raw, index, &body_digest)?;
+        let object = object.ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "rows[{index}] names no object: give it `project_id` (project logs), `experiment_id` or `dataset_id`"
+            ))
+        })?;
+        prepared.push((row, object));
     }
     let (ids, xact) = commit_rows(&state, &org.id, prepared, budget).await?;
     Ok(Json(
@@ -457,8 +495,8 @@ pub(crate) async fn insert(
     let body_digest = Sha256::digest(&body);
     let mut prepared = Vec::with_capacity(parsed.events.len());
     for (index, raw) in parsed.events.into_iter().enumerate() {
-        let (row, _, _) = prepare_row(raw, index, &body_digest)?;
-        prepared.push((row, project.id.clone()));
+        let (row, _) = prepare_row(raw, index, &body_digest)?;
+        prepared.push((row, (ObjectType::ProjectLogs, project.id.clone())));
     }
     let (ids, _) = commit_rows(&state, &org.id, prepared, budget).await?;
     Ok(Json(serde_json::json!({ "row_ids": ids })))

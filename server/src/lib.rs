@@ -5,9 +5,11 @@
 //! ```text
 //!  SDK / REST ─► axum router ─► auth (API key → org) ─► handler
 //!    /logs3, /v1/project_logs/{id}/insert ─► ingest::Ingestor: one group
-//!        committer per project (requests queued while a commit runs go into
-//!        the next one; replays answered from their digests)
-//!    /btql, /v1/project_logs/{id}/fetch  ─► engine query (paged, pinned)
+//!        committer per table (a project's logs, an experiment, a dataset;
+//!        requests queued while a commit runs go into the next one; replays
+//!        answered from their digests)
+//!    /btql, /v1/{project_logs,experiment,dataset}/{id}/fetch ─► engine query (paged, pinned)
+//!    /v1/experiment, /v1/dataset[/{id}[/summarize]] ─► objects: experiments and datasets
 //!    /v1/project_automation/...          ─► engine export / retention
 //!    /metrics                            ─► Prometheus text
 //!    /, /console/*                       ─► the web console (embedded files, see `console`)
@@ -37,6 +39,7 @@ mod console;
 pub mod error;
 mod ingest;
 mod metrics;
+mod objects;
 mod projects;
 
 pub use error::ApiError;
@@ -169,6 +172,20 @@ pub fn router(store: Arc<Store>, config: ServerConfig, metrics: Arc<Metrics>) ->
             "/v1/project_logs/{id}/fetch",
             get(btql::fetch_get).post(btql::fetch_post),
         )
+        .route(
+            "/v1/experiment/{id}/fetch",
+            get(btql::fetch_get).post(btql::fetch_post),
+        )
+        .route(
+            "/v1/dataset/{id}/fetch",
+            get(btql::fetch_get).post(btql::fetch_post),
+        )
+        .route("/v1/experiment", post(objects::create).get(objects::list))
+        .route("/v1/dataset", post(objects::create).get(objects::list))
+        .route("/v1/experiment/{id}", get(objects::get))
+        .route("/v1/dataset/{id}", get(objects::get))
+        .route("/v1/experiment/{id}/summarize", get(objects::summarize))
+        .route("/v1/dataset/{id}/summarize", get(objects::summarize))
         .route("/btql", post(btql::btql))
         .route(
             "/v1/project_automation",

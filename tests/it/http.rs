@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Stdio};
 
-use crate::support::Spanlake;
+use crate::support::{Spanlake, create_bucket, service_var};
 
 /// A running `spanlake serve` on a port the system chose, stopped on drop.
 pub(crate) struct Server {
@@ -166,6 +166,75 @@ pub(crate) fn create_project(server: &Server, key: &str, name: &str) -> String {
     );
     assert_eq!(status, 200, "{project}");
     project["id"].as_str().expect("project id").to_string()
+}
+
+/// An experiment or dataset (`kind`) named `name` of `project`, created
+/// over `POST /v1/{kind}`; its id.
+pub(crate) fn create_object(
+    server: &Server,
+    key: &str,
+    kind: &str,
+    project: &str,
+    name: &str,
+) -> String {
+    let (status, object) = server.call(
+        "POST",
+        &format!("/v1/{kind}"),
+        Some(key),
+        &serde_json::json!({ "project_id": project, "name": name }).to_string(),
+    );
+    assert_eq!(status, 200, "{object}");
+    object["id"].as_str().expect("object id").to_string()
+}
+
+/// Run the SDK script `tests/sdk/<script>` (`$SPANLAKE_DUCKDB_PYTHON`)
+/// against a new `spanlake serve` whose API exports may write to
+/// `s3://<bucket>/` on the S3 server of `scripts/test`
+/// (`$SPANLAKE_S3_ENDPOINT`, the bucket created), with an API key of org
+/// `org`, the SDK's environment pointing at the server and `env` besides:
+/// the data directory (the server stopped) and the JSON summary the script
+/// prints. It fails on a failed script, and on the tracebacks, dropped
+/// batches and failed summaries the SDK prints but swallows. `None` when
+/// the services are not there (see [`service_var`]).
+pub(crate) fn sdk_end_to_end(
+    org: &str,
+    bucket: &str,
+    script: &str,
+    env: &[(&str, &str)],
+) -> Option<(Spanlake, serde_json::Value)> {
+    let python = service_var("SPANLAKE_DUCKDB_PYTHON")?;
+    let endpoint = service_var("SPANLAKE_S3_ENDPOINT")?;
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, org);
+    let allowed = format!("s3://{bucket}/");
+    let server = Server::start(
+        &spanlake,
+        &["--allow-export-to", &allowed, "--allow-endpoint", &endpoint],
+    );
+    create_bucket(&endpoint, bucket);
+    let output = std::process::Command::new(python)
+        .arg(crate::support::tests_dir().join("sdk").join(script))
+        .env("BRAINTRUST_APP_URL", server.url())
+        .env("BRAINTRUST_API_URL", server.url())
+        .env("BRAINTRUST_API_KEY", &key)
+        .env("E2E_BUCKET", bucket)
+        .env("SPANLAKE_S3_ENDPOINT", &endpoint)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the SDK script");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "SDK script failed\n--- stdout\n{}\n--- stderr\n{stderr}\n--- server\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        server.log()
+    );
+    for sign in ["Traceback", "Dropping", "Failed to fetch"] {
+        assert!(!stderr.contains(sign), "{stderr}");
+    }
+    let summary = serde_json::from_slice(&output.stdout).expect("the script's JSON summary");
+    drop(server);
+    Some((spanlake, summary))
 }
 
 pub(crate) fn logs3_body(project: &str, rows: &[serde_json::Value]) -> String {

@@ -9,6 +9,8 @@
 //! - `paging`: cursors over a pinned snapshot;
 //! - `retention`: retention automations (preview, run, history);
 //! - `server`: the HTTP API, with the unmodified Braintrust SDK;
+//! - `objects`: experiments and datasets (an SDK `Eval` over a dataset,
+//!   export, retention by object type);
 //! - `tenants`: two orgs' keys on every route of the HTTP API;
 //! - `destinations`: where exports created over the API may write;
 //! - `clouds`: exports to GCS and Azure Blob Storage, against their emulators;
@@ -29,6 +31,7 @@ mod faults;
 mod golden;
 mod http;
 mod limits;
+mod objects;
 mod paging;
 mod retention;
 mod roles;

@@ -134,7 +134,7 @@ fn ingest_in_chunks(spanlake: &Spanlake, lines: &[String], chunks: usize, tag: &
     }
 }
 
-fn json_of(run: &crate::support::Run) -> serde_json::Value {
+pub(crate) fn json_of(run: &crate::support::Run) -> serde_json::Value {
     serde_json::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", run.stdout, run.stderr))
 }
@@ -170,7 +170,10 @@ fn cutoff_of(details: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
         .with_timezone(&chrono::Utc)
 }
 
-fn parquet_list(table: &std::path::Path, files: &std::collections::BTreeSet<String>) -> String {
+pub(crate) fn parquet_list(
+    table: &std::path::Path,
+    files: &std::collections::BTreeSet<String>,
+) -> String {
     let quoted: Vec<String> = files
         .iter()
         .map(|f| format!("'{}'", table.join(f).display()))

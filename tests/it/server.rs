@@ -1,8 +1,8 @@
 //! The HTTP API (`spanlake serve`): the unmodified Braintrust SDK end to
 //! end, API keys and orgs, bad input, replays and group commit.
 
-use crate::http::{Server, api_key, create_project, logs3_body};
-use crate::support::{Spanlake, create_bucket, service_var};
+use crate::http::{Server, api_key, create_project, logs3_body, sdk_end_to_end};
+use crate::support::Spanlake;
 
 /// `id`s and `_xact_id`s of the project, through the CLI (not the server).
 fn stored(spanlake: &Spanlake, project: &str) -> Vec<serde_json::Value> {
@@ -16,51 +16,16 @@ fn stored(spanlake: &Spanlake, project: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn the_braintrust_sdk_logs_traces_that_btql_returns_merged_and_an_export_writes() {
-    let (Some(python), Some(endpoint)) = (
-        service_var("SPANLAKE_DUCKDB_PYTHON"),
-        service_var("SPANLAKE_S3_ENDPOINT"),
+    let Some((spanlake, summary)) = sdk_end_to_end(
+        "sdk-org",
+        "sdk-e2e",
+        "sdk_e2e.py",
+        // Smaller than the 40 kB span the script logs: that batch takes the
+        // overflow upload path.
+        &[("BRAINTRUST_MAX_REQUEST_SIZE", "20000")],
     ) else {
         return;
     };
-    let spanlake = Spanlake::new();
-    let key = api_key(&spanlake, "sdk-org");
-    let server = Server::start(
-        &spanlake,
-        &[
-            "--allow-export-to",
-            "s3://sdk-e2e/",
-            "--allow-endpoint",
-            &endpoint,
-        ],
-    );
-    let bucket = "sdk-e2e";
-    create_bucket(&endpoint, bucket);
-    let script = crate::support::tests_dir().join("sdk/sdk_e2e.py");
-    let output = std::process::Command::new(&python)
-        .arg(&script)
-        .env("BRAINTRUST_APP_URL", server.url())
-        .env("BRAINTRUST_API_URL", server.url())
-        .env("BRAINTRUST_API_KEY", &key)
-        // Smaller than the 40 kB span the script logs: that batch takes the
-        // overflow upload path.
-        .env("BRAINTRUST_MAX_REQUEST_SIZE", "20000")
-        .env("E2E_BUCKET", bucket)
-        .env("SPANLAKE_S3_ENDPOINT", &endpoint)
-        .output()
-        .expect("run the SDK script");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "SDK script failed\n--- stdout\n{}\n--- stderr\n{stderr}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    // The SDK prints tracebacks and "Dropping batch" on failures it swallows.
-    assert!(
-        !stderr.contains("Traceback") && !stderr.contains("Dropping"),
-        "{stderr}"
-    );
-    let summary: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("the script's JSON summary");
 
     // Merged rows over /btql.
     let rows = summary["rows"].as_array().unwrap();
@@ -232,14 +197,21 @@ fn api_keys_scope_requests_to_their_org_and_bad_input_commits_nothing() {
         logs3_body(&project, &[huge]).as_bytes(),
     );
     assert_eq!(status, 413);
-    // A row of an experiment, and an unknown project id.
+    // A row of an experiment that does not exist, and an unknown project id.
     let (status, body) = server.call(
         "POST",
         "/logs3",
         Some(&alice),
         r#"{"rows": [{"id": "e1", "experiment_id": "x"}]}"#,
     );
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown experiment `x`"),
+        "{body}"
+    );
     let (status, _) = server.call(
         "POST",
         "/v1/project_logs/00000000-0000-4000-8000-000000000000/insert",

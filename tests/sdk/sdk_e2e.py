@@ -16,41 +16,10 @@ and SPANLAKE_S3_ENDPOINT / E2E_BUCKET for the export. It:
 """
 
 import json
-import os
-import sys
-import tempfile
-import urllib.error
-import urllib.request
-import xml.etree.ElementTree as ET
 
 import braintrust
-import duckdb
 
-API = os.environ["BRAINTRUST_API_URL"].rstrip("/")
-KEY = os.environ["BRAINTRUST_API_KEY"]
-S3 = os.environ["SPANLAKE_S3_ENDPOINT"].rstrip("/")
-BUCKET = os.environ["E2E_BUCKET"]
-
-
-def call(method, path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        API + path,
-        data=data,
-        method=method,
-        headers={"Authorization": "Bearer " + KEY, "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), json.loads(e.read() or b"null")
-
-
-def btql(query, **extra):
-    status, headers, body = call("POST", "/btql", {"query": query, **extra})
-    assert status == 200, (status, body)
-    return headers, body
+from client import btql, call, duckdb_over_parquet, export_keys, BUCKET, S3
 
 
 # 1. Log through the SDK.
@@ -165,34 +134,14 @@ status, _, history = call("GET", f"/v1/project_automation/{automation['id']}/his
 assert status == 200, history
 
 
-def s3(path):
-    request = urllib.request.Request(
-        S3 + path,
-        headers={
-            "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00",
-            "x-amz-date": "20260101T000000Z",
-            "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return response.read()
-
-
-listing = ET.fromstring(s3(f"/{BUCKET}?list-type=2&prefix={prefix}/"))
-ns = {"s3": listing.tag.split("}")[0].strip("{")}
-keys = [k.text for k in listing.findall(".//s3:Contents/s3:Key", ns)]
-parquet_keys = [k for k in keys if k.endswith(".parquet")]
-with tempfile.TemporaryDirectory() as tmp:
-    for i, key in enumerate(parquet_keys):
-        with open(os.path.join(tmp, f"{i}.parquet"), "wb") as f:
-            f.write(s3(f"/{BUCKET}/{key}"))
-    con = duckdb.connect()
-    exported = con.execute(
-        f"select count(*), count(distinct id) from read_parquet('{tmp}/*.parquet')"
-    ).fetchone()
-    root_scores = con.execute(
-        f"select scores from read_parquet('{tmp}/*.parquet') where id = ?", [root_id]
-    ).fetchone()
+keys = export_keys(prefix)
+exported, root_scores = duckdb_over_parquet(
+    keys,
+    [
+        ("select count(*), count(distinct id) from {files}", []),
+        ("select scores from {files} where id = ?", [root_id]),
+    ],
+)
 
 print(
     json.dumps(

@@ -260,8 +260,9 @@ fn no_exponential_backtracking() {
 struct Logs;
 
 impl crate::Catalog for Logs {
-    fn project_logs(
+    fn source(
         &self,
+        _: crate::ObjectType,
         _: &[String],
     ) -> Result<std::sync::Arc<dyn datafusion_expr::TableSource>, String> {
         Ok(std::sync::Arc::new(

@@ -17,7 +17,8 @@
 //! output names are exactly [`CompiledQuery::columns`], in order.
 //!
 //! Every user error is a [`Diagnostic`]; independent clause errors are all
-//! reported. Only `project_logs` sources are planned; `cursor:` and
+//! reported. `project_logs`, `experiment` and `dataset` sources are
+//! planned (the `traces` and `summary` shapes not on datasets); `cursor:` and
 //! `span_filter:` are parsed and refused with `BTQL0103`. `pivot:` is
 //! planned up to its data-independent phase ([`pivot`], [`PivotSpec`]).
 
@@ -37,14 +38,19 @@ use datafusion_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use crate::ast::{self, PathStep, SelectList, Shape};
 use crate::error::{Diagnostic, Diagnostics, Span, codes};
 use crate::limits::MAX_EXPRESSION_DEPTH;
+use crate::object_type::ObjectType;
 #[cfg(test)]
 use crate::schema;
 
 /// Where sources come from: the engine implements it over its store.
 pub trait Catalog: std::fmt::Debug {
-    /// Table source for `project_logs(args)`: rows with `schema::spans_schema()`. Err(message) becomes a diagnostic at the source span.
-    fn project_logs(
+    /// Table source for `project_logs(args)`, `experiment(args)` or
+    /// `dataset(args)` (by `object_type`): rows with
+    /// `schema::spans_schema()`. Err(message) becomes a diagnostic at the
+    /// source span.
+    fn source(
         &self,
+        object_type: ObjectType,
         args: &[String],
     ) -> Result<Arc<dyn datafusion_expr::TableSource>, String>;
 }
@@ -233,18 +239,34 @@ fn plan_source(
     catalog: &dyn Catalog,
     errors: &mut Vec<Diagnostic>,
 ) -> Option<Arc<dyn datafusion_expr::TableSource>> {
-    if !source.function.eq_ignore_ascii_case("project_logs") {
+    let Some(object_type) = ObjectType::parse(&source.function) else {
         errors.push(
             Diagnostic::new(
                 codes::UNKNOWN_SOURCE,
                 format!("unsupported source `{}`", source.function),
                 source.span,
             )
-            .with_help("spanlake queries `project_logs('<project id or name>')`"),
+            .with_help(
+                "spanlake queries `project_logs('<project id or name>')`, `experiment('<experiment id>')` or `dataset('<dataset id>')`",
+            ),
+        );
+        return None;
+    };
+    if !object_type.has_traces() && source.shape != Shape::Spans {
+        errors.push(
+            Diagnostic::new(
+                codes::NOT_SUPPORTED,
+                format!(
+                    "the `{}` shape does not apply to `{object_type}`: its rows are records, not spans of traces",
+                    source.shape
+                ),
+                source.span,
+            )
+            .with_help(format!("write `from: {object_type}('<id>')` (one row per record)")),
         );
         return None;
     }
-    match catalog.project_logs(&source.args) {
+    match catalog.source(object_type, &source.args) {
         Ok(table) => Some(table),
         Err(message) => {
             errors.push(Diagnostic::new(codes::SOURCE_ERROR, message, source.span));

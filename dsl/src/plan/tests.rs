@@ -10,12 +10,13 @@ use crate::parse_query;
 struct TestCatalog;
 
 impl Catalog for TestCatalog {
-    fn project_logs(
+    fn source(
         &self,
+        object_type: crate::ObjectType,
         args: &[String],
     ) -> Result<Arc<dyn datafusion_expr::TableSource>, String> {
         if args.first().is_some_and(|a| a == "missing") {
-            return Err("no project named `missing`".to_string());
+            return Err(format!("no {object_type} named `missing`"));
         }
         Ok(Arc::new(LogicalTableSource::new(schema::spans_schema())))
     }
@@ -164,10 +165,40 @@ fn errors_are_collected_with_spans() {
 }
 
 #[test]
+fn experiments_and_datasets_are_sources_and_datasets_have_no_traces() {
+    for text in [
+        "select: id, scores | from: experiment('e') spans",
+        "select: * | from: experiment('e') traces | filter: scores.exact > 0.5",
+        "select: * | from: experiment('e') summary",
+        "select: id, input, expected | from: dataset('d')",
+        "select: id | from: Dataset('d') spans",
+    ] {
+        plan(text);
+    }
+    for shape in ["traces", "summary"] {
+        let e = plan_err(&format!("select: * | from: dataset('d') {shape}"));
+        assert_eq!(e.0[0].code, codes::NOT_SUPPORTED, "{e}");
+        assert!(
+            e.0[0]
+                .message
+                .contains(&format!("the `{shape}` shape does not apply to `dataset`")),
+            "{e}"
+        );
+        assert_eq!(
+            e.0[0].help.as_deref(),
+            Some("write `from: dataset('<id>')` (one row per record)")
+        );
+    }
+    let e = plan_err("from: experiment('missing')");
+    assert_eq!(e.0[0].code, codes::SOURCE_ERROR);
+    assert_eq!(e.0[0].message, "no experiment named `missing`");
+}
+
+#[test]
 fn clause_and_source_errors() {
     assert_eq!(plan_err("select: id").0[0].code, codes::MISSING_FROM);
     assert_eq!(
-        plan_err("from: experiment('e')").0[0].code,
+        plan_err("from: prompt('e')").0[0].code,
         codes::UNKNOWN_SOURCE
     );
     assert_eq!(

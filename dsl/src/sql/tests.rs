@@ -605,8 +605,9 @@ fn planner_survives_a_deep_expression() {
     #[derive(Debug)]
     struct Logs;
     impl crate::Catalog for Logs {
-        fn project_logs(
+        fn source(
             &self,
+            _: crate::ObjectType,
             _: &[String],
         ) -> Result<Arc<dyn datafusion_expr::TableSource>, String> {
             Ok(Arc::new(

@@ -96,6 +96,19 @@ impl AutomationConfig {
             })
     }
 
+    /// Check that the experiment or dataset an export names (its
+    /// `object_type` and `object_id`) is one of `project`'s: an unknown one
+    /// is [`Error::UnknownObject`]. A retention of experiments or datasets
+    /// goes over all of the project's, so names none.
+    pub fn check_object(&self, store: &Store, project: &crate::registry::Project) -> Result<()> {
+        if let Self::Export(config) = self {
+            store.with_registry(|r| {
+                r.automation_table(project, config.object_type, config.object_id.as_deref())
+            })?;
+        }
+        Ok(())
+    }
+
     /// How often it runs.
     pub fn interval(&self) -> Duration {
         match self {

@@ -210,15 +210,15 @@ pub async fn run_due(
     Ok(summary)
 }
 
-/// Compact every project that `policy` says is due, one at a time; returns
-/// how many were compacted. Failures are logged, not returned: the next
+/// Compact every table (a project's logs, an experiment, a dataset) that
+/// `policy` says is due, one at a time; returns how many were compacted. Failures are logged, not returned: the next
 /// check tries again.
 pub async fn compact_due(
     store: &Store,
     policy: &CompactionPolicy,
     stop: &watch::Receiver<bool>,
 ) -> Result<u64> {
-    let projects = store.with_registry(|r| r.list())?;
+    let projects = store.with_registry(|r| r.all_tables())?;
     let mut compacted = 0;
     for project in projects {
         if *stop.borrow() {
@@ -232,19 +232,20 @@ pub async fn compact_due(
             Ok(Some(reason)) => reason,
             Ok(None) => continue,
             Err(e) => {
-                tracing::warn!(project = %project.name, error = %e, "compaction check failed");
+                tracing::warn!(project = %project.name, table = %project.table_id(), error = %e, "compaction check failed");
                 continue;
             }
         };
         let compaction = Compaction::new(store, &project).options(policy.options.clone());
         match compaction.run().await {
             Ok((report, _)) if report.is_noop() => {
-                tracing::info!(project = %project.name, %reason, "compaction found nothing to rewrite");
+                tracing::info!(project = %project.name, table = %project.table_id(), %reason, "compaction found nothing to rewrite");
             }
             Ok((report, _)) => {
                 compacted += 1;
                 tracing::info!(
                     project = %project.name,
+                    table = %project.table_id(),
                     %reason,
                     version = report.version,
                     ids_folded = report.ids_folded,
@@ -259,10 +260,10 @@ pub async fn compact_due(
                 );
             }
             Err(e) if e.is_retryable() => {
-                tracing::info!(project = %project.name, error = %e, "compaction skipped; tried again at the next check");
+                tracing::info!(project = %project.name, table = %project.table_id(), error = %e, "compaction skipped; tried again at the next check");
             }
             Err(e) => {
-                tracing::warn!(project = %project.name, error = %e, "compaction failed");
+                tracing::warn!(project = %project.name, table = %project.table_id(), error = %e, "compaction failed");
             }
         }
     }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_bytes, parse_duration};
 use crate::error::{Error, Result};
+use crate::registry::objects::ObjectType;
 use crate::sink::{RawSinkConfig, SinkConfig};
 
 /// What an export writes.
@@ -25,6 +26,14 @@ pub enum ExportData {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawExportConfig {
+    /// What is exported: `project_logs` (default, the project's logs),
+    /// `experiment` or `dataset` (the one named by `object_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_type: Option<String>,
+    /// The id of the experiment or dataset exported, e.g. from `spanlake
+    /// experiment list`; none for `project_logs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_id: Option<String>,
     /// `traces`, `spans` or `query`.
     pub data: String,
     /// The BTQL of a `query` export.
@@ -73,6 +82,10 @@ pub struct RawExportConfig {
 /// A validated export configuration.
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
+    /// Which table it reads: the project's logs, an experiment or a dataset.
+    pub object_type: ObjectType,
+    /// The experiment or dataset, for those object types.
+    pub object_id: Option<String>,
     /// What to write.
     pub data: ExportData,
     /// The BTQL of a `query` export.
@@ -108,6 +121,31 @@ impl RawExportConfig {
                 None
             }
         };
+        let object_type = match self.object_type.as_deref() {
+            None => Some(ObjectType::ProjectLogs),
+            Some(name) => ObjectType::parse(name).or_else(|| {
+                problems.push(format!(
+                    "object_type: `{name}` is not one of {}",
+                    spanlake_dsl::object_type_names()
+                ));
+                None
+            }),
+        };
+        match (object_type, &self.object_id) {
+            (Some(ObjectType::ProjectLogs), Some(_)) => problems.push(
+                "object_id: only an export of an `experiment` or `dataset` names one (`project_logs` is the project's logs)".to_string(),
+            ),
+            (Some(t @ (ObjectType::Experiment | ObjectType::Dataset)), None) => problems.push(
+                format!("object_id: an export of `{t}` needs the id of one {t} of the project (see `spanlake {t} list -p PROJECT`)"),
+            ),
+            _ => {}
+        }
+        if object_type.is_some_and(|t| !t.has_traces()) && data == Some(ExportData::Traces) {
+            problems.push(format!(
+                "data: a `{}` has records, not traces; export its `spans` (one row per record) or a `query`",
+                ObjectType::Dataset
+            ));
+        }
         match (&data, &self.btql) {
             (Some(ExportData::Query), None) => {
                 problems.push("btql: a `query` export needs its BTQL query".to_string());
@@ -163,9 +201,13 @@ impl RawExportConfig {
         .validate()
         .map_err(|e| problems.push(e.to_string()))
         .ok();
-        match (data, interval, trace_idle, sink) {
-            (Some(data), Some(interval), Some(trace_idle), Some(sink)) if problems.is_empty() => {
+        match (data, interval, trace_idle, sink, object_type) {
+            (Some(data), Some(interval), Some(trace_idle), Some(sink), Some(object_type))
+                if problems.is_empty() =>
+            {
                 Ok(ExportConfig {
+                    object_type,
+                    object_id: self.object_id.clone(),
                     data,
                     btql: self.btql.clone(),
                     export_path: self.export_path.clone(),

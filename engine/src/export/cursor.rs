@@ -24,7 +24,7 @@ pub(super) async fn choose_cursor_to(
     max_rows: u64,
     trace_idle: Duration,
 ) -> Result<Option<(i64, bool, u64)>> {
-    let project = store.with_registry(|r| r.get(&automation.project_id))?;
+    let project = automation.export_table(store)?;
     // With `trace_idle`, the run stops before the first commit that landed
     // within the idle period: traces touched since are not idle yet.
     let not_before = if trace_idle.is_zero() {
@@ -32,7 +32,7 @@ pub(super) async fn choose_cursor_to(
     } else {
         let cutoff = store.clock().now_micros()
             - i64::try_from(trace_idle.as_micros()).unwrap_or(i64::MAX / 2);
-        store.with_registry(|r| r.first_commit_after(&project.id, cutoff))?
+        store.with_registry(|r| r.first_commit_after(project.table_id(), cutoff))?
     };
     let logs = store.logs(&project).await?;
     let Some(table) = logs.table() else {
@@ -84,7 +84,7 @@ pub(super) async fn choose_cursor_to(
 /// lags behind compactions and vacuums reads current files, never ones that
 /// may have been purged.
 pub(super) async fn snapshot_for(store: &Store, automation: &Automation) -> Result<i64> {
-    let project = store.with_registry(|r| r.get(&automation.project_id))?;
+    let project = automation.export_table(store)?;
     let logs = store.logs(&project).await?;
     logs.version()
         .ok_or_else(|| Error::Internal("an export run found no table to read".into()))

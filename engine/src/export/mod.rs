@@ -64,6 +64,13 @@ pub struct Manifest {
     pub automation_id: String,
     /// The project.
     pub project_id: String,
+    /// What was exported when it is not the project's logs: `experiment`
+    /// or `dataset` (absent for `project_logs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_type: Option<String>,
+    /// The experiment or dataset exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_id: Option<String>,
     /// `traces`, `spans` or `query`.
     pub data: ExportData,
     /// `parquet` or `jsonl`.

@@ -18,6 +18,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::metrics::{OpMetrics, Operation};
 use crate::query::{QueryOptions, run_query_over_view, session};
+use crate::registry::objects::ObjectType;
 use crate::sink::{ExportTarget, WrittenFile};
 use crate::state::{Automation, RunLease, RunOutcome, RunStatus, StateDb, Trigger};
 use crate::store::Store;
@@ -204,6 +205,9 @@ pub(super) async fn run_export_leased(
         run_id: run_id.to_string(),
         automation_id: automation.id.clone(),
         project_id: automation.project_id.clone(),
+        object_type: (config.object_type != ObjectType::ProjectLogs)
+            .then(|| config.object_type.to_string()),
+        object_id: config.object_id.clone(),
         data: config.data.clone(),
         format: config.sink.format().name().to_string(),
         schema_version: SCHEMA_VERSION,
@@ -273,9 +277,7 @@ pub(super) async fn write_run(
         progress,
     } = *run;
     let failed = |e: Error| (e, Vec::new());
-    let project = store
-        .with_registry(|r| r.get(&automation.project_id))
-        .map_err(failed)?;
+    let project = automation.export_table(store).map_err(failed)?;
     let logs = store
         .logs_at(&project, Some(snapshot))
         .await
@@ -422,6 +424,8 @@ pub async fn export_query(
         run_id: run_id.clone(),
         automation_id: String::new(),
         project_id: String::new(),
+        object_type: None,
+        object_id: None,
         data: ExportData::Query,
         format: config.sink.format().name().to_string(),
         schema_version: SCHEMA_VERSION,

@@ -163,7 +163,7 @@ impl GroupCommitter {
             .committers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(sender) = committers.get(&project.id)
+        if let Some(sender) = committers.get(project.table_id())
             && !sender.is_closed()
         {
             return sender.clone();
@@ -178,7 +178,7 @@ impl GroupCommitter {
             recent: Mutex::new(HashMap::new()),
         };
         tokio::spawn(committer.run(receiver));
-        committers.insert(project.id.clone(), sender.clone());
+        committers.insert(project.table_id().to_string(), sender.clone());
         sender
     }
 
@@ -193,7 +193,7 @@ impl GroupCommitter {
         hold: Arc<dyn Send + Sync>,
     ) -> Result<i64, Rejected> {
         let mut hasher = Sha256::new();
-        hasher.update(project.id.as_bytes());
+        hasher.update(project.table_id().as_bytes());
         hasher.update(b"\n");
         hasher.update(&lines);
         let digest: String = hasher
@@ -268,7 +268,7 @@ impl Committer {
 
     async fn run(self, mut receiver: mpsc::Receiver<Pending>) {
         if let Err(e) = self.recover_digests().await {
-            tracing::warn!(project = %self.project.id, error = %e, "could not recover request digests from the table's commits");
+            tracing::warn!(project = %self.project.table_id(), error = %e, "could not recover request digests from the table's commits");
         }
         while let Some(first) = receiver.recv().await {
             let mut group = vec![first];
@@ -319,8 +319,9 @@ impl Committer {
                 })
                 .unwrap_or_default();
             if let Some(xact) = xact.as_str().and_then(|x| x.parse::<i64>().ok()) {
-                self.store
-                    .with_registry(|r| r.record_requests(&self.project.id, &digests, xact))?;
+                self.store.with_registry(|r| {
+                    r.record_requests(self.project.table_id(), &digests, xact)
+                })?;
             }
         }
         Ok(())
@@ -359,10 +360,9 @@ impl Committer {
                     let digests: Vec<String> =
                         remaining.iter().map(|&i| fresh[i].digest.clone()).collect();
                     self.remember(&digests, xact);
-                    if let Err(e) = self
-                        .store
-                        .with_registry(|r| r.record_requests(&self.project.id, &digests, xact))
-                    {
+                    if let Err(e) = self.store.with_registry(|r| {
+                        r.record_requests(self.project.table_id(), &digests, xact)
+                    }) {
                         // Committed all the same: the digests are in the
                         // commit and are recovered when a committer starts.
                         tracing::warn!(error = %e, "could not record request digests");

@@ -252,7 +252,8 @@ pub async fn ingest(
     // would retry them.
     for commit in &report.commits {
         if let Ok(xact) = commit.xact_id.parse::<i64>()
-            && let Err(e) = store.with_registry(|r| r.record_commit(&project.id, xact, committed))
+            && let Err(e) =
+                store.with_registry(|r| r.record_commit(project.table_id(), xact, committed))
         {
             tracing::warn!(project = %project.id, xact, error = %e, "could not record when a commit landed");
         }

@@ -24,7 +24,7 @@ use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::logical_expr::TableSource;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
-use spanlake_dsl::{Catalog, OutputColumn, PlanOptions};
+use spanlake_dsl::{Catalog, ObjectType, OutputColumn, PlanOptions};
 
 use crate::error::{Error, Result};
 use crate::session::SessionOptions;
@@ -120,12 +120,16 @@ pub fn session(options: &QueryOptions) -> Result<SessionContext> {
     })
 }
 
+/// A source of a query: its object type and arguments.
+type SourceKey = (ObjectType, Vec<String>);
+
 /// The sources a query may read, prepared before planning (planning is
 /// synchronous; opening tables and resolving views is not).
 #[derive(Default)]
 struct PreparedCatalog {
-    views: HashMap<Vec<String>, std::result::Result<Arc<dyn TableSource>, String>>,
-    /// The source of every `project_logs(...)`, whatever its arguments.
+    views: HashMap<SourceKey, std::result::Result<Arc<dyn TableSource>, String>>,
+    /// The source of every `project_logs(...)`, `experiment(...)` or
+    /// `dataset(...)`, whatever its arguments.
     every: Option<Arc<dyn TableSource>>,
 }
 
@@ -138,15 +142,22 @@ impl std::fmt::Debug for PreparedCatalog {
 }
 
 impl Catalog for PreparedCatalog {
-    fn project_logs(&self, args: &[String]) -> std::result::Result<Arc<dyn TableSource>, String> {
+    fn source(
+        &self,
+        object_type: ObjectType,
+        args: &[String],
+    ) -> std::result::Result<Arc<dyn TableSource>, String> {
         if let Some(every) = &self.every {
             return Ok(Arc::clone(every));
         }
-        self.views.get(args).cloned().unwrap_or_else(|| {
-            Err(format!(
-                "source `project_logs` with arguments {args:?} was not prepared"
-            ))
-        })
+        self.views
+            .get(&(object_type, args.to_vec()))
+            .cloned()
+            .unwrap_or_else(|| {
+                Err(format!(
+                    "source `{object_type}` with arguments {args:?} was not prepared"
+                ))
+            })
     }
 }
 
@@ -214,20 +225,23 @@ async fn plan_and_run(
     let mut catalog = PreparedCatalog::default();
     let mut snapshot = std::collections::BTreeMap::new();
     if let Some(source) = query.source()
-        && source.function.eq_ignore_ascii_case("project_logs")
+        && let Some(object_type) = ObjectType::parse(&source.function)
         && !source.args.is_empty()
     {
         let pinned = resumed.as_ref().map(|state| &state.s);
         let view = prepare_view(
             store,
             &ctx,
+            object_type,
             &source.args,
             options.org_id.as_deref(),
             pinned,
             &mut snapshot,
         )
         .await?;
-        catalog.views.insert(source.args.clone(), view);
+        catalog
+            .views
+            .insert((object_type, source.args.clone()), view);
     }
     let plan_options = PlanOptions {
         tz_offset_minutes: options.tz_offset_minutes,
@@ -419,11 +433,13 @@ fn view_source(view: datafusion::dataframe::DataFrame) -> Arc<dyn TableSource> {
     provider_as_source(Arc::new(table))
 }
 
-/// The resolved view over the projects named by `args` (ids or names); an
-/// unknown project is reported as a planning error at the source.
+/// The resolved view over the tables named by `args`: projects' logs (ids
+/// or names), experiments or datasets (ids); an unknown one is reported as
+/// a planning error at the source.
 async fn prepare_view(
     store: &Store,
     ctx: &SessionContext,
+    object_type: ObjectType,
     args: &[String],
     org_id: Option<&str>,
     pinned: Option<&std::collections::BTreeMap<String, Option<i64>>>,
@@ -431,12 +447,14 @@ async fn prepare_view(
 ) -> Result<std::result::Result<Arc<dyn TableSource>, String>> {
     let mut projects = Vec::with_capacity(args.len());
     for arg in args {
-        let resolved = store.with_registry(|r| match org_id {
-            Some(org) => r.resolve_in_org(org, arg),
-            None => r.resolve(arg),
-        });
+        let resolved = store.with_registry(|r| r.source_table(object_type, arg, org_id));
         match resolved {
             Ok(project) => projects.push(project),
+            Err(e @ Error::UnknownObject { .. }) => {
+                return Ok(Err(format!(
+                    "{e}; list them with `spanlake {object_type} list -p PROJECT` (or GET /v1/{object_type}?project_id=)"
+                )));
+            }
             Err(Error::UnknownProject(name)) => {
                 let known = store.with_registry(|r| match org_id {
                     Some(org) => r.list_in_org(org),
@@ -457,7 +475,7 @@ async fn prepare_view(
     let mut view: Option<datafusion::dataframe::DataFrame> = None;
     for project in &projects {
         let version = match pinned {
-            Some(pinned) => *pinned.get(&project.id).ok_or_else(|| {
+            Some(pinned) => *pinned.get(project.table_id()).ok_or_else(|| {
                 Error::InvalidArgument(
                     "this cursor belongs to another query; run the same query with it".to_string(),
                 )
@@ -469,7 +487,7 @@ async fn prepare_view(
             (Some(_), None) => crate::store::ProjectLogs::empty(project),
             _ => store.logs_at(project, version).await?,
         };
-        snapshot.insert(project.id.clone(), logs.version());
+        snapshot.insert(project.table_id().to_string(), logs.version());
         let frame = logs.resolved_view(ctx).await?;
         view = Some(match view {
             None => frame,

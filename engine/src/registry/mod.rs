@@ -7,6 +7,7 @@
 //! orgs use must then be given as the project id.
 
 pub mod apikeys;
+pub mod objects;
 
 use std::path::Path;
 
@@ -27,6 +28,10 @@ pub struct Project {
     pub org_id: String,
     /// RFC 3339 creation time.
     pub created: String,
+    /// The table this handle addresses when it is not the project's logs:
+    /// one of its experiments or datasets (see [`Project::for_object`]).
+    #[serde(skip)]
+    pub object: Option<objects::ObjectRef>,
 }
 
 /// The project registry of one data directory.
@@ -83,6 +88,7 @@ impl ProjectRegistry {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         migrate_project_names(&conn)?;
         conn.execute_batch(SCHEMA_SQL)?;
+        conn.execute_batch(objects::OBJECTS_SQL)?;
         let org_id: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'org_id'", [], |r| {
                 r.get(0)
@@ -238,6 +244,7 @@ impl ProjectRegistry {
             name: name.to_string(),
             org_id: org_id.to_string(),
             created: self.now_rfc3339(),
+            object: None,
         };
         self.conn.execute(
             "INSERT INTO projects (id, name, org_id, created) VALUES (?1, ?2, ?3, ?4)",
@@ -396,6 +403,7 @@ fn row_to_project(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
         name: r.get(1)?,
         org_id: r.get(2)?,
         created: r.get(3)?,
+        object: None,
     })
 }
 

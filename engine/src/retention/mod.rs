@@ -84,6 +84,11 @@ use crate::store::vacuum::Vacuum;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
+    /// Whose rows it deletes: `project_logs` (default, the project's logs),
+    /// `experiment` or `dataset` (the rows of every experiment or dataset
+    /// of the project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_type: Option<String>,
     /// Rows created more than this many days before a run are deleted.
     pub retention_days: u32,
     /// Deleted rows' files are purged after this period (e.g. `24h`).
@@ -99,6 +104,14 @@ impl RetentionConfig {
     /// Check every field; returns `(grace, interval)`.
     pub fn validate(&self) -> Result<(std::time::Duration, std::time::Duration)> {
         let mut problems = Vec::new();
+        if let Some(name) = &self.object_type
+            && crate::registry::objects::ObjectType::parse(name).is_none()
+        {
+            problems.push(format!(
+                "object_type: `{name}` is not one of {}",
+                spanlake_dsl::object_type_names()
+            ));
+        }
         if self.retention_days == 0 && !self.force {
             problems.push(
                 "retention_days: 0 deletes every row; use at least 1, or force it".to_string(),
@@ -184,6 +197,90 @@ pub struct RetentionReport {
     pub bytes_purged: u64,
     /// Table versions pinned by running exports, whose files were kept.
     pub pinned_versions: Vec<i64>,
+    /// For experiments and datasets: how many tables (one per object) the
+    /// run went over; its figures are their sums (`version`: the last
+    /// table's commit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tables: Option<usize>,
+}
+
+impl PlanSummary {
+    /// The plan of a cutoff over no table.
+    fn nothing(cutoff: chrono::DateTime<chrono::Utc>) -> Self {
+        Self {
+            cutoff: cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            rows: 0,
+            traces: Some(0),
+            files_to_drop: 0,
+            files_to_rewrite: 0,
+            bytes_to_reclaim: 0,
+            files_read_for_versions: 0,
+        }
+    }
+
+    /// The plans of two tables at the same cutoff, summed.
+    fn and(self, other: Self) -> Self {
+        Self {
+            cutoff: self.cutoff,
+            rows: self.rows + other.rows,
+            traces: self.traces.zip(other.traces).map(|(a, b)| a + b),
+            files_to_drop: self.files_to_drop + other.files_to_drop,
+            files_to_rewrite: self.files_to_rewrite + other.files_to_rewrite,
+            bytes_to_reclaim: self.bytes_to_reclaim + other.bytes_to_reclaim,
+            files_read_for_versions: self.files_read_for_versions + other.files_read_for_versions,
+        }
+    }
+}
+
+impl RetentionReport {
+    fn nothing(cutoff: chrono::DateTime<chrono::Utc>) -> Self {
+        Self {
+            plan: PlanSummary::nothing(cutoff),
+            rows_deleted: 0,
+            files_dropped: 0,
+            files_rewritten: 0,
+            rows_copied: 0,
+            files_added: 0,
+            version: None,
+            files_purged: 0,
+            orphans_purged: 0,
+            bytes_purged: 0,
+            pinned_versions: Vec::new(),
+            tables: None,
+        }
+    }
+
+    /// The runs over two tables, summed.
+    fn and(mut self, other: Self) -> Self {
+        self.pinned_versions.extend(other.pinned_versions);
+        Self {
+            plan: self.plan.and(other.plan),
+            rows_deleted: self.rows_deleted + other.rows_deleted,
+            files_dropped: self.files_dropped + other.files_dropped,
+            files_rewritten: self.files_rewritten + other.files_rewritten,
+            rows_copied: self.rows_copied + other.rows_copied,
+            files_added: self.files_added + other.files_added,
+            version: other.version.or(self.version),
+            files_purged: self.files_purged + other.files_purged,
+            orphans_purged: self.orphans_purged + other.orphans_purged,
+            bytes_purged: self.bytes_purged + other.bytes_purged,
+            pinned_versions: self.pinned_versions,
+            tables: None,
+        }
+    }
+}
+
+impl RetentionPreview {
+    /// The previews of two tables, summed.
+    fn and(mut self, other: Self) -> Self {
+        self.pinned_versions.extend(other.pinned_versions);
+        Self {
+            plan: self.plan.and(other.plan),
+            files_purgeable_now: self.files_purgeable_now + other.files_purgeable_now,
+            bytes_purgeable_now: self.bytes_purgeable_now + other.bytes_purgeable_now,
+            pinned_versions: self.pinned_versions,
+        }
+    }
 }
 
 /// A retention preview (a test or dry run): nothing changes.
@@ -210,22 +307,35 @@ pub async fn preview_retention_automation(
     let config: RetentionConfig = serde_json::from_value(automation.config.clone())
         .map_err(|e| Error::Internal(format!("stored retention config: {e}")))?;
     let (grace, _interval) = config.validate()?;
-    let project = store.with_registry(|r| r.get(&automation.project_id))?;
     let cutoff = cutoff_for(store.clock().now(), config.retention_days, config.force)?;
-    let ((plan, _), _) = Retention::new(store, &project, cutoff)
-        .dry_run(true)
-        .run()
-        .await?;
-    let (purge, _) = Vacuum::new(store, &project, grace, state)
-        .dry_run(true)
-        .run()
-        .await?;
-    Ok(RetentionPreview {
-        plan: PlanSummary::from(&plan),
-        files_purgeable_now: purge.files_deleted,
-        bytes_purgeable_now: purge.bytes,
-        pinned_versions: purge.pinned_versions,
-    })
+    let mut preview: Option<RetentionPreview> = None;
+    for table in automation.tables(store)? {
+        let ((plan, _), _) = Retention::new(store, &table, cutoff)
+            .dry_run(true)
+            .run()
+            .await?;
+        let (purge, _) = Vacuum::new(store, &table, grace, state)
+            .dry_run(true)
+            .run()
+            .await?;
+        let this = RetentionPreview {
+            plan: PlanSummary::from(&plan),
+            files_purgeable_now: purge.files_deleted,
+            bytes_purgeable_now: purge.bytes,
+            pinned_versions: purge.pinned_versions,
+        };
+        preview = Some(match preview {
+            None => this,
+            Some(previous) => previous.and(this),
+        });
+    }
+    // No experiment (or dataset) yet: nothing to delete.
+    Ok(preview.unwrap_or_else(|| RetentionPreview {
+        plan: PlanSummary::nothing(cutoff),
+        files_purgeable_now: 0,
+        bytes_purgeable_now: 0,
+        pinned_versions: Vec::new(),
+    }))
 }
 
 /// Run a retention automation: one cutoff, the planned delete in one
@@ -241,7 +351,7 @@ pub async fn run_retention_automation(
     let config: RetentionConfig = serde_json::from_value(automation.config.clone())
         .map_err(|e| Error::Internal(format!("stored retention config: {e}")))?;
     let (grace, _interval) = config.validate()?;
-    let project = store.with_registry(|r| r.get(&automation.project_id))?;
+    let tables = automation.tables(store)?;
     let cutoff = cutoff_for(store.clock().now(), config.retention_days, config.force)?;
     let run_id = uuid::Uuid::now_v7().to_string();
     let lease = RunLease::take(store, state, automation, &run_id)?;
@@ -266,16 +376,13 @@ pub async fn run_retention_automation(
         &serde_json::json!({ "cutoff": cutoff_text }),
     )?;
     let result = async {
-        let ((plan, metrics), figures) = Retention::new(store, &project, cutoff).run().await?;
-        figures.log(&project.id);
-        let (purged, figures) = Vacuum::new(store, &project, grace, state).run().await?;
-        figures.log(&project.id);
-        Ok::<_, Error>((plan, metrics, purged))
-    }
-    .await;
-    let outcome = match result {
-        Ok((plan, metrics, purged)) => {
-            let report = RetentionReport {
+        let mut done: Option<RetentionReport> = None;
+        for table in &tables {
+            let ((plan, metrics), figures) = Retention::new(store, table, cutoff).run().await?;
+            figures.log(table.table_id());
+            let (purged, figures) = Vacuum::new(store, table, grace, state).run().await?;
+            figures.log(table.table_id());
+            let this = RetentionReport {
                 plan: PlanSummary::from(&plan),
                 rows_deleted: metrics.rows_deleted,
                 files_dropped: metrics.files_dropped,
@@ -287,11 +394,25 @@ pub async fn run_retention_automation(
                 orphans_purged: purged.orphans,
                 bytes_purged: purged.bytes,
                 pinned_versions: purged.pinned_versions,
+                tables: None,
             };
+            done = Some(match done {
+                None => this,
+                Some(previous) => previous.and(this),
+            });
+        }
+        Ok::<_, Error>(done.unwrap_or_else(|| RetentionReport::nothing(cutoff)))
+    }
+    .await;
+    let outcome = match result {
+        Ok(mut report) => {
+            if automation.object_type()? != crate::registry::objects::ObjectType::ProjectLogs {
+                report.tables = Some(tables.len());
+            }
             let outcome = RunOutcome {
-                rows: metrics.rows_deleted,
-                bytes: purged.bytes,
-                files: metrics.files_dropped + metrics.files_rewritten,
+                rows: report.rows_deleted,
+                bytes: report.bytes_purged,
+                files: report.files_dropped + report.files_rewritten,
                 cursor_to: None,
                 details: serde_json::to_value(&report)
                     .map_err(|e| Error::Internal(format!("retention report: {e}")))?,

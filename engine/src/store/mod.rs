@@ -1,6 +1,7 @@
 //! The log store: one Delta Lake table of row versions per project, under
-//! `<data-dir>/projects/<project-id>/logs`, and the project registry in
-//! `<data-dir>/state.db`.
+//! `<data-dir>/projects/<project-id>/logs`, one per experiment and dataset
+//! (`experiments/<id>/logs`, `datasets/<id>/logs`, see [`table_dir`]), and
+//! the project registry in `<data-dir>/state.db`.
 //!
 //! ```text
 //!  ingest ──(one writer per project: a file lock)──► Delta commit N
@@ -252,7 +253,7 @@ impl Store {
     }
 
     fn project_dir(&self, project: &Project) -> PathBuf {
-        self.data_dir.join("projects").join(&project.id)
+        table_dir(&self.data_dir, project)
     }
 
     /// Open the logs of `project` for reading, at their latest version. A
@@ -299,7 +300,7 @@ impl Store {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(Error::Locked {
-                    project: project.id.clone(),
+                    project: project.table_id().to_string(),
                     path: lock_path,
                 });
             }
@@ -336,6 +337,19 @@ impl Store {
             lock,
         ))
     }
+}
+
+/// The folder of the table `project` addresses (its `logs` Delta table, its
+/// write lock, its vacuum record): `projects/<project id>` for a project's
+/// logs, `experiments/<id>` and `datasets/<id>` for its experiments and
+/// datasets (see [`Project::for_object`]).
+pub fn table_dir(data_dir: &Path, project: &Project) -> PathBuf {
+    let folder = match project.object_type() {
+        crate::registry::objects::ObjectType::ProjectLogs => "projects",
+        crate::registry::objects::ObjectType::Experiment => "experiments",
+        crate::registry::objects::ObjectType::Dataset => "datasets",
+    };
+    data_dir.join(folder).join(project.table_id())
 }
 
 /// Held while a process writes to a project's table; released on drop.

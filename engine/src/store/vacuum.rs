@@ -96,7 +96,7 @@ struct VacuumRecord {
 }
 
 fn project_dir(store: &Store, project: &Project) -> std::path::PathBuf {
-    store.data_dir().join("projects").join(&project.id)
+    super::table_dir(store.data_dir(), project)
 }
 
 fn read_record(dir: &Path) -> Result<Option<VacuumRecord>> {
@@ -277,7 +277,7 @@ async fn vacuum_at(
     // Pins: their files are kept, and tombstones younger than the oldest
     // pinned commit too (so every version from it on stays whole).
     let pinned: Vec<i64> = pins
-        .pinned_versions(&project.id)?
+        .pinned_versions(project.table_id())?
         .into_iter()
         .filter(|&v| v < current)
         .collect();

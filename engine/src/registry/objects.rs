@@ -1,0 +1,461 @@
+//! Experiments and datasets: the project's other objects holding rows
+//! (besides its logs), in the `objects` table of the state database.
+//!
+//! Each has a UUID, a name unique per project and type, and a table of row
+//! versions of its own (see [`crate::store`]), with the same merge
+//! semantics, `_xact_id` and compaction as the project's logs. A
+//! [`Project`] handle made by [`Project::for_object`] addresses that table:
+//! every operation over a project's table (ingest, query, export,
+//! retention, compaction, vacuum) takes one, so they all work by object
+//! type without a second code path.
+
+use rusqlite::{OptionalExtension, params};
+use uuid::Uuid;
+
+pub use spanlake_dsl::ObjectType;
+
+use super::{Project, ProjectRegistry, is_constraint};
+use crate::error::{Error, Result};
+
+/// Which table of a project a [`Project`] handle addresses, when it is not
+/// the project's logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    /// `experiment` or `dataset`.
+    pub object_type: ObjectType,
+    /// The object's UUID (the key of its table).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// One experiment or dataset.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogObject {
+    /// UUID.
+    pub id: String,
+    /// `experiment` or `dataset`.
+    #[serde(serialize_with = "serialize_object_type")]
+    pub object_type: ObjectType,
+    /// Owning project UUID.
+    pub project_id: String,
+    /// Owning org UUID.
+    pub org_id: String,
+    /// Name, unique per project and type.
+    pub name: String,
+    /// Free text, if given.
+    pub description: Option<String>,
+    /// User metadata (a JSON object), if given.
+    pub metadata: Option<serde_json::Value>,
+    /// RFC 3339 creation time.
+    pub created: String,
+}
+
+fn serialize_object_type<S: serde::Serializer>(t: &ObjectType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(t.as_str())
+}
+
+/// What to create (see [`ProjectRegistry::create_object`]).
+#[derive(Debug, Clone, Default)]
+pub struct NewObject {
+    /// The name; without one, the first free of `experiment-1`,
+    /// `experiment-2`, ... (`dataset-1`, ... for a dataset).
+    pub name: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// A JSON object.
+    pub metadata: Option<serde_json::Value>,
+    /// When the name is taken: `true` makes a new object with a suffixed
+    /// name (`name-2`, ...; an `Eval` asks for this), `false` returns the
+    /// existing one (get-or-create).
+    pub ensure_new: bool,
+}
+
+pub(crate) const OBJECTS_SQL: &str = "
+CREATE TABLE IF NOT EXISTS objects (
+    id TEXT PRIMARY KEY,
+    object_type TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    org_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT,
+    metadata TEXT,
+    created TEXT NOT NULL,
+    UNIQUE (project_id, object_type, name)
+);
+";
+
+const COLUMNS: &str = "id, object_type, project_id, org_id, name, description, metadata, created";
+
+impl Project {
+    /// A handle on the table of `object` (an experiment or dataset of this
+    /// project): what the store, ingest, queries, exports and retention
+    /// take to work on that table instead of the project's logs.
+    pub fn for_object(&self, object: &LogObject) -> Project {
+        Project {
+            object: Some(ObjectRef {
+                object_type: object.object_type,
+                id: object.id.clone(),
+                name: object.name.clone(),
+            }),
+            ..self.clone()
+        }
+    }
+
+    /// The project's own handle (its logs), whichever table this one addresses.
+    pub fn logs_handle(&self) -> Project {
+        Project {
+            object: None,
+            ..self.clone()
+        }
+    }
+
+    /// The type of the table this handle addresses.
+    pub fn object_type(&self) -> ObjectType {
+        self.object
+            .as_ref()
+            .map_or(ObjectType::ProjectLogs, |o| o.object_type)
+    }
+
+    /// The key of the table this handle addresses: the project id for its
+    /// logs, the object's id otherwise (unique over every table of the data
+    /// directory, as both are UUIDs).
+    pub fn table_id(&self) -> &str {
+        self.object.as_ref().map_or(&self.id, |o| &o.id)
+    }
+}
+
+impl ProjectRegistry {
+    /// Create an experiment or dataset of `project` (see [`NewObject`] for
+    /// a name that is taken).
+    pub fn create_object(
+        &self,
+        project: &Project,
+        object_type: ObjectType,
+        new: &NewObject,
+    ) -> Result<LogObject> {
+        if object_type == ObjectType::ProjectLogs {
+            return Err(Error::Internal(
+                "project logs are not created as objects".to_string(),
+            ));
+        }
+        if let Some(name) = &new.name {
+            validate_object_name(object_type, name)?;
+            if let Some(existing) = self.object_by_name(project, object_type, name)?
+                && !new.ensure_new
+            {
+                return Ok(existing);
+            }
+        }
+        if let Some(metadata) = &new.metadata
+            && !metadata.is_object()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "metadata: must be a JSON object, got `{metadata}`"
+            )));
+        }
+        // The first free name: the name given, then `name-2`, `name-3`, ...;
+        // unnamed, `experiment-1`, `experiment-2`, ... (a concurrent creator
+        // may take one: try the next).
+        let mut n = 1u32;
+        loop {
+            let name = match (&new.name, n) {
+                (Some(name), 1) => name.clone(),
+                (Some(name), n) => format!("{name}-{n}"),
+                (None, n) => format!("{object_type}-{n}"),
+            };
+            if self.object_by_name(project, object_type, &name)?.is_none() {
+                let object = LogObject {
+                    id: Uuid::new_v4().to_string(),
+                    object_type,
+                    project_id: project.id.clone(),
+                    org_id: project.org_id.clone(),
+                    name,
+                    description: new.description.clone(),
+                    metadata: new.metadata.clone(),
+                    created: self.now_rfc3339(),
+                };
+                match self.insert_object(&object) {
+                    Ok(()) => return Ok(object),
+                    Err(Error::State(e)) if is_constraint(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            n += 1;
+        }
+    }
+
+    fn insert_object(&self, object: &LogObject) -> Result<()> {
+        self.conn.execute(
+            &format!("INSERT INTO objects ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+            params![
+                object.id,
+                object.object_type.as_str(),
+                object.project_id,
+                object.org_id,
+                object.name,
+                object.description,
+                object.metadata.as_ref().map(ToString::to_string),
+                object.created
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The `object_type` of `project` named `name`, if any.
+    pub fn object_by_name(
+        &self,
+        project: &Project,
+        object_type: ObjectType,
+        name: &str,
+    ) -> Result<Option<LogObject>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM objects WHERE project_id = ?1 AND object_type = ?2 AND name = ?3"
+                ),
+                params![project.id, object_type.as_str(), name],
+                row_to_object,
+            )
+            .optional()?)
+    }
+
+    /// The experiments or datasets of `project`, oldest first.
+    pub fn list_objects(
+        &self,
+        project: &Project,
+        object_type: ObjectType,
+    ) -> Result<Vec<LogObject>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM objects WHERE project_id = ?1 AND object_type = ?2 ORDER BY created, name"
+        ))?;
+        let rows = stmt.query_map(params![project.id, object_type.as_str()], row_to_object)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every table of the data directory, each a handle of
+    /// [`crate::store::Store::logs`]: per project (by name), its logs, then
+    /// its experiments and its datasets (oldest first).
+    pub fn all_tables(&self) -> Result<Vec<Project>> {
+        let mut tables = Vec::new();
+        for project in self.list()? {
+            let mut objects = self.list_objects(&project, ObjectType::Experiment)?;
+            objects.extend(self.list_objects(&project, ObjectType::Dataset)?);
+            let handles: Vec<Project> = objects.iter().map(|o| project.for_object(o)).collect();
+            tables.push(project);
+            tables.extend(handles);
+        }
+        Ok(tables)
+    }
+
+    /// The `object_type` with this id, with the project it belongs to (a
+    /// handle on its table, see [`Project::for_object`]); `org_id` limits
+    /// it to one org (another org's object is unknown, exactly like one
+    /// that does not exist).
+    pub fn object_table(
+        &self,
+        object_type: ObjectType,
+        id: &str,
+        org_id: Option<&str>,
+    ) -> Result<(LogObject, Project)> {
+        let unknown = || Error::UnknownObject {
+            object_type,
+            id: id.to_string(),
+        };
+        let id = Uuid::parse_str(id)
+            .map_err(|_| unknown())?
+            .hyphenated()
+            .to_string();
+        let object = self
+            .conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM objects WHERE id = ?1 AND object_type = ?2"),
+                params![id, object_type.as_str()],
+                row_to_object,
+            )
+            .optional()?
+            .filter(|o| org_id.is_none_or(|org| o.org_id == org))
+            .ok_or_else(unknown)?;
+        let project = self.get(&object.project_id)?.for_object(&object);
+        Ok((object, project))
+    }
+
+    /// The table a query source names: the project's logs (`project_logs`,
+    /// by project id or name) or one experiment or dataset (by id).
+    pub fn source_table(
+        &self,
+        object_type: ObjectType,
+        arg: &str,
+        org_id: Option<&str>,
+    ) -> Result<Project> {
+        match object_type {
+            ObjectType::ProjectLogs => match org_id {
+                Some(org) => self.resolve_in_org(org, arg),
+                None => self.resolve(arg),
+            },
+            _ => Ok(self.object_table(object_type, arg, org_id)?.1),
+        }
+    }
+
+    /// The table of `object_type` in `project` that an automation works
+    /// on: the project's logs, or the experiment or dataset `object_id`
+    /// (which must belong to the project).
+    pub fn automation_table(
+        &self,
+        project: &Project,
+        object_type: ObjectType,
+        object_id: Option<&str>,
+    ) -> Result<Project> {
+        match (object_type, object_id) {
+            (ObjectType::ProjectLogs, None) => Ok(project.logs_handle()),
+            (ObjectType::ProjectLogs, Some(_)) => Err(Error::InvalidArgument(
+                "object_id: `project_logs` takes no object id (it is the project's logs)"
+                    .to_string(),
+            )),
+            (_, None) => Err(Error::InvalidArgument(format!(
+                "object_id: an export of `{object_type}` needs the id of one {object_type} of the project"
+            ))),
+            (_, Some(id)) => {
+                let (object, table) = self.object_table(object_type, id, Some(&project.org_id))?;
+                if object.project_id != project.id {
+                    return Err(Error::UnknownObject {
+                        object_type,
+                        id: id.to_string(),
+                    });
+                }
+                Ok(table)
+            }
+        }
+    }
+}
+
+fn validate_object_name(object_type: ObjectType, name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "name: cannot be empty; leave it out and the {object_type} gets one"
+        )));
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err(Error::InvalidArgument(format!(
+            "name: {object_type} name `{}` contains control characters",
+            name.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+fn row_to_object(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogObject> {
+    let object_type: String = r.get(1)?;
+    let metadata: Option<String> = r.get(6)?;
+    Ok(LogObject {
+        id: r.get(0)?,
+        object_type: ObjectType::parse(&object_type).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Text,
+                format!("unknown object type `{object_type}`").into(),
+            )
+        })?,
+        project_id: r.get(2)?,
+        org_id: r.get(3)?,
+        name: r.get(4)?,
+        description: r.get(5)?,
+        metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
+        created: r.get(7)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> (tempfile::TempDir, ProjectRegistry, Project) {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = ProjectRegistry::open(&dir.path().join("state.db")).unwrap();
+        let project = registry.create("p").unwrap();
+        (dir, registry, project)
+    }
+
+    #[test]
+    fn ensure_new_suffixes_a_taken_name_and_get_or_create_returns_it() {
+        let (_dir, registry, project) = registry();
+        let new = |name: &str, ensure_new| NewObject {
+            name: Some(name.to_string()),
+            ensure_new,
+            ..NewObject::default()
+        };
+        let first = registry
+            .create_object(&project, ObjectType::Experiment, &new("run", true))
+            .unwrap();
+        let second = registry
+            .create_object(&project, ObjectType::Experiment, &new("run", true))
+            .unwrap();
+        assert_eq!(
+            (first.name.as_str(), second.name.as_str()),
+            ("run", "run-2")
+        );
+        assert_ne!(first.id, second.id);
+        let again = registry
+            .create_object(&project, ObjectType::Experiment, &new("run", false))
+            .unwrap();
+        assert_eq!(again, first);
+        // A dataset of the same name is another object.
+        let dataset = registry
+            .create_object(&project, ObjectType::Dataset, &new("run", false))
+            .unwrap();
+        assert_ne!(dataset.id, first.id);
+        let unnamed = registry
+            .create_object(&project, ObjectType::Experiment, &NewObject::default())
+            .unwrap();
+        assert_eq!(unnamed.name, "experiment-1");
+        let listed: Vec<String> = registry
+            .list_objects(&project, ObjectType::Experiment)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(listed.len(), 3);
+        assert!(listed.contains(&"run-2".to_string()));
+    }
+
+    #[test]
+    fn a_handle_addresses_the_objects_table_and_other_orgs_do_not_see_it() {
+        let (_dir, registry, project) = registry();
+        let dataset = registry
+            .create_object(&project, ObjectType::Dataset, &NewObject::default())
+            .unwrap();
+        let (found, table) = registry
+            .object_table(ObjectType::Dataset, &dataset.id, Some(&project.org_id))
+            .unwrap();
+        assert_eq!(found, dataset);
+        assert_eq!(table.table_id(), dataset.id);
+        assert_eq!(table.id, project.id);
+        assert_eq!(table.object_type(), ObjectType::Dataset);
+        assert_eq!(table.logs_handle().table_id(), project.id);
+        let err = registry
+            .object_table(ObjectType::Dataset, &dataset.id, Some("another-org"))
+            .unwrap_err();
+        assert_eq!(err.to_string(), format!("unknown dataset `{}`", dataset.id));
+        // An experiment id is not a dataset.
+        assert!(matches!(
+            registry.object_table(ObjectType::Experiment, &dataset.id, None),
+            Err(Error::UnknownObject { .. })
+        ));
+        assert!(matches!(
+            registry.object_table(ObjectType::Dataset, "not-a-uuid", None),
+            Err(Error::UnknownObject { .. })
+        ));
+        let metadata = NewObject {
+            metadata: Some(serde_json::json!([1])),
+            ..NewObject::default()
+        };
+        let err = registry
+            .create_object(&project, ObjectType::Dataset, &metadata)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "metadata: must be a JSON object, got `[1]`"
+        );
+    }
+}
