@@ -926,22 +926,8 @@ mod tests {
     use futures::TryStreamExt;
 
     use super::*;
-    use crate::ingest::{IngestOptions, ingest};
+    use crate::store::ingest_test_lines;
     use crate::store::schema::xact_id_for_version;
-
-    async fn ingest_lines(store: &Store, lines: &[&str]) {
-        let project = store.registry().unwrap().resolve_or_create("p").unwrap();
-        let input = std::io::Cursor::new(lines.join("\n").into_bytes());
-        ingest(
-            store,
-            &project,
-            Box::new(input),
-            "test",
-            &IngestOptions::default(),
-        )
-        .await
-        .unwrap();
-    }
 
     /// Every column of the spans view after `after`, sorted by id, as text.
     async fn view(store: &Store, after: Option<i64>) -> String {
@@ -1004,7 +990,7 @@ mod tests {
         ];
         for text in &commits {
             let refs: Vec<&str> = text.iter().map(String::as_str).collect();
-            ingest_lines(&store, &refs).await;
+            ingest_test_lines(&store, &refs).await;
         }
         let project = store.registry().unwrap().resolve("p").unwrap();
         let before = view(&store, None).await;
@@ -1044,7 +1030,7 @@ mod tests {
     async fn compaction_changes_no_resolved_row_nor_what_changed_after_any_xact() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        ingest_lines(
+        ingest_test_lines(
             &store,
             &[
                 r#"{"id":"a","created":"2026-01-01T00:00:00Z","input":{"x":1,"y":2},"tags":["t1"]}"#,
@@ -1054,7 +1040,7 @@ mod tests {
             ],
         )
         .await;
-        ingest_lines(
+        ingest_test_lines(
             &store,
             &[
                 r#"{"id":"a","_is_merge":true,"input":{"y":3},"tags":["t2","t1"]}"#,
@@ -1066,7 +1052,7 @@ mod tests {
             ],
         )
         .await;
-        ingest_lines(
+        ingest_test_lines(
             &store,
             &[
                 r#"{"id":"a","_is_merge":true,"metadata":{"m":1}}"#,
@@ -1119,7 +1105,7 @@ mod tests {
                 .to_string()
         };
         let a_key = key(&before[0], "a");
-        ingest_lines(
+        ingest_test_lines(
             &store,
             &[
                 r#"{"id":"a","_is_merge":true,"input":{"z":4}}"#,

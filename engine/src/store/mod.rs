@@ -425,3 +425,20 @@ impl ProjectLogs {
             .and_then(|v| i64::try_from(v).ok())
     }
 }
+
+/// Ingest `lines` (JSON Lines) into project `p` of `store`, creating it: a
+/// commit for the store's unit tests.
+#[cfg(test)]
+pub(crate) async fn ingest_test_lines(store: &Store, lines: &[&str]) {
+    let project = store.registry().unwrap().resolve_or_create("p").unwrap();
+    let input = std::io::Cursor::new(lines.join("\n").into_bytes());
+    crate::ingest::ingest(
+        store,
+        &project,
+        Box::new(input),
+        "test",
+        &crate::ingest::IngestOptions::default(),
+    )
+    .await
+    .unwrap();
+}

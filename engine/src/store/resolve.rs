@@ -840,22 +840,8 @@ mod tests {
     use futures::TryStreamExt;
 
     use super::*;
-    use crate::ingest::{IngestOptions, ingest};
     use crate::store::Store;
-
-    async fn ingest_lines(store: &Store, lines: &[&str]) {
-        let project = store.registry().unwrap().resolve_or_create("p").unwrap();
-        let input = std::io::Cursor::new(lines.join("\n").into_bytes());
-        ingest(
-            store,
-            &project,
-            Box::new(input),
-            "test",
-            &IngestOptions::default(),
-        )
-        .await
-        .unwrap();
-    }
+    use crate::store::ingest_test_lines;
 
     async fn rows(store: &Store) -> Vec<Value> {
         rows_after(store, None).await
@@ -954,7 +940,7 @@ mod tests {
             .collect();
         for commit in [&first, &second, &third] {
             let lines: Vec<&str> = commit.iter().map(String::as_str).collect();
-            ingest_lines(&store, &lines).await;
+            ingest_test_lines(&store, &lines).await;
         }
         let (one, _) = folded_in(&store, 1).await;
         let (four, plan) = folded_in(&store, 4).await;
@@ -984,7 +970,7 @@ mod tests {
     async fn clean_rows_need_no_fold_and_versions_fold_across_commits() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        ingest_lines(
+        ingest_test_lines(
             &store,
             &[
                 r#"{"id":"a","created":"2026-01-01T00:00:00Z","input":{"x":1,"y":2},"tags":["t1"]}"#,
@@ -1006,7 +992,7 @@ mod tests {
             .unwrap();
         let input = view.schema().field_with_unqualified_name("input").unwrap();
         assert_eq!(input.data_type(), &DataType::Utf8);
-        ingest_lines(
+        ingest_test_lines(
             &store,
             &[
                 r#"{"id":"a","_is_merge":true,"input":{"y":3},"tags":["t2","t1"]}"#,

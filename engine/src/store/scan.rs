@@ -284,28 +284,18 @@ mod tests {
     use datafusion::prelude::{col, lit};
 
     use super::VersionScan;
-    use crate::ingest::{IngestOptions, ingest};
     use crate::session::{SessionOptions, session};
     use crate::store::Store;
     use crate::store::schema::XACT_ID;
 
     async fn commit(store: &Store, from: usize) {
-        let project = store.registry().unwrap().resolve_or_create("p").unwrap();
         let lines: Vec<String> = (from..from + 50)
             .map(|i| {
                 format!(r#"{{"id":"s{i:03}","created":"2026-01-01T00:00:00Z","input":"v{i}"}}"#)
             })
             .collect();
-        let input = std::io::Cursor::new(lines.join("\n").into_bytes());
-        ingest(
-            store,
-            &project,
-            Box::new(input),
-            "test",
-            &IngestOptions::default(),
-        )
-        .await
-        .unwrap();
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        crate::store::ingest_test_lines(store, &lines).await;
     }
 
     /// Three commits, three files: read on three partitions (files are
