@@ -5,9 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use object_store::path::Path;
 
-use crate::sink::CompletionHook;
-
 use crate::error::{Error, Result};
+use crate::sink::CompletionHook;
 
 /// A destination on the local file system: the folder of the export path.
 #[derive(Debug, Clone)]
@@ -141,5 +140,38 @@ impl LocalFolder {
             deleted.push(path.display().to_string());
         }
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LocalFolder;
+
+    fn key_of(path: &std::path::Path) -> String {
+        path.display()
+            .to_string()
+            .trim_start_matches('/')
+            .to_string()
+    }
+
+    /// The fsyncs started as files complete are waited for, and one that
+    /// failed fails the sync before the manifest could be written.
+    #[tokio::test]
+    async fn early_fsyncs_are_awaited_and_a_failed_one_fails_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = dir.path().join("a.jsonl");
+        std::fs::write(&written, b"{}\n").unwrap();
+        let folder = LocalFolder::of(dir.path().to_str().unwrap(), true).unwrap();
+        let hook = folder.flush_early().expect("a hook with fsync");
+        (hook.0)(&key_of(&written));
+        folder.sync(vec![key_of(&written)]).await.unwrap();
+
+        let gone = dir.path().join("gone.jsonl");
+        (hook.0)(&key_of(&gone));
+        let error = folder.sync(vec![key_of(&written)]).await.unwrap_err();
+        assert!(error.to_string().contains("gone.jsonl"), "{error}");
+
+        let unsynced = LocalFolder::of(dir.path().to_str().unwrap(), false).unwrap();
+        assert!(unsynced.flush_early().is_none());
     }
 }
