@@ -5,8 +5,8 @@
 //!
 //! ```text
 //!  snapshot's add actions ──► PartitionedFile (path, size, Delta stats of _xact_id, _op, created)
-//!                              │ files pruned on those stats (no footer read),
-//!                              │ row groups on the Parquet statistics,
+//!                              │ files pruned on the exact bounds of _xact_id and _op (no footer read),
+//!                              │ row groups on the Parquet statistics (created too),
 //!                              ▼ files split by byte range into target_partitions groups
 //!                           DataSourceExec(ParquetSource)   one partition per group, every core
 //! ```
