@@ -1016,6 +1016,60 @@ mod tests {
         (dir, db)
     }
 
+    /// An export given an object id in capitals, without hyphens, stores
+    /// (and runs, so its manifests name) the canonical id, the key of its
+    /// table: vacuum sees its run's pin. Object types are stored canonical.
+    #[test]
+    fn an_export_of_an_uppercase_object_id_stores_and_pins_the_canonical_id() {
+        use crate::automation::runner::AutomationConfig;
+        let (_dir, db) = db();
+        let canonical = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+        let (validated, stored) = AutomationConfig::validate(
+            Kind::Export,
+            serde_json::json!({
+                "object_type": "Experiment",
+                "object_id": canonical.replace('-', "").to_uppercase(),
+                "data": "spans",
+                "export_path": "s3://b/p",
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            (stored["object_type"].as_str(), stored["object_id"].as_str()),
+            (Some("experiment"), Some(canonical)),
+            "{stored}"
+        );
+        let AutomationConfig::Export(config) = validated else {
+            panic!("an export");
+        };
+        assert_eq!(config.object_id.as_deref(), Some(canonical));
+        let a = db
+            .create("p", "e", "", Kind::Export, &stored, Origin::Api)
+            .unwrap();
+        let holder = lease_holder("r1");
+        assert!(
+            db.try_lease(&a.id, &holder, Duration::from_secs(60))
+                .unwrap()
+        );
+        db.start_run(
+            &a.id,
+            "r1",
+            Trigger::Manual,
+            None,
+            Some(7),
+            &serde_json::json!({}),
+        )
+        .unwrap();
+        assert_eq!(db.pinned_versions(canonical).unwrap(), vec![7]);
+
+        let (_, stored) = AutomationConfig::validate(
+            Kind::Retention,
+            serde_json::json!({"object_type": "DATASET", "retention_days": 3, "grace": "1h", "interval": "1h"}),
+        )
+        .unwrap();
+        assert_eq!(stored["object_type"], "dataset", "{stored}");
+    }
+
     #[test]
     fn automations_runs_and_cursor() {
         let (_dir, db) = db();

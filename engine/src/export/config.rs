@@ -207,7 +207,12 @@ impl RawExportConfig {
             {
                 Ok(ExportConfig {
                     object_type,
-                    object_id: self.object_id.clone(),
+                    // Canonical (lowercase, hyphenated): the id of its
+                    // table as vacuum's pins and manifests name it.
+                    object_id: self
+                        .object_id
+                        .as_deref()
+                        .map(crate::registry::objects::canonical_object_id),
                     data,
                     btql: self.btql.clone(),
                     export_path: self.export_path.clone(),

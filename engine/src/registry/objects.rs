@@ -343,6 +343,13 @@ impl ProjectRegistry {
     }
 }
 
+/// An object id as its table is keyed: a UUID lowercase and hyphenated
+/// (whichever spelling of it is given), anything else as given (an unknown
+/// object then).
+pub fn canonical_object_id(id: &str) -> String {
+    Uuid::parse_str(id).map_or_else(|_| id.to_string(), |u| u.hyphenated().to_string())
+}
+
 fn validate_object_name(object_type: ObjectType, name: &str) -> Result<()> {
     if name.trim().is_empty() {
         return Err(Error::InvalidArgument(format!(
