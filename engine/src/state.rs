@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::registry::objects::ObjectType;
 use crate::store::{STATE_DB, Store};
 
 /// Key of the table version a run reads, in its run details (an export's
@@ -162,7 +163,6 @@ impl Automation {
     /// The object type its configuration names (`object_type`;
     /// `project_logs` when absent).
     pub fn object_type(&self) -> Result<crate::registry::objects::ObjectType> {
-        use crate::registry::objects::ObjectType;
         match self.config.get("object_type").and_then(|v| v.as_str()) {
             None => Ok(ObjectType::ProjectLogs),
             Some(name) => ObjectType::parse(name).ok_or_else(|| {
@@ -185,7 +185,6 @@ impl Automation {
     /// object's table; for a retention of experiments or datasets, the
     /// table of every one of them in the project.
     pub fn tables(&self, store: &Store) -> Result<Vec<crate::registry::Project>> {
-        use crate::registry::objects::ObjectType;
         let object_type = self.object_type()?;
         store.with_registry(|r| {
             let project = r.get(&self.project_id)?;
@@ -891,6 +890,42 @@ impl StateDb {
     }
 }
 
+/// The table an export configuration reads, as compared across an
+/// update: its object type (`project_logs` when absent) and the canonical
+/// (lowercase, hyphenated) UUID of its object, if any.
+fn export_table_key(config: &serde_json::Value) -> (String, Option<String>) {
+    let object_type = config["object_type"].as_str().map_or_else(
+        || ObjectType::ProjectLogs.as_str().to_string(),
+        |name| ObjectType::parse(name).map_or_else(|| name.to_string(), |t| t.as_str().to_string()),
+    );
+    let object_id = config["object_id"]
+        .as_str()
+        .map(crate::registry::objects::canonical_object_id);
+    (object_type, object_id)
+}
+
+/// Refuse an export update that changes the table it reads: its cursor is
+/// an `_xact_id` of that table, meaningless in another (rows would be
+/// skipped, or another table's rows sent where this one's went).
+pub fn check_export_table_kept(current: &serde_json::Value, new: &serde_json::Value) -> Result<()> {
+    let (current_type, current_id) = export_table_key(current);
+    let (new_type, new_id) = export_table_key(new);
+    let key = if current_type != new_type {
+        "object_type"
+    } else if current_id != new_id {
+        "object_id"
+    } else {
+        return Ok(());
+    };
+    let is = match key {
+        "object_type" => format!("`{current_type}`"),
+        _ => current_id.map_or_else(|| "not set".to_string(), |id| format!("`{id}`")),
+    };
+    Err(Error::InvalidArgument(format!(
+        "`config.{key}` is fixed after creation (it is {is}): the export's cursor counts in that table; create another export to export another table"
+    )))
+}
+
 /// Migration: state databases made before origins were recorded get the
 /// `origin` column, every existing automation `cli` (they could only be
 /// told apart by org, which a local-org API key shares). Two processes
@@ -963,6 +998,9 @@ impl StateDb {
             return Err(Error::InvalidArgument(format!(
                 "an automation named `{name}` already exists in this project"
             )));
+        }
+        if current.kind == Kind::Export {
+            check_export_table_kept(&current.config, config)?;
         }
         self.conn.execute(
             "UPDATE automations SET name = ?2, description = ?3, config = ?4, updated = ?5,
