@@ -748,3 +748,54 @@ fn an_exports_experiment_is_fixed_after_creation() {
         "{body}"
     );
 }
+
+/// The REST insert of a project's logs is as before experiments: its route
+/// names the table, so the SDK's object checks of `/logs3` do not apply
+/// (a row naming `prompt_session_id`, `experiment_id` besides `project_id`,
+/// or a non-string `experiment_id` is a log row with those fields); a
+/// non-string `project_id` is refused, as it always was.
+#[test]
+fn the_rest_insert_of_project_logs_keeps_rows_naming_other_objects() {
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "insert");
+    let server = Server::start(&spanlake, &[]);
+    let project = create_project(&server, &key, "insert");
+    let path = format!("/v1/project_logs/{project}/insert");
+    let events = serde_json::json!({"events": [
+        {"id": "p1", "prompt_session_id": "s", "input": 1},
+        {"id": "p2", "project_id": project, "experiment_id": "00000000-0000-4000-8000-000000000001", "input": 2},
+        {"id": "p3", "experiment_id": 7, "dataset_id": "d", "input": 3},
+    ]});
+    let (status, body) = server.call("POST", &path, Some(&key), &events.to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["row_ids"], serde_json::json!(["p1", "p2", "p3"]));
+    let (status, body) = server.call(
+        "GET",
+        &format!("/v1/project_logs/{project}/fetch?limit=10"),
+        Some(&key),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut ids: Vec<&str> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["p1", "p2", "p3"], "{body}");
+    let (status, body) = server.call(
+        "POST",
+        &path,
+        Some(&key),
+        r#"{"events": [{"id": "q", "project_id": 1}]}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rows[0]: `project_id` must be a string"),
+        "{body}"
+    );
+}
