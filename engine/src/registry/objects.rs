@@ -519,7 +519,8 @@ mod concurrency_tests {
         let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let (db, project, barrier) = (db.clone(), project.clone(), barrier.clone());
+                let (db, project, barrier) =
+                    (db.clone(), project.clone(), std::sync::Arc::clone(&barrier));
                 std::thread::spawn(move || {
                     let registry = ProjectRegistry::open(&db).unwrap();
                     (0..rounds)
