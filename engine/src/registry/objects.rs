@@ -332,10 +332,11 @@ impl ProjectRegistry {
             (_, Some(id)) => {
                 let (object, table) = self.object_table(object_type, id, Some(&project.org_id))?;
                 if object.project_id != project.id {
-                    return Err(Error::UnknownObject {
-                        object_type,
-                        id: id.to_string(),
-                    });
+                    // Of the same org (another org's is unknown): say whose.
+                    return Err(Error::InvalidArgument(format!(
+                        "object_id: {object_type} `{}` belongs to project `{}`, not `{}`; create the export in project `{}`",
+                        object.id, table.name, project.name, table.name
+                    )));
                 }
                 Ok(table)
             }
@@ -481,8 +482,31 @@ mod tests {
 }
 
 #[cfg(test)]
-mod concurrency_tests {
+mod object_tests {
     use super::*;
+
+    /// An automation of project P naming an experiment of project Q (of the
+    /// same org) is told it belongs to Q.
+    #[test]
+    fn an_object_of_another_project_is_said_to_belong_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = ProjectRegistry::open(&dir.path().join("state.db")).unwrap();
+        let p = registry.create("p").unwrap();
+        let q = registry.create("q").unwrap();
+        let experiment = registry
+            .create_object(&q, ObjectType::Experiment, &NewObject::default())
+            .unwrap();
+        let err = registry
+            .automation_table(&p, ObjectType::Experiment, Some(&experiment.id))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "object_id: experiment `{}` belongs to project `q`, not `p`; create the export in project `q`",
+                experiment.id
+            )
+        );
+    }
 
     /// A get-or-create of a name that exists checks the metadata too.
     #[test]
