@@ -163,16 +163,15 @@ impl Automation {
     /// The object type its configuration names (`object_type`;
     /// `project_logs` when absent).
     pub fn object_type(&self) -> Result<crate::registry::objects::ObjectType> {
-        match self.config.get("object_type").and_then(|v| v.as_str()) {
-            None => Ok(ObjectType::ProjectLogs),
-            Some(name) => ObjectType::parse(name).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "the stored configuration of automation `{}` names object type `{name}`, not one of {}",
-                    self.name,
-                    spanlake_dsl::object_type_names()
-                ))
-            }),
-        }
+        crate::registry::objects::config_object_type(
+            self.config.get("object_type").and_then(|v| v.as_str()),
+        )
+        .map_err(|problem| {
+            Error::InvalidArgument(format!(
+                "the stored configuration of automation `{}` is not valid: {problem}",
+                self.name
+            ))
+        })
     }
 
     /// The experiment or dataset its configuration names (`object_id`), if any.

@@ -344,6 +344,21 @@ impl ProjectRegistry {
     }
 }
 
+/// The object type a configuration's `object_type` names (`project_logs`
+/// when it names none), or its problem: `` object_type: `x` is not one of
+/// `project_logs`, `experiment`, `dataset` ``.
+pub fn config_object_type(name: Option<&str>) -> std::result::Result<ObjectType, String> {
+    match name {
+        None => Ok(ObjectType::ProjectLogs),
+        Some(name) => ObjectType::parse(name).ok_or_else(|| {
+            format!(
+                "object_type: `{name}` is not one of {}",
+                spanlake_dsl::object_type_names()
+            )
+        }),
+    }
+}
+
 /// An object id as its table is keyed: a UUID lowercase and hyphenated
 /// (whichever spelling of it is given), anything else as given (an unknown
 /// object then).
