@@ -5,6 +5,7 @@
 
 use clap::Subcommand;
 use spanlake_engine::objects::{ObjectSummary, summarize_object};
+use spanlake_engine::query::QueryOptions;
 use spanlake_engine::registry::objects::{LogObject, ObjectType};
 use spanlake_engine::store::Store;
 
@@ -62,7 +63,8 @@ pub async fn object_command(
             let mut described = Vec::with_capacity(objects.len());
             for object in objects {
                 let table = project.for_object(&object);
-                let summary = summarize_object(store, &object, &table).await?;
+                let summary =
+                    summarize_object(store, &object, &table, &QueryOptions::default()).await?;
                 described.push(Described { object, summary });
             }
             match format {
@@ -99,7 +101,8 @@ pub async fn object_command(
                     (Err(e), _) => return Err(e.into()),
                 }
             };
-            let summary = summarize_object(store, &object, &table).await?;
+            let summary =
+                summarize_object(store, &object, &table, &QueryOptions::default()).await?;
             let described = Described { object, summary };
             match format {
                 ListFormat::Json => println!("{}", serde_json::to_string_pretty(&described)?),

@@ -52,16 +52,6 @@ impl ObjectType {
         }
     }
 
-    /// What its argument in a source is: a project (id or name) for
-    /// `project_logs`, an experiment or dataset id (or name) for the others.
-    pub fn argument(self) -> &'static str {
-        match self {
-            ObjectType::ProjectLogs => "<project id or name>",
-            ObjectType::Experiment => "<experiment id>",
-            ObjectType::Dataset => "<dataset id>",
-        }
-    }
-
     /// Whether rows of this type are spans of traces (so the `traces` and
     /// `summary` shapes apply); dataset records are not.
     pub fn has_traces(self) -> bool {

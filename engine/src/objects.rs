@@ -73,11 +73,14 @@ const METRICS: &[(&str, &str)] = &[
     ("estimated_cost", "$"),
 ];
 
-/// Summarize `object` (its table `table`, see [`Project::for_object`]).
+/// Summarize `object` (its table `table`, see [`Project::for_object`]);
+/// each of its queries runs with `options` (a server's memory pool and
+/// org; no `page`).
 pub async fn summarize_object(
     store: &Store,
     object: &LogObject,
     table: &Project,
+    options: &QueryOptions,
 ) -> Result<ObjectSummary> {
     if table.table_id() != object.id {
         return Err(Error::Internal(format!(
@@ -87,7 +90,12 @@ pub async fn summarize_object(
         )));
     }
     let source = format!("{}('{}')", object.object_type, object.id);
-    let count = query_rows(store, &format!("from: {source} | measures: count(1) as n")).await?;
+    let count = query_rows(
+        store,
+        &format!("from: {source} | measures: count(1) as n"),
+        options,
+    )
+    .await?;
     let rows = count.first().and_then(|r| r["n"].as_u64()).unwrap_or(0);
     if object.object_type != ObjectType::Experiment {
         return Ok(ObjectSummary {
@@ -105,6 +113,7 @@ pub async fn summarize_object(
     let totals = query_rows(
         store,
         &format!("from: {source} summary | measures: {}", measures.join(", ")),
+        options,
     )
     .await?;
     let totals = totals.into_iter().next().unwrap_or_default();
@@ -131,6 +140,7 @@ pub async fn summarize_object(
             "from: {source} summary | unpivot: scores as (score, value) | dimensions: score \
              | measures: avg(value) as avg, count(value) as n"
         ),
+        options,
     )
     .await?;
     let mut scores = BTreeMap::new();
@@ -159,8 +169,12 @@ pub async fn summarize_object(
 }
 
 /// The rows of a small query (a summary's few rows) as JSON objects.
-async fn query_rows(store: &Store, text: &str) -> Result<Vec<serde_json::Value>> {
-    let result = run_query(store, text, &QueryOptions::default()).await?;
+async fn query_rows(
+    store: &Store,
+    text: &str,
+    options: &QueryOptions,
+) -> Result<Vec<serde_json::Value>> {
+    let result = run_query(store, text, options).await?;
     let batches: Vec<_> = result.stream.try_collect().await?;
     let mut rows = Vec::new();
     for batch in &batches {

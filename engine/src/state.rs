@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::registry::objects::ObjectType;
 use crate::store::{STATE_DB, Store};
 
 /// Key of the table version a run reads, in its run details (an export's
@@ -162,17 +163,15 @@ impl Automation {
     /// The object type its configuration names (`object_type`;
     /// `project_logs` when absent).
     pub fn object_type(&self) -> Result<crate::registry::objects::ObjectType> {
-        use crate::registry::objects::ObjectType;
-        match self.config.get("object_type").and_then(|v| v.as_str()) {
-            None => Ok(ObjectType::ProjectLogs),
-            Some(name) => ObjectType::parse(name).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "the stored configuration of automation `{}` names object type `{name}`, not one of {}",
-                    self.name,
-                    spanlake_dsl::object_type_names()
-                ))
-            }),
-        }
+        crate::registry::objects::config_object_type(
+            self.config.get("object_type").and_then(|v| v.as_str()),
+        )
+        .map_err(|problem| {
+            Error::InvalidArgument(format!(
+                "the stored configuration of automation `{}` is not valid: {problem}",
+                self.name
+            ))
+        })
     }
 
     /// The experiment or dataset its configuration names (`object_id`), if any.
@@ -185,7 +184,6 @@ impl Automation {
     /// object's table; for a retention of experiments or datasets, the
     /// table of every one of them in the project.
     pub fn tables(&self, store: &Store) -> Result<Vec<crate::registry::Project>> {
-        use crate::registry::objects::ObjectType;
         let object_type = self.object_type()?;
         store.with_registry(|r| {
             let project = r.get(&self.project_id)?;
@@ -891,6 +889,42 @@ impl StateDb {
     }
 }
 
+/// The table an export configuration reads, as compared across an
+/// update: its object type (`project_logs` when absent) and the canonical
+/// (lowercase, hyphenated) UUID of its object, if any.
+fn export_table_key(config: &serde_json::Value) -> (String, Option<String>) {
+    let object_type = config["object_type"].as_str().map_or_else(
+        || ObjectType::ProjectLogs.as_str().to_string(),
+        |name| ObjectType::parse(name).map_or_else(|| name.to_string(), |t| t.as_str().to_string()),
+    );
+    let object_id = config["object_id"]
+        .as_str()
+        .map(crate::registry::objects::canonical_object_id);
+    (object_type, object_id)
+}
+
+/// Refuse an export update that changes the table it reads: its cursor is
+/// an `_xact_id` of that table, meaningless in another (rows would be
+/// skipped, or another table's rows sent where this one's went).
+pub fn check_export_table_kept(current: &serde_json::Value, new: &serde_json::Value) -> Result<()> {
+    let (current_type, current_id) = export_table_key(current);
+    let (new_type, new_id) = export_table_key(new);
+    let key = if current_type != new_type {
+        "object_type"
+    } else if current_id != new_id {
+        "object_id"
+    } else {
+        return Ok(());
+    };
+    let is = match key {
+        "object_type" => format!("`{current_type}`"),
+        _ => current_id.map_or_else(|| "not set".to_string(), |id| format!("`{id}`")),
+    };
+    Err(Error::InvalidArgument(format!(
+        "`config.{key}` is fixed after creation (it is {is}): the export's cursor counts in that table; create another export to export another table"
+    )))
+}
+
 /// Migration: state databases made before origins were recorded get the
 /// `origin` column, every existing automation `cli` (they could only be
 /// told apart by org, which a local-org API key shares). Two processes
@@ -964,6 +998,9 @@ impl StateDb {
                 "an automation named `{name}` already exists in this project"
             )));
         }
+        if current.kind == Kind::Export {
+            check_export_table_kept(&current.config, config)?;
+        }
         self.conn.execute(
             "UPDATE automations SET name = ?2, description = ?3, config = ?4, updated = ?5,
                  origin = COALESCE(?6, origin) WHERE id = ?1",
@@ -1014,6 +1051,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = StateDb::open(&dir.path().join("state.db")).unwrap();
         (dir, db)
+    }
+
+    /// An export given an object id in capitals, without hyphens, stores
+    /// (and runs, so its manifests name) the canonical id, the key of its
+    /// table: vacuum sees its run's pin. Object types are stored canonical.
+    #[test]
+    fn an_export_of_an_uppercase_object_id_stores_and_pins_the_canonical_id() {
+        use crate::automation::runner::AutomationConfig;
+        let (_dir, db) = db();
+        let canonical = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+        let (validated, stored) = AutomationConfig::validate(
+            Kind::Export,
+            serde_json::json!({
+                "object_type": "Experiment",
+                "object_id": canonical.replace('-', "").to_uppercase(),
+                "data": "spans",
+                "export_path": "s3://b/p",
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            (stored["object_type"].as_str(), stored["object_id"].as_str()),
+            (Some("experiment"), Some(canonical)),
+            "{stored}"
+        );
+        let AutomationConfig::Export(config) = validated else {
+            panic!("an export");
+        };
+        assert_eq!(config.object_id.as_deref(), Some(canonical));
+        let a = db
+            .create("p", "e", "", Kind::Export, &stored, Origin::Api)
+            .unwrap();
+        let holder = lease_holder("r1");
+        assert!(
+            db.try_lease(&a.id, &holder, Duration::from_secs(60))
+                .unwrap()
+        );
+        db.start_run(
+            &a.id,
+            "r1",
+            Trigger::Manual,
+            None,
+            Some(7),
+            &serde_json::json!({}),
+        )
+        .unwrap();
+        assert_eq!(db.pinned_versions(canonical).unwrap(), vec![7]);
+
+        let (_, stored) = AutomationConfig::validate(
+            Kind::Retention,
+            serde_json::json!({"object_type": "DATASET", "retention_days": 3, "grace": "1h", "interval": "1h"}),
+        )
+        .unwrap();
+        assert_eq!(stored["object_type"], "dataset", "{stored}");
     }
 
     #[test]

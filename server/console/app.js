@@ -852,10 +852,17 @@ function openAutomationDialog(project, existing, onSaved) {
     roleHolder.append(roleHelper(project, editing ? existing : null, () => exportPath.value.trim()));
     roleHolder.querySelector("#role-policy-refresh").click();
   });
+  // An export of an experiment or dataset (made over the API or the CLI)
+  // shows which, read-only: it is fixed after creation.
+  const exportedObject = c.object_id
+    ? field("Exports", el("input", { type: "text", id: "a-object", value: `${c.object_type} ${c.object_id}`, readonly: true }),
+      "Fixed after creation: create another export for another experiment or dataset.")
+    : null;
   const exportSection = el("div", { id: "export-fields" },
     el("fieldset", {}, el("legend", {}, "Data to export"),
       dataChoice("traces", "Traces (one summary row per trace)"), dataChoice("spans", "Spans (one row per span)"), dataChoice("query", "Custom BTQL")),
     btqlField,
+    exportedObject,
     field("Export path", exportPath, editing ? "Fixed after creation: create another export to write elsewhere." : "Where files go: s3://bucket/prefix. Fixed after creation."),
     el("div", { class: "row" }, el("div", { class: "spacer" }, field("Role ARN", roleArn, "The IAM role spanlake assumes (with this export's external id) to write.")), roleButton),
     roleHolder,
@@ -906,6 +913,9 @@ function openAutomationDialog(project, existing, onSaved) {
     if (!name.value.trim()) found.push("Name: required.");
     if (kind() === "export") {
       const out = { data: dataValue(), export_path: exportPath.value.trim(), format: format.value, interval: interval.value };
+      // What it exports (its cursor counts in that table) is fixed: kept as created.
+      if (c.object_type) out.object_type = c.object_type;
+      if (c.object_id) out.object_id = c.object_id;
       if (!out.export_path) found.push("Export path: required, e.g. s3://bucket/prefix.");
       if (out.data === "query") out.btql = btql.value;
       if (roleArn.value.trim()) out.role_arn = roleArn.value.trim();

@@ -15,7 +15,9 @@
 //! `query_memory_bytes` (413 `query_memory_limit` beyond it); it runs at
 //! most `query_timeout` (then it is cancelled: 504 `query_timeout`); and an
 //! API key runs at most `max_queries_per_key` queries at once (429 with
-//! `Retry-After` beyond it, see [`QuerySlot`]).
+//! `Retry-After` beyond it, see [`QuerySlot`]). The summaries of
+//! `/v1/{experiment,dataset}/{id}/summarize` run under the same bounds
+//! ([`bounded_query`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -287,14 +289,46 @@ async fn run_page(
     let page = run_page_untimed(state, org_id, text, cursor, tz_offset_minutes, fmt);
     match tokio::time::timeout(limit, page).await {
         Ok(result) => result,
-        Err(_) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "query_timeout",
-            format!(
-                "the query ran longer than the limit of {} and was cancelled (`--query-timeout`); filter the rows (a narrower time range), add a smaller `limit`, or pivot on fewer keys",
-                humantime_duration(limit)
-            ),
-        )),
+        Err(_) => Err(query_timeout(limit)),
+    }
+}
+
+fn query_timeout(limit: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "query_timeout",
+        format!(
+            "the query ran longer than the limit of {} and was cancelled (`--query-timeout`); filter the rows (a narrower time range), add a smaller `limit`, or pivot on fewer keys",
+            humantime_duration(limit)
+        ),
+    )
+}
+
+/// Run `work`, queries of the engine that are not a page of `/btql` (e.g.
+/// a summary's), under `/btql`'s bounds (its caller holds a [`QuerySlot`]):
+/// the options it gets account its memory in one pool of
+/// `query_memory_bytes` (413 beyond) and limit it to `org_id`; past
+/// `query_timeout` it is dropped (504).
+pub(crate) async fn bounded_query<T, F, Fut>(
+    state: &AppState,
+    org_id: &str,
+    work: F,
+) -> Result<T, ApiError>
+where
+    F: FnOnce(QueryOptions) -> Fut,
+    Fut: std::future::Future<Output = spanlake_engine::Result<T>>,
+{
+    let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(state.config.query_memory_bytes));
+    let options = QueryOptions {
+        memory_limit_bytes: state.config.query_memory_bytes,
+        memory_pool: Some(pool),
+        org_id: Some(org_id.to_string()),
+        ..QueryOptions::default()
+    };
+    let limit = state.config.query_timeout;
+    match tokio::time::timeout(limit, work(options)).await {
+        Ok(result) => result.map_err(|e| query_failure(state, e)),
+        Err(_) => Err(query_timeout(limit)),
     }
 }
 

@@ -220,24 +220,10 @@ struct Row {
 /// `experiment_id` or `dataset_id`, with the id given.
 type RowObject = (ObjectType, String);
 
-/// Check `raw` (row `index` of the request) and make it one line, giving it
-/// an id when it has none (as the REST API does). The id given is derived
-/// from the request body's digest and the row's index, so that a retried
-/// request gets the same ids, and so the same digest: it commits once.
-/// Also the object the row names, if it names one.
-fn prepare_row(
-    raw: &RawValue,
-    index: usize,
-    body_digest: &[u8],
-) -> Result<(Row, Option<RowObject>), ApiError> {
-    let text = raw.get();
-    if !text.trim_start().starts_with('{') {
-        return Err(ApiError::bad_request(format!(
-            "rows[{index}] is not a JSON object"
-        )));
-    }
-    let head: RowHead<'_> = serde_json::from_str(text)
-        .map_err(|e| ApiError::bad_request(format!("rows[{index}]: {e}")))?;
+/// The object an SDK row (of `/logs3`) names, checked: one of
+/// `project_id`, `experiment_id`, `dataset_id`, a string; a playground's
+/// row (`prompt_session_id`) is refused.
+fn sdk_object(head: &RowHead<'_>, index: usize) -> Result<Option<RowObject>, ApiError> {
     if head.prompt_session_id.is_some() {
         return Err(ApiError::bad_request(format!(
             "rows[{index}] is for a playground (`prompt_session_id`); spanlake stores project logs (`project_id`), experiments (`experiment_id`) and datasets (`dataset_id`)"
@@ -268,7 +254,44 @@ fn prepare_row(
             fields.join(" and ")
         )));
     }
-    let object = named.pop();
+    Ok(named.pop())
+}
+
+/// Check `raw` (row `index` of the request) and make it one line, giving it
+/// an id when it has none (as the REST API does). The id given is derived
+/// from the request body's digest and the row's index, so that a retried
+/// request gets the same ids, and so the same digest: it commits once.
+/// With `sdk_objects` (`/logs3`), also the object the row names, checked
+/// (see [`sdk_object`]).
+fn prepare_row(
+    raw: &RawValue,
+    index: usize,
+    body_digest: &[u8],
+    sdk_objects: bool,
+) -> Result<(Row, Option<RowObject>), ApiError> {
+    let text = raw.get();
+    if !text.trim_start().starts_with('{') {
+        return Err(ApiError::bad_request(format!(
+            "rows[{index}] is not a JSON object"
+        )));
+    }
+    let head: RowHead<'_> = serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("rows[{index}]: {e}")))?;
+    let object = if sdk_objects {
+        sdk_object(&head, index)?
+    } else {
+        // The REST insert of a project's logs (its route names the
+        // project): as always, the row's own `project_id` only has to be
+        // a string; `experiment_id`, `dataset_id` and the rest are fields.
+        if let Some(raw) = head.project_id
+            && serde_json::from_str::<String>(raw.get()).is_err()
+        {
+            return Err(ApiError::bad_request(format!(
+                "rows[{index}]: `project_id` must be a string"
+            )));
+        }
+        None
+    };
     let id = match head.id.map(|raw| serde_json::from_str::<String>(raw.get())) {
         Some(Ok(id)) if !id.is_empty() => Some(id),
         Some(_) => {
@@ -454,7 +477,7 @@ pub(crate) async fn logs3(
         .map_err(|_| ApiError::bad_request("`rows` must be an array of row objects"))?;
     let mut prepared = Vec::with_capacity(rows.len());
     for (index, raw) in rows.into_iter().enumerate() {
-        let (row, object) = prepare_row(raw, index, &body_digest)?;
+        let (row, object) = prepare_row(raw, index, &body_digest, true)?;
         let object = object.ok_or_else(|| {
             ApiError::bad_request(format!(
                 "rows[{index}] names no object: give it `project_id` (project logs), `experiment_id` or `dataset_id`"
@@ -495,7 +518,7 @@ pub(crate) async fn insert(
     let body_digest = Sha256::digest(&body);
     let mut prepared = Vec::with_capacity(parsed.events.len());
     for (index, raw) in parsed.events.into_iter().enumerate() {
-        let (row, _) = prepare_row(raw, index, &body_digest)?;
+        let (row, _) = prepare_row(raw, index, &body_digest, false)?;
         prepared.push((row, (ObjectType::ProjectLogs, project.id.clone())));
     }
     let (ids, _) = commit_rows(&state, &org.id, prepared, budget).await?;

@@ -28,6 +28,7 @@ use spanlake_engine::registry::objects::{LogObject, NewObject, ObjectType};
 
 use crate::AppState;
 use crate::auth::Auth;
+use crate::btql::{QuerySlot, bounded_query};
 use crate::error::ApiError;
 
 /// The public API's Experiment or Dataset object.
@@ -186,12 +187,13 @@ pub(crate) async fn get(
 pub(crate) async fn summarize(
     Auth(org): Auth,
     State(state): State<Arc<AppState>>,
+    _slot: QuerySlot,
     route: MatchedPath,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let object_type = object_type_of(&route)?;
-    let (object, table) = object_of(&state, org.id, object_type, id).await?;
+    let (object, table) = object_of(&state, org.id.clone(), object_type, id).await?;
     let summarize_data = query
         .get(if object_type == ObjectType::Experiment {
             "summarize_scores"
@@ -206,7 +208,12 @@ pub(crate) async fn summarize(
     if !summarize_data {
         return Ok(Json(json));
     }
-    let summary = summarize_object(&state.store, &object, &table).await?;
+    // Full-table queries: under the bounds of `/btql`.
+    let store = &state.store;
+    let summary = bounded_query(&state, &org.id, |options| async move {
+        summarize_object(store, &object, &table, &options).await
+    })
+    .await?;
     if object_type == ObjectType::Dataset {
         json["data_summary"] = serde_json::json!({ "total_records": summary.rows });
         return Ok(Json(json));

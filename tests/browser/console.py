@@ -460,6 +460,31 @@ def scenario_export(c, args, expect):
     c.check_no_page_errors()
 
 
+def scenario_edit_object_export(c, args, expect):
+    """An export of an experiment (made over the API), edited in the dialog:
+    the experiment is shown read-only, and a new interval saved keeps it an
+    export of that experiment (the test then reads the stored config)."""
+    c.sign_in(args.key)
+    c.go_project(args.project, "automations")
+    row = "tr[data-automation=experiment-export]"
+    c.wait(row, what="the export in the list")
+    c.click(f"{row} .open-status")
+    c.dialog("status-dialog")
+    c.wait("#status-facts", what="the status")
+    c.click("#status-edit")
+    c.dialog("automation-dialog")
+    shown = c.find("#a-object")
+    check(shown.get_attribute("readonly") is not None, "the exported experiment is editable")
+    check(shown.get_attribute("value") == f"experiment {expect['object_id']}",
+          f"the dialog shows {shown.get_attribute('value')!r}")
+    Select(c.find("#a-interval")).select_by_value("4h")
+    c.shot("edit-object-export")
+    c.click("#dialog-save")
+    c.wait_until(lambda: not c.all("dialog#automation-dialog"), "the edit dialog to close")
+    c.wait_until(lambda: "4h" in c.text(row), "the new interval in the list")
+    c.check_no_page_errors()
+
+
 def scenario_retention(c, args, expect):
     """A retention automation through the dialog: 0 days refused unless
     forced; the preview (cutoff, rows, traces, files, bytes) and the chart
@@ -552,6 +577,7 @@ def scenario_wrong_role(c, args, expect):
 
 SCENARIOS = {
     "query": scenario_query,
+    "edit-object-export": scenario_edit_object_export,
     "export": scenario_export,
     "retention": scenario_retention,
     "wrong-role": scenario_wrong_role,

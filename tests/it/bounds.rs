@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::http::{Server, api_key, create_project, logs3_body};
+use crate::http::{Server, api_key, create_object, create_project, logs3_body};
 use crate::support::Spanlake;
 
 const MB: u64 = 1024 * 1024;
@@ -402,6 +402,7 @@ fn bounds_queries_per_api_key_are_capped_and_other_keys_are_not() {
     let other = api_key(&spanlake, "acme");
     let server = Server::start(&spanlake, &["--max-queries-per-key", "1"]);
     let project = create_project(&server, &key, "capped");
+    let experiment = create_object(&server, &key, "experiment", &project, "e");
     let (status, answer) = server.call(
         "POST",
         "/logs3",
@@ -436,6 +437,14 @@ fn bounds_queries_per_api_key_are_capped_and_other_keys_are_not() {
         b"",
     );
     assert_eq!(status, 429, "{}", String::from_utf8_lossy(&body));
+    // A summary's full-table queries too.
+    let (status, _, body) = server.raw(
+        "GET",
+        &format!("/v1/experiment/{experiment}/summarize"),
+        Some(&key),
+        b"",
+    );
+    assert_eq!(status, 429, "{}", String::from_utf8_lossy(&body));
     // Another key is not affected.
     let (status, answer) = server.call("POST", "/btql", Some(&other), &query);
     assert_eq!(status, 200, "{answer}");
@@ -446,6 +455,13 @@ fn bounds_queries_per_api_key_are_capped_and_other_keys_are_not() {
     let (status, _, body) = read_answer(&mut running);
     assert_eq!(status, 200, "{body}");
     let (status, answer) = server.call("POST", "/btql", Some(&key), &query);
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = server.call(
+        "GET",
+        &format!("/v1/experiment/{experiment}/summarize"),
+        Some(&key),
+        "",
+    );
     assert_eq!(status, 200, "{answer}");
 }
 

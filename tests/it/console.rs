@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::http::{Server, api_key, create_project};
+use crate::http::{Server, api_key, create_object, create_project};
 use crate::roles::{ACCOUNT, Moto, allow, moto_server, user};
 use crate::support::{Spanlake, create_bucket, fixtures_dir, service_var, tests_dir};
 
@@ -328,6 +328,56 @@ fn console_creates_tests_runs_resets_and_pauses_a_parquet_export_to_s3() {
         text.stdout
     );
     assert!(text.stderr.contains("replace"), "{}", text.stderr);
+}
+
+/// An experiment's export edited in the console stays that experiment's
+/// export (the form used to rebuild its config without `object_type` and
+/// `object_id`, turning it into an export of the project's logs).
+#[test]
+fn console_edit_of_an_experiment_export_keeps_its_experiment() {
+    let Some(python) = browser_python() else {
+        return;
+    };
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "local");
+    let allow = format!("file://{}/", spanlake.root().join("out").display());
+    let server = Server::start(&spanlake, &["--allow-export-to", &allow]);
+    let project = create_project(&server, &key, "console");
+    let experiment = create_object(&server, &key, "experiment", &project, "e");
+    let config = serde_json::json!({"object_type": "experiment", "object_id": experiment, "data": "spans", "export_path": format!("{allow}e"), "interval": "1h"});
+    let (status, created) = server.call(
+        "POST",
+        "/v1/project_automation",
+        Some(&key),
+        &serde_json::json!({"project_id": project, "name": "experiment-export", "kind": "export", "config": config})
+            .to_string(),
+    );
+    assert_eq!(status, 200, "{created}");
+    scenario(
+        &python,
+        "edit-object-export",
+        &server,
+        &key,
+        &project,
+        &screenshots(&spanlake, "edit-object-export"),
+        &serde_json::json!({"object_id": experiment}),
+    );
+    let (status, stored) = server.call(
+        "GET",
+        &format!("/v1/project_automation/{}", created["id"].as_str().unwrap()),
+        Some(&key),
+        "",
+    );
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(
+        (
+            stored["config"]["object_type"].as_str(),
+            stored["config"]["object_id"].as_str(),
+            stored["config"]["interval"].as_str()
+        ),
+        (Some("experiment"), Some(experiment.as_str()), Some("4h")),
+        "{stored}"
+    );
 }
 
 /// `n` rows per day for `days` days back from now (each an hour older than

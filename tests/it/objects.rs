@@ -659,3 +659,143 @@ fn another_orgs_experiments_and_datasets_are_unknown_on_every_route() {
     );
     assert_eq!(listed["objects"].as_array().unwrap().len(), 1, "{listed}");
 }
+
+/// An export's cursor is an `_xact_id` of the table it reads: an update
+/// cannot move it to another experiment, nor (leaving `object_type` and
+/// `object_id` out, as a form rebuilding its config would) to the
+/// project's logs; it commits nothing then. An edit that keeps the object
+/// (in any UUID spelling) keeps it an experiment export.
+#[test]
+fn an_exports_experiment_is_fixed_after_creation() {
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "fixed");
+    let allow = format!("file://{}/", spanlake.root().join("out").display());
+    let server = Server::start(&spanlake, &["--allow-export-to", &allow]);
+    let project = create_project(&server, &key, "fixed");
+    let first = create_object(&server, &key, "experiment", &project, "e1");
+    let second = create_object(&server, &key, "experiment", &project, "e2");
+    let config = |object: Option<&str>, interval: &str| {
+        let mut config = serde_json::json!({
+            "data": "spans",
+            "export_path": format!("{allow}e"),
+            "interval": interval,
+        });
+        if let Some(object) = object {
+            config["object_type"] = "experiment".into();
+            config["object_id"] = object.into();
+        }
+        config
+    };
+    let (status, automation) = server.call(
+        "POST",
+        "/v1/project_automation",
+        Some(&key),
+        &serde_json::json!({"project_id": project, "name": "e", "kind": "export", "config": config(Some(&first), "1h")})
+            .to_string(),
+    );
+    assert_eq!(status, 200, "{automation}");
+    let path = format!(
+        "/v1/project_automation/{}",
+        automation["id"].as_str().unwrap()
+    );
+    let patch = |config: serde_json::Value| {
+        server.call(
+            "PATCH",
+            &path,
+            Some(&key),
+            &serde_json::json!({"config": config, "status": "paused", "description": "changed"})
+                .to_string(),
+        )
+    };
+    let (status, body) = patch(config(Some(&second), "1h"));
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "`config.object_id` is fixed after creation (it is `{first}`)"
+        )) && message.contains("create another export"),
+        "{message}"
+    );
+    let (status, body) = patch(config(None, "2h"));
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`config.object_type` is fixed after creation (it is `experiment`)"),
+        "{message}"
+    );
+    // Nothing of either changed.
+    let (_, stored) = server.call("GET", &path, Some(&key), "");
+    assert_eq!(
+        (
+            stored["config"]["object_id"].as_str(),
+            stored["config"]["interval"].as_str(),
+            stored["status"].as_str(),
+            stored["description"].as_str()
+        ),
+        (Some(first.as_str()), Some("1h"), Some("active"), Some("")),
+        "{stored}"
+    );
+    // An edit of its interval, the id in capitals: still this experiment's export.
+    let (status, body) = patch(config(Some(&first.to_uppercase()), "2h"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            body["config"]["object_type"].as_str(),
+            body["config"]["object_id"].as_str(),
+            body["config"]["interval"].as_str()
+        ),
+        (Some("experiment"), Some(first.as_str()), Some("2h")),
+        "{body}"
+    );
+}
+
+/// The REST insert of a project's logs is as before experiments: its route
+/// names the table, so the SDK's object checks of `/logs3` do not apply
+/// (a row naming `prompt_session_id`, `experiment_id` besides `project_id`,
+/// or a non-string `experiment_id` is a log row with those fields); a
+/// non-string `project_id` is refused, as it always was.
+#[test]
+fn the_rest_insert_of_project_logs_keeps_rows_naming_other_objects() {
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "insert");
+    let server = Server::start(&spanlake, &[]);
+    let project = create_project(&server, &key, "insert");
+    let path = format!("/v1/project_logs/{project}/insert");
+    let events = serde_json::json!({"events": [
+        {"id": "p1", "prompt_session_id": "s", "input": 1},
+        {"id": "p2", "project_id": project, "experiment_id": "00000000-0000-4000-8000-000000000001", "input": 2},
+        {"id": "p3", "experiment_id": 7, "dataset_id": "d", "input": 3},
+    ]});
+    let (status, body) = server.call("POST", &path, Some(&key), &events.to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["row_ids"], serde_json::json!(["p1", "p2", "p3"]));
+    let (status, body) = server.call(
+        "GET",
+        &format!("/v1/project_logs/{project}/fetch?limit=10"),
+        Some(&key),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut ids: Vec<&str> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["p1", "p2", "p3"], "{body}");
+    let (status, body) = server.call(
+        "POST",
+        &path,
+        Some(&key),
+        r#"{"events": [{"id": "q", "project_id": 1}]}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rows[0]: `project_id` must be a string"),
+        "{body}"
+    );
+}

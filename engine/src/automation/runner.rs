@@ -60,16 +60,28 @@ impl AutomationConfig {
     pub fn validate(kind: Kind, config: serde_json::Value) -> Result<(Self, serde_json::Value)> {
         match kind {
             Kind::Export => {
-                let raw: RawExportConfig = serde_json::from_value(config)
+                let mut raw: RawExportConfig = serde_json::from_value(config)
                     .map_err(|e| Error::InvalidArgument(format!("invalid export config: {e}")))?;
                 let validated = raw.validate()?;
+                // Stored as the run reads it: the object type as named
+                // canonically, the object's id as its table is keyed.
+                if raw.object_type.is_some() {
+                    raw.object_type = Some(validated.object_type.as_str().to_string());
+                }
+                raw.object_id.clone_from(&validated.object_id);
                 Ok((Self::Export(validated), normalized(&raw)?))
             }
             Kind::Retention => {
-                let raw: RetentionConfig = serde_json::from_value(config).map_err(|e| {
+                let mut raw: RetentionConfig = serde_json::from_value(config).map_err(|e| {
                     Error::InvalidArgument(format!("invalid retention config: {e}"))
                 })?;
                 let (grace, interval) = raw.validate()?;
+                // Stored as named canonically (`Experiment` → `experiment`).
+                raw.object_type = raw
+                    .object_type
+                    .as_deref()
+                    .and_then(crate::registry::objects::ObjectType::parse)
+                    .map(|t| t.as_str().to_string());
                 let stored = normalized(&raw)?;
                 Ok((
                     Self::Retention {

@@ -121,16 +121,9 @@ impl RawExportConfig {
                 None
             }
         };
-        let object_type = match self.object_type.as_deref() {
-            None => Some(ObjectType::ProjectLogs),
-            Some(name) => ObjectType::parse(name).or_else(|| {
-                problems.push(format!(
-                    "object_type: `{name}` is not one of {}",
-                    spanlake_dsl::object_type_names()
-                ));
-                None
-            }),
-        };
+        let object_type = crate::registry::objects::config_object_type(self.object_type.as_deref())
+            .map_err(|problem| problems.push(problem))
+            .ok();
         match (object_type, &self.object_id) {
             (Some(ObjectType::ProjectLogs), Some(_)) => problems.push(
                 "object_id: only an export of an `experiment` or `dataset` names one (`project_logs` is the project's logs)".to_string(),
@@ -207,7 +200,12 @@ impl RawExportConfig {
             {
                 Ok(ExportConfig {
                     object_type,
-                    object_id: self.object_id.clone(),
+                    // Canonical (lowercase, hyphenated): the id of its
+                    // table as vacuum's pins and manifests name it.
+                    object_id: self
+                        .object_id
+                        .as_deref()
+                        .map(crate::registry::objects::canonical_object_id),
                     data,
                     btql: self.btql.clone(),
                     export_path: self.export_path.clone(),

@@ -139,13 +139,9 @@ impl ProjectRegistry {
                 "project logs are not created as objects".to_string(),
             ));
         }
+        // Everything given is checked first, a get-or-create included.
         if let Some(name) = &new.name {
             validate_object_name(object_type, name)?;
-            if let Some(existing) = self.object_by_name(project, object_type, name)?
-                && !new.ensure_new
-            {
-                return Ok(existing);
-            }
         }
         if let Some(metadata) = &new.metadata
             && !metadata.is_object()
@@ -156,7 +152,8 @@ impl ProjectRegistry {
         }
         // The first free name: the name given, then `name-2`, `name-3`, ...;
         // unnamed, `experiment-1`, `experiment-2`, ... (a concurrent creator
-        // may take one: try the next).
+        // may take one: try the next). A get-or-create returns the object
+        // of the name given, found or made by another connection meanwhile.
         let mut n = 1u32;
         loop {
             let name = match (&new.name, n) {
@@ -164,7 +161,14 @@ impl ProjectRegistry {
                 (Some(name), n) => format!("{name}-{n}"),
                 (None, n) => format!("{object_type}-{n}"),
             };
-            if self.object_by_name(project, object_type, &name)?.is_none() {
+            let get_or_create = n == 1 && new.name.is_some() && !new.ensure_new;
+            let taken = self.object_by_name(project, object_type, &name)?;
+            if let Some(existing) = taken.clone()
+                && get_or_create
+            {
+                return Ok(existing);
+            }
+            if taken.is_none() {
                 let object = LogObject {
                     id: Uuid::new_v4().to_string(),
                     object_type,
@@ -177,6 +181,15 @@ impl ProjectRegistry {
                 };
                 match self.insert_object(&object) {
                     Ok(()) => return Ok(object),
+                    // A get-or-create whose name another connection has
+                    // just taken: return that object (not `name-2`).
+                    Err(Error::State(e)) if is_constraint(&e) && get_or_create => {
+                        if let Some(existing) =
+                            self.object_by_name(project, object_type, &object.name)?
+                        {
+                            return Ok(existing);
+                        }
+                    }
                     Err(Error::State(e)) if is_constraint(&e) => {}
                     Err(e) => return Err(e),
                 }
@@ -319,15 +332,38 @@ impl ProjectRegistry {
             (_, Some(id)) => {
                 let (object, table) = self.object_table(object_type, id, Some(&project.org_id))?;
                 if object.project_id != project.id {
-                    return Err(Error::UnknownObject {
-                        object_type,
-                        id: id.to_string(),
-                    });
+                    // Of the same org (another org's is unknown): say whose.
+                    return Err(Error::InvalidArgument(format!(
+                        "object_id: {object_type} `{}` belongs to project `{}`, not `{}`; create the export in project `{}`",
+                        object.id, table.name, project.name, table.name
+                    )));
                 }
                 Ok(table)
             }
         }
     }
+}
+
+/// The object type a configuration's `object_type` names (`project_logs`
+/// when it names none), or its problem: `` object_type: `x` is not one of
+/// `project_logs`, `experiment`, `dataset` ``.
+pub fn config_object_type(name: Option<&str>) -> std::result::Result<ObjectType, String> {
+    match name {
+        None => Ok(ObjectType::ProjectLogs),
+        Some(name) => ObjectType::parse(name).ok_or_else(|| {
+            format!(
+                "object_type: `{name}` is not one of {}",
+                spanlake_dsl::object_type_names()
+            )
+        }),
+    }
+}
+
+/// An object id as its table is keyed: a UUID lowercase and hyphenated
+/// (whichever spelling of it is given), anything else as given (an unknown
+/// object then).
+pub fn canonical_object_id(id: &str) -> String {
+    Uuid::parse_str(id).map_or_else(|_| id.to_string(), |u| u.hyphenated().to_string())
 }
 
 fn validate_object_name(object_type: ObjectType, name: &str) -> Result<()> {
@@ -456,6 +492,105 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "metadata: must be a JSON object, got `[1]`"
+        );
+    }
+}
+
+#[cfg(test)]
+mod object_tests {
+    use super::*;
+
+    /// An automation of project P naming an experiment of project Q (of the
+    /// same org) is told it belongs to Q.
+    #[test]
+    fn an_object_of_another_project_is_said_to_belong_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = ProjectRegistry::open(&dir.path().join("state.db")).unwrap();
+        let p = registry.create("p").unwrap();
+        let q = registry.create("q").unwrap();
+        let experiment = registry
+            .create_object(&q, ObjectType::Experiment, &NewObject::default())
+            .unwrap();
+        let err = registry
+            .automation_table(&p, ObjectType::Experiment, Some(&experiment.id))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "object_id: experiment `{}` belongs to project `q`, not `p`; create the export in project `q`",
+                experiment.id
+            )
+        );
+    }
+
+    /// A get-or-create of a name that exists checks the metadata too.
+    #[test]
+    fn get_or_create_of_an_existing_name_refuses_bad_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = ProjectRegistry::open(&dir.path().join("state.db")).unwrap();
+        let project = registry.create("p").unwrap();
+        let mut new = NewObject {
+            name: Some("ds".to_string()),
+            ..NewObject::default()
+        };
+        registry
+            .create_object(&project, ObjectType::Dataset, &new)
+            .unwrap();
+        new.metadata = Some(serde_json::json!("text"));
+        let err = registry
+            .create_object(&project, ObjectType::Dataset, &new)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "metadata: must be a JSON object, got `\"text\"`"
+        );
+    }
+
+    /// Get-or-create of one name from several connections at once (as the
+    /// server's pooled connections do) gives one object, never `ds-2`.
+    #[test]
+    fn concurrent_get_or_create_of_one_name_gives_one_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        let project = ProjectRegistry::open(&db).unwrap().create("p").unwrap();
+        let threads = 6;
+        let rounds = 30;
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (db, project, barrier) =
+                    (db.clone(), project.clone(), std::sync::Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    let registry = ProjectRegistry::open(&db).unwrap();
+                    (0..rounds)
+                        .map(|round| {
+                            barrier.wait();
+                            let new = NewObject {
+                                name: Some(format!("ds{round}")),
+                                ..NewObject::default()
+                            };
+                            registry
+                                .create_object(&project, ObjectType::Dataset, &new)
+                                .unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let results: Vec<Vec<LogObject>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for round in 0..rounds {
+            let ids: std::collections::BTreeSet<&str> =
+                results.iter().map(|r| r[round].id.as_str()).collect();
+            assert_eq!(ids.len(), 1, "round {round}: {ids:?}");
+            assert_eq!(results[0][round].name, format!("ds{round}"));
+        }
+        let registry = ProjectRegistry::open(&db).unwrap();
+        assert_eq!(
+            registry
+                .list_objects(&project, ObjectType::Dataset)
+                .unwrap()
+                .len(),
+            rounds
         );
     }
 }

@@ -104,13 +104,10 @@ impl RetentionConfig {
     /// Check every field; returns `(grace, interval)`.
     pub fn validate(&self) -> Result<(std::time::Duration, std::time::Duration)> {
         let mut problems = Vec::new();
-        if let Some(name) = &self.object_type
-            && crate::registry::objects::ObjectType::parse(name).is_none()
+        if let Err(problem) =
+            crate::registry::objects::config_object_type(self.object_type.as_deref())
         {
-            problems.push(format!(
-                "object_type: `{name}` is not one of {}",
-                spanlake_dsl::object_type_names()
-            ));
+            problems.push(problem);
         }
         if self.retention_days == 0 && !self.force {
             problems.push(
