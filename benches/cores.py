@@ -337,12 +337,7 @@ def print_report(res: dict) -> None:
 
 def main() -> int:
     a = parse_args()
-    if not (a.bin.is_file() and os.access(a.bin, os.X_OK)):
-        log(f"error: spanlake binary not found at {a.bin}; {iq.BUILD_HINT} (or pass --bin PATH)")
-        return 2
-    r = subprocess.run([str(a.bin), "export", "--help"], capture_output=True, text=True)
-    if r.returncode != 0 or "--partitioning" not in r.stdout:
-        log(f"error: `{a.bin} export --help` failed (stale binary?); {iq.BUILD_HINT}")
+    if not ex.binary_ok(a.bin):
         return 2
     import duckdb
 

@@ -557,14 +557,21 @@ def best(runs: list) -> tuple:
     return min(runs, key=lambda r: r[0].wall_s)
 
 
+def binary_ok(bin_: Path) -> bool:
+    """Whether `bin_` is a spanlake binary with partitioned exports; says why not."""
+    if not (bin_.is_file() and os.access(bin_, os.X_OK)):
+        log(f"error: spanlake binary not found at {bin_}; {BUILD_HINT} (or pass --bin PATH)")
+        return False
+    r = subprocess.run([str(bin_), "export", "--help"], capture_output=True, text=True)
+    if r.returncode != 0 or "--partitioning" not in r.stdout:
+        log(f"error: `{bin_} export --help` failed (stale binary?); {BUILD_HINT}")
+        return False
+    return True
+
+
 def main() -> int:
     a = parse_args()
-    if not (a.bin.is_file() and os.access(a.bin, os.X_OK)):
-        log(f"error: spanlake binary not found at {a.bin}; {BUILD_HINT} (or pass --bin PATH)")
-        return 2
-    r = subprocess.run([str(a.bin), "export", "--help"], capture_output=True, text=True)
-    if r.returncode != 0 or "--partitioning" not in r.stdout:
-        log(f"error: `{a.bin} export --help` failed (stale binary?); {BUILD_HINT}")
+    if not binary_ok(a.bin):
         return 2
     import duckdb
 
