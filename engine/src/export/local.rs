@@ -88,7 +88,8 @@ impl LocalFolder {
     ///
     /// Waits first for the fsyncs [`LocalFolder::flush_early`] started: a
     /// failed one fails this too (Linux may report a write-back error to
-    /// one fsync only, so the second fsync below would not see it).
+    /// one fsync only, so a second fsync would not see it); the files they
+    /// synced are not synced again, their folders are.
     pub(super) async fn sync(&self, keys: Vec<String>) -> Result<()> {
         if !self.fsync || keys.is_empty() {
             return Ok(());
@@ -99,10 +100,12 @@ impl LocalFolder {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
+        let mut synced = std::collections::HashSet::new();
         for early in started {
             early.task.await.map_err(|e| {
                 Error::Internal(format!("fsync task of `{}` failed: {e}", early.key))
             })??;
+            synced.insert(early.key);
         }
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || {
@@ -110,7 +113,11 @@ impl LocalFolder {
                 .iter()
                 .map(|key| Self::file_of(key))
                 .collect::<Result<Vec<_>>>()?;
-            crate::store::durable::sync_files(&files)?;
+            for (key, file) in keys.iter().zip(&files) {
+                if !synced.contains(key) {
+                    crate::store::durable::sync_path(file)?;
+                }
+            }
             let folders: std::collections::BTreeSet<&std::path::Path> =
                 files.iter().filter_map(|f| f.parent()).collect();
             for folder in folders {

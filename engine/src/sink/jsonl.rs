@@ -28,7 +28,7 @@ use flate2::write::GzEncoder;
 use serde_json::value::RawValue;
 
 use super::error::SinkError;
-use super::partition::{EXTENSION_NAME_KEY, JSON_EXTENSION_NAME};
+use super::partition::is_json;
 use super::upload::{Upload, UploadedObject};
 
 const FORMAT: &str = "jsonl";
@@ -136,11 +136,7 @@ impl EncoderFactory for JsonTextEncoderFactory {
         array: &'a dyn Array,
         _options: &'a EncoderOptions,
     ) -> Result<Option<NullableEncoder<'a>>, ArrowError> {
-        let is_json = field
-            .metadata()
-            .get(EXTENSION_NAME_KEY)
-            .is_some_and(|name| name == JSON_EXTENSION_NAME);
-        if !is_json {
+        if !is_json(field) {
             return Ok(None);
         }
         let strings = match array.data_type() {

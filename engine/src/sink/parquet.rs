@@ -27,7 +27,7 @@ use arrow::datatypes::Schema;
 
 use super::config::{ParquetCompression, SinkConfig};
 use super::error::SinkError;
-use super::partition::{EXTENSION_NAME_KEY, JSON_EXTENSION_NAME};
+use super::partition::is_json;
 use super::upload::{Upload, UploadedObject};
 
 const FORMAT: &str = "parquet";
@@ -50,14 +50,6 @@ const HIGH_CARDINALITY: &[&str] = &[
     "metrics",
     "context",
 ];
-
-/// Tagged as JSON text (the `arrow.json` extension).
-fn is_json(field: &arrow::datatypes::Field) -> bool {
-    field
-        .metadata()
-        .get(EXTENSION_NAME_KEY)
-        .is_some_and(|name| name == JSON_EXTENSION_NAME)
-}
 
 impl AsyncFileWriter for Upload {
     fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {

@@ -33,6 +33,14 @@ pub(crate) const EXTENSION_NAME_KEY: &str = "ARROW:extension:name";
 /// Arrow's canonical JSON extension type.
 pub(crate) const JSON_EXTENSION_NAME: &str = "arrow.json";
 
+/// Whether `field` is tagged as JSON text (the `arrow.json` extension).
+pub(crate) fn is_json(field: &arrow::datatypes::Field) -> bool {
+    field
+        .metadata()
+        .get(EXTENSION_NAME_KEY)
+        .is_some_and(|name| name == JSON_EXTENSION_NAME)
+}
+
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 const MICROS_PER_DAY: i64 = 24 * MICROS_PER_HOUR;
 

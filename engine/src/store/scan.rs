@@ -4,7 +4,7 @@
 //! writes), with the real store URL.
 //!
 //! ```text
-//!  snapshot's add actions ──► PartitionedFile (path, size, Delta stats of _xact_id, _op, created)
+//!  snapshot's add actions ──► PartitionedFile (path, size, Delta stats of _xact_id and _op)
 //!                              │ files pruned on the exact bounds of _xact_id and _op (no footer read),
 //!                              │ row groups on the Parquet statistics (created too),
 //!                              ▼ files split by byte range into target_partitions groups
@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
 use datafusion::common::{ColumnStatistics, DFSchema, ScalarValue, Statistics};
@@ -129,78 +129,40 @@ impl<'a> VersionScan<'a> {
 }
 
 /// What the Delta log says of a file, for pruning it without reading it:
-/// its row count and the bounds of `_xact_id`, `_op` and `created` (the
-/// columns the store writes statistics of), with their null counts. The
-/// integer bounds are exact, and DataFusion prunes whole files on exact
-/// bounds only. Delta truncates timestamp bounds to milliseconds, so those of
-/// `created` are given as inexact (the upper one widened by a millisecond):
-/// its row groups are pruned on the Parquet footer's exact statistics.
+/// its row count and the exact bounds and null counts of `_xact_id` and
+/// `_op` (DataFusion prunes whole files on exact bounds only). The store
+/// also keeps statistics of `created`, but Delta truncates timestamp bounds
+/// to milliseconds, so they are not exact: `created` prunes row groups, on
+/// the Parquet footers' own statistics.
 fn file_statistics(schema: &Schema, stats: Option<&Value>, rows: Option<usize>) -> Statistics {
-    let bound = |side: &str, name: &str| stats?.get(side)?.get(name).cloned();
+    let bound = |side: &str, name: &str| stats?.get(side)?.get(name)?.as_i64();
     let columns: Vec<ColumnStatistics> = schema
         .fields()
         .iter()
         .map(|field| {
             let name = field.name().as_str();
-            // (bounds, exact): DataFusion prunes files on exact bounds only.
-            let ((min, max), exact) = match (name, field.data_type()) {
-                (XACT_ID | OP, data_type) => {
-                    let int = |v: Option<Value>| {
-                        let v = v?.as_i64()?;
-                        match data_type {
-                            DataType::Int64 => Some(ScalarValue::Int64(Some(v))),
-                            DataType::Int32 => {
-                                Some(ScalarValue::Int32(Some(i32::try_from(v).ok()?)))
-                            }
-                            _ => None,
-                        }
-                    };
-                    (
-                        (int(bound("minValues", name)), int(bound("maxValues", name))),
-                        true,
-                    )
-                }
-                ("created", DataType::Timestamp(TimeUnit::Microsecond, tz)) => {
-                    let micros = |v: Option<Value>, widen: i64| {
-                        let text = v?;
-                        let at = chrono::DateTime::parse_from_rfc3339(text.as_str()?).ok()?;
-                        Some(ScalarValue::TimestampMicrosecond(
-                            Some(at.timestamp_micros() + widen),
-                            tz.clone(),
-                        ))
-                    };
-                    (
-                        (
-                            micros(bound("minValues", name), 0),
-                            micros(bound("maxValues", name), 999),
-                        ),
-                        false,
-                    )
-                }
-                _ => ((None, None), false),
+            let scalar = |v: Option<i64>| match field.data_type() {
+                DataType::Int64 => Some(ScalarValue::Int64(Some(v?))),
+                DataType::Int32 => Some(ScalarValue::Int32(Some(i32::try_from(v?).ok()?))),
+                _ => None,
             };
-            let mut column = ColumnStatistics::new_unknown();
-            if let (Some(min), Some(max)) = (min, max) {
-                let precision = |v| {
-                    if exact {
-                        Precision::Exact(v)
-                    } else {
-                        Precision::Inexact(v)
-                    }
-                };
-                column = column
-                    .with_min_value(precision(min))
-                    .with_max_value(precision(max));
-                // Without a null count, a bound decides nothing (pruning
-                // asks whether any value is not null).
-                if let Some(nulls) = bound("nullCount", name)
-                    .and_then(|n| n.as_u64())
-                    .and_then(|n| usize::try_from(n).ok())
-                {
-                    column = column.with_null_count(Precision::Exact(nulls));
-                }
+            let column = ColumnStatistics::new_unknown();
+            if name != XACT_ID && name != OP {
+                return column;
             }
+            let (Some(min), Some(max), Some(nulls)) = (
+                scalar(bound("minValues", name)),
+                scalar(bound("maxValues", name)),
+                bound("nullCount", name).and_then(|n| usize::try_from(n).ok()),
+            ) else {
+                return column;
+            };
+            // Without a null count, a bound decides nothing (pruning asks
+            // whether any value is not null).
             column
+                .with_min_value(Precision::Exact(min))
+                .with_max_value(Precision::Exact(max))
+                .with_null_count(Precision::Exact(nulls))
         })
         .collect();
     Statistics {
