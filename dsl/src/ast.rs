@@ -376,7 +376,7 @@ impl BinaryOp {
 }
 
 /// A path step after `.` or inside `[...]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum PathStep {
     /// `.name`, `."quoted name"` or `['name']`.
     Key(String),

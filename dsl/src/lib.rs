@@ -26,6 +26,7 @@ pub use error::{Diagnostic, Diagnostics, Span};
 pub use json_ast::parse_json_ast;
 pub use limits::{MAX_EXPRESSION_DEPTH, MAX_JSON_DEPTH};
 pub use object_type::{ObjectType, object_type_names};
+pub use plan::codec;
 pub use plan::{
     Catalog, CompiledQuery, OutputColumn, PivotSort, PivotSpec, PlanOptions, plan_query,
 };

@@ -120,7 +120,7 @@ fn json_bool(raw: &str) -> Option<bool> {
 }
 
 /// What [`JsonGet`] returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum JsonKind {
     /// The value as JSON text (`Utf8`); JSON `null` → NULL.
     Json,
@@ -150,8 +150,8 @@ impl JsonKind {
 /// function (and of its name, for EXPLAIN).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct JsonGet {
-    kind: JsonKind,
-    path: Vec<PathStep>,
+    pub(crate) kind: JsonKind,
+    pub(crate) path: Vec<PathStep>,
     name: String,
     signature: Signature,
 }
@@ -299,7 +299,7 @@ impl ScalarUDFImpl for JsonLength {
 }
 
 /// A value to look for in JSON (`INCLUDES`, `IN`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Needle {
     /// A string.
     String(String),
@@ -387,8 +387,8 @@ fn for_each_member<'a>(raw: &'a str, mut f: impl FnMut(&'a str) -> bool) -> Opti
 /// `needle_json`), a number or a boolean.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Includes {
-    haystack_json: bool,
-    needle_json: bool,
+    pub(crate) haystack_json: bool,
+    pub(crate) needle_json: bool,
     signature: Signature,
 }
 
@@ -479,7 +479,7 @@ impl ScalarUDFImpl for Includes {
 /// NULL input → NULL.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct JsonInList {
-    list: Vec<Needle>,
+    pub(crate) list: Vec<Needle>,
     signature: Signature,
 }
 

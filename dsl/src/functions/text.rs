@@ -137,8 +137,8 @@ pub(crate) fn text_matches(
 /// `text MATCH 'query'` with a literal query (`Boolean`; NULL text → NULL).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct TextMatch {
-    query: Vec<String>,
-    json: bool,
+    pub(crate) query: Vec<String>,
+    pub(crate) json: bool,
     signature: Signature,
 }
 
@@ -147,6 +147,16 @@ impl TextMatch {
     pub fn new(query: &str, json: bool) -> Self {
         Self {
             query: tokenize(query),
+            json,
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+
+    /// The match of already tokenized `tokens` (what [`TextMatch::new`]
+    /// makes of its query).
+    pub fn from_tokens(tokens: Vec<String>, json: bool) -> Self {
+        Self {
+            query: tokens,
             json,
             signature: Signature::any(1, Volatility::Immutable),
         }

@@ -23,7 +23,7 @@ const MICROS_PER_HOUR: i64 = 60 * MICROS_PER_MINUTE;
 const MICROS_PER_DAY: i64 = 24 * MICROS_PER_HOUR;
 
 /// Bucket unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum BucketUnit {
     /// Seconds.
     Second,
@@ -127,9 +127,9 @@ pub(crate) fn bucket_start(
 /// fixed at plan time.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct TimeBucket {
-    unit: BucketUnit,
-    multiple: i64,
-    tz_offset_minutes: i32,
+    pub(crate) unit: BucketUnit,
+    pub(crate) multiple: i64,
+    pub(crate) tz_offset_minutes: i32,
     name: String,
     signature: Signature,
 }

@@ -23,6 +23,7 @@
 //! planned up to its data-independent phase ([`pivot`], [`PivotSpec`]).
 
 mod aggregate;
+pub mod codec;
 mod expr;
 mod pivot;
 mod planner;

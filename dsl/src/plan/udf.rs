@@ -52,8 +52,8 @@ fn utf8(value: &ColumnarValue, rows: usize) -> Result<StringArray> {
 /// Each argument is a number, a boolean, a string, or JSON text (`json[i]`).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct JsonObjectBuild {
-    keys: Vec<String>,
-    json: Vec<bool>,
+    pub(crate) keys: Vec<String>,
+    pub(crate) json: Vec<bool>,
     signature: Signature,
 }
 
@@ -134,7 +134,7 @@ impl ScalarUDFImpl for JsonObjectBuild {
 /// shorter values are returned unchanged (spec §2.3 recommendation).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct JsonPreview {
-    limit: usize,
+    pub(crate) limit: usize,
     signature: Signature,
 }
 
@@ -179,7 +179,7 @@ impl ScalarUDFImpl for JsonPreview {
 }
 
 /// What [`JsonUnpivot`] lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) enum UnpivotPart {
     /// Keys of an object (strings).
     Keys,
@@ -194,7 +194,7 @@ pub(crate) enum UnpivotPart {
 /// such rows, like empty ones, emit nothing.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct JsonUnpivot {
-    part: UnpivotPart,
+    pub(crate) part: UnpivotPart,
     name: String,
     signature: Signature,
 }
@@ -270,7 +270,7 @@ impl ScalarUDFImpl for JsonUnpivot {
 /// 2^53).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct SampleHash {
-    seed: i64,
+    pub(crate) seed: i64,
     signature: Signature,
 }
 
