@@ -127,6 +127,10 @@ pub struct CreateExportArgs {
     /// Endpoint of an S3-compatible server.
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// Where its runs execute: `local` (default) or `ballista://HOST:PORT`,
+    /// the scheduler of a cluster (`spanlake ballista scheduler`).
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Option<String>,
 }
 
 /// Flags of `create-retention`.
@@ -189,6 +193,10 @@ pub struct ExportArgs {
     /// Endpoint of an S3-compatible server.
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// Where it runs: `local` (default) or `ballista://HOST:PORT`, the
+    /// scheduler of a cluster (`spanlake ballista scheduler`).
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Option<String>,
 }
 
 /// A progress bar on stderr, fed from `progress` until the task is aborted.
@@ -280,6 +288,7 @@ pub async fn automation_command(store: &Store, command: AutomationCommand) -> an
                 trace_idle: args.trace_idle,
                 role_arn: args.role_arn,
                 endpoint: args.endpoint,
+                engine: args.engine,
             };
             let (validated, stored) =
                 AutomationConfig::validate(Kind::Export, serde_json::to_value(&raw)?)?;
@@ -539,6 +548,7 @@ pub async fn export_command(store: &Store, args: ExportArgs) -> anyhow::Result<(
         partitioning: args.sink.partitioning,
         max_file_bytes: args.sink.max_file_bytes,
         endpoint: args.endpoint,
+        engine: args.engine,
         ..RawExportConfig::default()
     };
     let config = raw.validate()?;

@@ -57,6 +57,11 @@ pub struct ServeHttpArgs {
     /// repeatable.
     #[arg(long, value_name = "URL")]
     pub allow_endpoint: Vec<String>,
+    /// Let exports created over the API run on this Ballista cluster
+    /// (`ballista://HOST:PORT`, its scheduler); repeatable. Without it they
+    /// run here only.
+    #[arg(long, value_name = "ENGINE")]
+    pub allow_engine: Vec<String>,
     /// Longest a query (`/btql`, `/v1/project_logs/{id}/fetch`) may run
     /// before it is cancelled and answered 504, e.g. `30s`.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
@@ -115,7 +120,7 @@ impl ServeHttpArgs {
         Ok(config)
     }
 
-    /// The destination policy of `--allow-export-to` and `--allow-endpoint`,
+    /// The destination policy of `--allow-export-to`, `--allow-endpoint` and `--allow-engine`,
     /// for the HTTP API and the scheduler.
     pub fn destinations(
         &self,
@@ -124,6 +129,7 @@ impl ServeHttpArgs {
             &self.allow_export_to,
             &self.allow_endpoint,
         )
+        .and_then(|policy| policy.with_engines(&self.allow_engine))
         .map_err(anyhow::Error::msg)
     }
 }

@@ -9,6 +9,7 @@
 //!   locked store).
 
 pub mod automation;
+pub mod cluster;
 pub mod http;
 pub mod objects;
 pub use spanlake_dsl::diagnostics;
@@ -23,7 +24,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use spanlake_engine::Error as EngineError;
 use spanlake_engine::ingest::{IngestOptions, IngestReport, ingest};
-use spanlake_engine::query::{QueryOptions, run_query};
+use spanlake_engine::query::QueryOptions;
 use spanlake_engine::registry::objects::ObjectType::{Dataset, Experiment};
 use spanlake_engine::store::{Store, StoreOptions};
 
@@ -103,6 +104,10 @@ pub enum Command {
     /// The datasets of a project: list, show.
     #[command(subcommand)]
     Dataset(objects::ObjectCommand),
+    /// Roles of a Ballista cluster that runs exports and queries
+    /// (`--engine ballista://HOST:PORT`); every role is this binary.
+    #[command(subcommand)]
+    Ballista(cluster::BallistaCommand),
 }
 
 /// `spanlake project ...`
@@ -183,6 +188,10 @@ pub struct QueryArgs {
     /// other formats print the next cursor on stderr.
     #[arg(long, value_name = "N")]
     pub page_size: Option<u64>,
+    /// Where it runs: `local` (default) or `ballista://HOST:PORT`, the
+    /// scheduler of a cluster (`spanlake ballista scheduler`).
+    #[arg(long, value_name = "ENGINE", default_value = "local")]
+    pub engine: String,
     /// Continue after the page that returned this cursor. Pages read the
     /// snapshot of the first page, so they stay consistent while ingest goes on.
     /// A cursor in the query text (`cursor: '<token>'`, SQL `OFFSET
@@ -225,6 +234,13 @@ pub fn main() -> ExitCode {
 
 /// Run a parsed command line; returns the exit code. Errors are printed here, once.
 pub async fn run(cli: Cli) -> u8 {
+    // The roles of a cluster use no store of their own.
+    if let Command::Ballista(command) = cli.command {
+        return match cluster::ballista_command(command).await {
+            Ok(()) => EXIT_OK,
+            Err(e) => report_error(&e),
+        };
+    }
     let options = StoreOptions {
         fsync: !cli.no_fsync,
     };
@@ -252,6 +268,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Store(command) => store::store_command(&store, command).await,
         Command::Experiment(command) => objects::object_command(&store, Experiment, command).await,
         Command::Dataset(command) => objects::object_command(&store, Dataset, command).await,
+        Command::Ballista(_) => unreachable!("run before the store opens"),
         Command::Export(args) => {
             let text = args.query.clone();
             let result = automation::export_command(&store, args).await;
@@ -520,11 +537,17 @@ async fn query_command(store: &Store, args: QueryArgs) -> u8 {
             .map(|size| spanlake_engine::query::Paging::of(size, args.cursor.clone())),
         ..QueryOptions::default()
     };
-    let stream = match run_query(store, &text, &options).await {
-        Ok(stream) => stream,
-        Err(EngineError::Query(diagnostics)) => return render_diagnostics(&diagnostics, &text),
-        Err(e) => return report_error(&anyhow::Error::new(e).context("query failed")),
+    let engine = match spanlake_engine::cluster::Engine::parse(&args.engine) {
+        Ok(engine) => engine,
+        Err(e) => return report_error(&anyhow::anyhow!("--engine: {e}")),
     };
+    let codec = spanlake_engine::export::cluster_codec();
+    let stream =
+        match spanlake_engine::cluster::run_query(store, &text, &options, &engine, &codec).await {
+            Ok(stream) => stream,
+            Err(EngineError::Query(diagnostics)) => return render_diagnostics(&diagnostics, &text),
+            Err(e) => return report_error(&anyhow::Error::new(e).context("query failed")),
+        };
     let result = async {
         let mut out: Box<dyn Write + Send> = match &args.output {
             Some(path) => Box::new(std::io::BufWriter::new(

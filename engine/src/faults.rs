@@ -12,7 +12,8 @@
 //! - `SPANLAKE_TEST_PAUSE_AT=<point>:<file>`: a run reaching `point`
 //!   creates `<file>.reached` and waits (asynchronously) until `<file>`
 //!   exists, e.g. an export holding its pinned snapshot while a retention
-//!   run and its vacuum go by (`export_snapshot`).
+//!   run and its vacuum go by (`export_snapshot`), or a cluster's task
+//!   before it writes its files (`sink_partition`, in an executor).
 //! - `SPANLAKE_TEST_STORE_RETRIES=<n>`: an S3 destination's requests are
 //!   retried `n` times instead of 10 within a run, so that a test's burst
 //!   of 503s reaches the scheduler's retries of whole runs.

@@ -13,6 +13,7 @@
 //!  objects                     experiments' and datasets' summaries (BTQL over their tables)
 //!  export   retention          an export run: config, target, cursor, run, manifest, recover, probe │ retention: plan, rewrite
 //!  state                       automations, cursors, runs, leases (state.db)
+//!  cluster                     Ballista: scheduler and executor roles, the plan codec, plans run on a cluster
 //!  sink                        object stores, credentials, JSONL and Parquet writers, partitions
 //!  query                       BTQL over the resolved view: run, cursors, pivot, rows as JSON
 //!  ingest                      JSONL and SDK rows into commits, with merge semantics; group commits with replay protection
@@ -23,6 +24,7 @@
 
 pub mod automation;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod export;

@@ -23,6 +23,11 @@ pub struct SessionOptions {
     pub batch_rows: usize,
     /// Partitions of a plan (`None`: one per core).
     pub target_partitions: Option<usize>,
+    /// Plan for a Ballista cluster: with the settings it needs (no dynamic
+    /// filters across stages, sort-merge joins that spill, no string views
+    /// in Flight frames, no round-robin repartitions) and its settings
+    /// extension.
+    pub distributed: bool,
 }
 
 impl Default for SessionOptions {
@@ -32,6 +37,7 @@ impl Default for SessionOptions {
             memory_pool: None,
             batch_rows: 8192,
             target_partitions: None,
+            distributed: false,
         }
     }
 }
@@ -53,6 +59,12 @@ pub fn session(options: &SessionOptions) -> Result<SessionContext> {
         .with_information_schema(false);
     if let Some(partitions) = options.target_partitions {
         config = config.with_target_partitions(partitions);
+    }
+    if options.distributed {
+        use ballista_core::extension::{SessionConfigExt, SessionConfigHelperExt};
+        config = config
+            .upgrade_for_ballista()
+            .ballista_restricted_configuration();
     }
     // Read strings as `Utf8`, not views: the JSON functions of BTQL take
     // `Utf8` and would otherwise copy every JSON column they touch.

@@ -21,6 +21,7 @@
 mod bounds;
 mod cli;
 mod clouds;
+mod cluster;
 mod compact;
 mod compat;
 mod console;

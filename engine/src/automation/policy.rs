@@ -41,6 +41,8 @@ use crate::export::ExportConfig;
 pub const ALLOW_EXPORT_TO_FLAG: &str = "--allow-export-to";
 /// The flag that allows an endpoint.
 pub const ALLOW_ENDPOINT_FLAG: &str = "--allow-endpoint";
+/// The flag that allows a cluster engine.
+pub const ALLOW_ENGINE_FLAG: &str = "--allow-engine";
 
 /// Environment variables whose S3 endpoint the server's object stores use
 /// (object_store's `AmazonS3Builder::from_env`).
@@ -70,6 +72,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct DestinationPolicy {
     prefixes: Vec<Location>,
     endpoints: Vec<Endpoint>,
+    /// Clusters an export may run on (besides the local engine).
+    engines: Vec<crate::cluster::Engine>,
 }
 
 /// A destination, for matching: scheme, bucket or host, and the decoded
@@ -121,6 +125,10 @@ pub enum Rule {
     NonPublicAddress,
     /// A plain `http://` STS or S3 endpoint that is not allowed.
     PlainHttp,
+    /// A cluster engine that is not allowed: the server would send the
+    /// export's plan (its store's file paths) to that address and trust
+    /// the files it reports.
+    Engine,
     /// An export path or endpoint that cannot be checked (`..` segments,
     /// user info, no host).
     Malformed,
@@ -135,6 +143,7 @@ impl Rule {
             Self::CustomEndpoint => "custom_endpoint",
             Self::NonPublicAddress => "non_public_address",
             Self::PlainHttp => "plain_http",
+            Self::Engine => "engine",
             Self::Malformed => "malformed",
         }
     }
@@ -180,6 +189,17 @@ impl DestinationPolicy {
             policy.endpoints.push(parsed);
         }
         Ok(policy)
+    }
+
+    /// This policy, also allowing exports to run on the clusters of
+    /// `engines` (`ballista://HOST:PORT`, `--allow-engine`).
+    pub fn with_engines(mut self, engines: &[String]) -> Result<Self, String> {
+        for text in engines {
+            let engine = crate::cluster::Engine::parse(text)
+                .map_err(|reason| format!("{ALLOW_ENGINE_FLAG} `{text}`: {reason}"))?;
+            self.engines.push(engine);
+        }
+        Ok(self)
     }
 
     fn allows_endpoint(&self, endpoint: &Endpoint) -> bool {
@@ -303,6 +323,15 @@ impl DestinationPolicy {
             if let Some(refusal) = self.check_implied_endpoint(&endpoint, source).await {
                 refusals.push(refusal);
             }
+        }
+        if !config.engine.is_local() && !self.engines.contains(&config.engine) {
+            refusals.push(Refusal {
+                rule: Rule::Engine,
+                message: format!(
+                    "engine `{}`: this server runs exports on clusters its operator allows only; the operator can allow it with `spanlake serve {ALLOW_ENGINE_FLAG} {}`",
+                    config.engine, config.engine
+                ),
+            });
         }
         if refusals.is_empty() {
             Ok(())
@@ -1013,6 +1042,39 @@ mod tests {
             )
             .await,
             [Rule::NonPublicAddress]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_export_runs_on_a_cluster_only_when_the_operator_allows_it() {
+        let on = |engine: &str| {
+            crate::export::RawExportConfig {
+                data: "spans".into(),
+                export_path: "file:///srv/exports/a".into(),
+                engine: Some(engine.into()),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap()
+        };
+        let allow = policy(&["file:///srv/exports/"], &[]);
+        assert_eq!(rules(&allow, &on("local")).await, []);
+        assert_eq!(
+            rules(&allow, &on("ballista://10.0.0.1:50050")).await,
+            [Rule::Engine]
+        );
+        let allow = allow
+            .with_engines(&["ballista://10.0.0.1:50050".into()])
+            .unwrap();
+        assert_eq!(rules(&allow, &on("ballista://10.0.0.1:50050")).await, []);
+        assert_eq!(
+            rules(&allow, &on("ballista://10.0.0.2:50050")).await,
+            [Rule::Engine]
+        );
+        assert!(
+            policy(&[], &[])
+                .with_engines(&["spark://x".into()])
+                .is_err()
         );
     }
 

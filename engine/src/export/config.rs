@@ -77,6 +77,10 @@ pub struct RawExportConfig {
     /// `http://127.0.0.1:10000/devstoreaccount1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Where its runs execute: `local` (the default) or
+    /// `ballista://HOST:PORT`, the scheduler of a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 /// A validated export configuration.
@@ -104,6 +108,11 @@ pub struct ExportConfig {
     pub role_arn: Option<String>,
     /// The endpoint override (S3, GCS base URL or Azure account URL).
     pub endpoint: Option<String>,
+    /// Where its runs execute.
+    pub engine: crate::cluster::Engine,
+    /// The configuration as given (what a cluster's executors validate
+    /// again to open the target).
+    pub raw: Box<RawExportConfig>,
 }
 
 impl RawExportConfig {
@@ -179,6 +188,9 @@ impl RawExportConfig {
         if trace_idle.is_some_and(|idle| !idle.is_zero()) && data != Some(ExportData::Traces) {
             problems.push("trace_idle: only a `traces` export waits for idle traces".to_string());
         }
+        let engine = crate::cluster::Engine::parse(self.engine.as_deref().unwrap_or("local"))
+            .map_err(|e| problems.push(format!("engine: {e}")))
+            .ok();
         let max_rows_per_run = self.max_rows_per_run.unwrap_or(100_000);
         if max_rows_per_run == 0 {
             problems.push("max_rows_per_run: must be at least 1".to_string());
@@ -194,10 +206,15 @@ impl RawExportConfig {
         .validate()
         .map_err(|e| problems.push(e.to_string()))
         .ok();
-        match (data, interval, trace_idle, sink, object_type) {
-            (Some(data), Some(interval), Some(trace_idle), Some(sink), Some(object_type))
-                if problems.is_empty() =>
-            {
+        match (data, interval, trace_idle, sink, object_type, engine) {
+            (
+                Some(data),
+                Some(interval),
+                Some(trace_idle),
+                Some(sink),
+                Some(object_type),
+                Some(engine),
+            ) if problems.is_empty() => {
                 Ok(ExportConfig {
                     object_type,
                     // Canonical (lowercase, hyphenated): the id of its
@@ -215,6 +232,8 @@ impl RawExportConfig {
                     trace_idle,
                     role_arn: self.role_arn.clone(),
                     endpoint: self.endpoint.clone(),
+                    engine,
+                    raw: Box::new(self.clone()),
                 })
             }
             _ => Err(Error::InvalidArgument(format!(

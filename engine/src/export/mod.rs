@@ -46,7 +46,13 @@ mod target;
 pub use config::{ExportConfig, ExportData, RawExportConfig};
 pub use probe::{TestStep, test_export_automation, test_export_target};
 pub use run::{ExportRun, export_query};
-pub use target::{automation_external_id, export_target};
+pub use target::{ExportSinkTarget, automation_external_id, export_target};
+
+/// The plan codec of a cluster, with exports' sink targets: the one every
+/// role (scheduler, executors, coordinators) must use.
+pub fn cluster_codec() -> crate::cluster::SpanlakeCodec {
+    crate::cluster::SpanlakeCodec::new(ExportSinkTarget::decode)
+}
 
 /// Version of the exported schema, recorded in every manifest. Additive
 /// changes keep it; breaking ones bump it.

@@ -19,13 +19,23 @@ pub(super) async fn delete_run_files(
     local: Option<&LocalFolder>,
     run_id: &str,
 ) -> Result<Vec<String>> {
+    delete_run_files_except(target, local, run_id, &std::collections::HashSet::new()).await
+}
+
+/// [`delete_run_files`], keeping the files whose keys are in `keep`.
+pub(super) async fn delete_run_files_except(
+    target: &ExportTarget,
+    local: Option<&LocalFolder>,
+    run_id: &str,
+    keep: &std::collections::HashSet<&str>,
+) -> Result<Vec<String>> {
     let marker = format!("-{run_id}.");
     let prefix = (!target.prefix.as_ref().is_empty()).then_some(&target.prefix);
     let mut listing = target.store.list(prefix);
     let mut orphans = Vec::new();
     while let Some(meta) = listing.next().await {
         let meta = meta.map_err(|e| object_error("list", &target.prefix, e))?;
-        if meta.location.as_ref().contains(&marker) {
+        if meta.location.as_ref().contains(&marker) && !keep.contains(meta.location.as_ref()) {
             orphans.push(meta.location);
         }
     }

@@ -10,14 +10,15 @@ use super::cursor::{choose_cursor_to, snapshot_for};
 use super::local::LocalFolder;
 use super::manifest::{ManifestError, write_manifest};
 use super::recover::{cleanup_failed_run, delete_run_files, recover};
-use super::target::{automation_external_id, export_target_assumed};
+use super::target::{ExportSinkTarget, automation_external_id, export_target_assumed};
 use super::{
     ExportConfig, ExportData, ExportProgress, ExportReport, Manifest, RawExportConfig,
     SCHEMA_VERSION, SNAPSHOT_VERSION,
 };
+use crate::cluster::Engine;
 use crate::error::{Error, Result};
 use crate::metrics::{OpMetrics, Operation};
-use crate::query::{QueryOptions, run_query_over_view, session};
+use crate::query::{PlannedQuery, QueryOptions, plan_query_over_view, session};
 use crate::registry::objects::ObjectType;
 use crate::sink::{ExportTarget, WrittenFile};
 use crate::state::{Automation, RunLease, RunOutcome, RunStatus, StateDb, Trigger};
@@ -99,6 +100,7 @@ async fn run_export(
         automation,
         config: &config,
         target: &target,
+        external_id: Some(&external_id),
         local: local.as_ref(),
         run_id: &run_id,
         progress: progress.as_ref(),
@@ -123,6 +125,8 @@ pub(super) struct RunContext<'a> {
     automation: &'a Automation,
     config: &'a ExportConfig,
     target: &'a ExportTarget,
+    /// The external id its role is assumed with.
+    external_id: Option<&'a str>,
     /// The destination's folder, when it is local.
     local: Option<&'a LocalFolder>,
     run_id: &'a str,
@@ -142,6 +146,7 @@ pub(super) async fn run_export_leased(
         local,
         run_id,
         progress,
+        ..
     } = *run;
     let recovered = recover(state, automation, target, local).await?;
     let cursor_from = state.cursor(&automation.id)?;
@@ -250,6 +255,11 @@ pub(super) async fn run_export_leased(
         details: serde_json::json!({"manifest": path.to_string()}),
     };
     state.finish_run(run_id, status, &outcome)?;
+    if !config.engine.is_local() {
+        report
+            .recovered
+            .extend(remove_unlisted(target, local, run_id, &manifest.files).await);
+    }
     report.status = status;
     report.rows = outcome.rows;
     report.bytes = outcome.bytes;
@@ -269,12 +279,7 @@ pub(super) async fn write_run(
     snapshot: i64,
 ) -> std::result::Result<Vec<WrittenFile>, (Error, Vec<WrittenFile>)> {
     let RunContext {
-        automation,
-        config,
-        target,
-        local: _,
-        run_id,
-        progress,
+        automation, config, ..
     } = *run;
     let failed = |e: Error| (e, Vec::new());
     let project = automation.export_table(store).map_err(failed)?;
@@ -284,7 +289,10 @@ pub(super) async fn write_run(
         .map_err(failed)?;
     // The snapshot is open (its files listed) and pinned by this run.
     crate::faults::pause_point("export_snapshot").await;
-    let options = QueryOptions::default();
+    let options = QueryOptions {
+        distributed: !config.engine.is_local(),
+        ..QueryOptions::default()
+    };
     let ctx = session(&options).map_err(failed)?;
     let changed = logs
         .resolved_view_between(&ctx, cursor_from, Some(cursor_to))
@@ -343,15 +351,86 @@ pub(super) async fn write_run(
             )
         }
     };
-    let result = run_query_over_view(&ctx, &query, rows, &options, store.clock())
+    let planned = plan_query_over_view(&ctx, &query, rows, &options, store.clock())
         .await
         .map_err(failed)?;
-    let json_columns: Vec<String> = result
+    write_planned(planned, &run.sink_job(), |c| JSON_COLUMNS.contains(&c)).await
+}
+
+/// What the sink of a run needs.
+#[derive(Debug, Clone, Copy)]
+struct SinkJob<'a> {
+    config: &'a ExportConfig,
+    target: &'a ExportTarget,
+    /// The external id its role is assumed with.
+    external_id: Option<&'a str>,
+    run_id: &'a str,
+    progress: Option<&'a Arc<ExportProgress>>,
+}
+
+impl RunContext<'_> {
+    fn sink_job(&self) -> SinkJob<'_> {
+        SinkJob {
+            config: self.config,
+            target: self.target,
+            external_id: self.external_id,
+            run_id: self.run_id,
+            progress: self.progress,
+        }
+    }
+}
+
+/// Write the rows of `planned` as the files of `run`, on the run's engine:
+/// here, each partition of the result in a task of its own; or on a
+/// cluster, each partition in a task of an executor. The string columns
+/// the query marks as JSON, and those `also_json` accepts, are stored as
+/// JSON. On failure, the error and the files completed before it (none
+/// are known from a cluster: the caller deletes the run's files by name).
+async fn write_planned(
+    planned: PlannedQuery,
+    job: &SinkJob<'_>,
+    also_json: impl Fn(&str) -> bool,
+) -> std::result::Result<Vec<WrittenFile>, (Error, Vec<WrittenFile>)> {
+    let SinkJob {
+        config,
+        target,
+        external_id,
+        run_id,
+        progress,
+    } = *job;
+    let failed = |e: Error| (e, Vec::new());
+    let json_columns: Vec<String> = planned
         .columns
         .iter()
-        .filter(|c| c.json || JSON_COLUMNS.contains(&c.name.as_str()))
+        .filter(|c| c.json || also_json(&c.name))
         .map(|c| c.name.clone())
         .collect();
+    if let Engine::Ballista(scheduler) = &config.engine {
+        let (plan, session) = planned.physical_plan().await.map_err(failed)?;
+        let sink_target = Arc::new(ExportSinkTarget {
+            config: (*config.raw).clone(),
+            external_id: external_id.map(str::to_string),
+        });
+        let files = crate::cluster::write_on_cluster(
+            scheduler,
+            plan,
+            session,
+            &super::cluster_codec(),
+            sink_target,
+            run_id,
+            json_columns,
+        )
+        .await
+        .map_err(failed)?;
+        if let Some(progress) = progress {
+            let rows = files.iter().map(|f| f.rows).sum();
+            progress
+                .rows
+                .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+        }
+        return Ok(files);
+    }
+    let result = planned.run_here(true).await.map_err(failed)?;
     let streams = match progress {
         None => result.streams,
         Some(progress) => result
@@ -375,6 +454,29 @@ pub(super) async fn write_run(
         })
 }
 
+/// After a run on a cluster commits: delete the files of the run that its
+/// manifest does not list (those of task attempts whose outputs the job
+/// did not keep); a failure is reported, not fatal (the run is committed,
+/// and no reader follows an unlisted file).
+async fn remove_unlisted(
+    target: &ExportTarget,
+    local: Option<&LocalFolder>,
+    run_id: &str,
+    listed: &[WrittenFile],
+) -> Vec<String> {
+    let keep: std::collections::HashSet<&str> = listed.iter().map(|f| f.key.as_str()).collect();
+    match super::recover::delete_run_files_except(target, local, run_id, &keep).await {
+        Ok(deleted) if deleted.is_empty() => Vec::new(),
+        Ok(deleted) => vec![format!(
+            "deleted {} file(s) of task attempts the cluster did not keep",
+            deleted.len()
+        )],
+        Err(e) => vec![format!(
+            "files of task attempts the cluster did not keep could not be deleted ({e}); no manifest lists them"
+        )],
+    }
+}
+
 /// A one-shot export of a BTQL query's rows (no automation, no cursor):
 /// data files, then a manifest. Returns the manifest.
 pub async fn export_query(
@@ -387,29 +489,23 @@ pub async fn export_query(
     let target = flushed_early(export_target_assumed(config, None).await?, local.as_ref());
     let run_id = uuid::Uuid::now_v7().to_string();
     let started = store.clock().now_rfc3339();
-    let result = crate::query::run_query_in_parts(store, text, options).await?;
-    let json_columns: Vec<String> = result
-        .columns
-        .iter()
-        .filter(|c| c.json)
-        .map(|c| c.name.clone())
-        .collect();
-    let files = match crate::sink::write_streams(
-        &target,
-        &config.sink,
-        &run_id,
-        result.streams,
-        &json_columns,
-    )
-    .await
-    {
-        Ok((files, _)) => files,
-        Err(e) => {
+    let options = QueryOptions {
+        distributed: !config.engine.is_local(),
+        ..options.clone()
+    };
+    let planned = crate::query::plan_query(store, text, &options).await?;
+    let job = SinkJob {
+        config,
+        target: &target,
+        external_id: None,
+        run_id: &run_id,
+        progress: None,
+    };
+    let files = match write_planned(planned, &job, |_| false).await {
+        Ok(files) => files,
+        Err((error, _)) => {
             let _ = delete_run_files(&target, local.as_ref(), &run_id).await;
-            return Err(Error::Sink {
-                message: crate::sink::summary::error_chain_summary(&e),
-                retryable: e.is_retryable(),
-            });
+            return Err(error);
         }
     };
     if let Some(local) = &local
@@ -441,6 +537,11 @@ pub async fn export_query(
         .map_err(Error::from)?;
     if let Some(local) = &local {
         local.sync(vec![path.to_string()]).await?;
+    }
+    if !config.engine.is_local() {
+        for note in remove_unlisted(&target, local.as_ref(), &run_id, &manifest.files).await {
+            tracing::warn!(run_id, "{note}");
+        }
     }
     Ok(manifest)
 }

@@ -92,3 +92,51 @@ pub fn automation_external_id(store: &Store, automation: &Automation) -> Result<
         &automation.id,
     ))
 }
+
+/// Where the sink of an export writes, as a plan carries it to the
+/// executors of a cluster: the export's configuration (no secret: keys and
+/// tokens come from each process's own environment) and the external id of
+/// its role. Each executor opens the target itself, assuming the role.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ExportSinkTarget {
+    /// The export's configuration as stored.
+    pub config: super::RawExportConfig,
+    /// The external id its role is assumed with.
+    pub external_id: Option<String>,
+}
+
+impl ExportSinkTarget {
+    /// The target [`crate::sink::SinkTarget::to_bytes`] wrote (a
+    /// [`crate::cluster::TargetDecoder`]).
+    pub fn decode(bytes: &[u8]) -> datafusion::error::Result<Arc<dyn crate::sink::SinkTarget>> {
+        let target: Self = serde_json::from_slice(bytes).map_err(|e| {
+            datafusion::error::DataFusionError::Internal(format!(
+                "an export's target does not decode: {e}"
+            ))
+        })?;
+        Ok(Arc::new(target))
+    }
+}
+
+impl crate::sink::SinkTarget for ExportSinkTarget {
+    fn open(
+        &self,
+    ) -> futures::future::BoxFuture<
+        'static,
+        datafusion::error::Result<(ExportTarget, crate::sink::SinkConfig)>,
+    > {
+        let this = self.clone();
+        Box::pin(async move {
+            let external = |e: Error| datafusion::error::DataFusionError::External(Box::new(e));
+            let config = this.config.validate().map_err(external)?;
+            let target = export_target_assumed(&config, this.external_id.as_deref())
+                .await
+                .map_err(external)?;
+            Ok((target, config.sink))
+        })
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an export's target serialises")
+    }
+}

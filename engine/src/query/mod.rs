@@ -51,6 +51,8 @@ pub struct QueryOptions {
     /// Resolve project names and ids only within this org (the org of an
     /// API key); `None` (the CLI) sees every org.
     pub org_id: Option<String>,
+    /// Plan for a cluster (see [`crate::session::SessionOptions::distributed`]).
+    pub distributed: bool,
 }
 
 impl Default for QueryOptions {
@@ -64,6 +66,7 @@ impl Default for QueryOptions {
             now: None,
             page: None,
             org_id: None,
+            distributed: false,
         }
     }
 }
@@ -92,6 +95,81 @@ pub struct QueryParts {
     pub streams: Vec<SendableRecordBatchStream>,
 }
 
+/// A planned query whose rows have not started (a pivot's have: it reads
+/// its keys first); run it here ([`PlannedQuery::run_in_parts`]) or hand
+/// its physical plan to a cluster ([`PlannedQuery::physical_plan`]).
+pub struct PlannedQuery {
+    /// Output columns in order, with whether each holds JSON text.
+    pub columns: Vec<OutputColumn>,
+    rows: PlannedRows,
+    /// Streams to split an unordered, unpaged result into.
+    partitions: usize,
+    /// With paging: the page size, and the cursor of the next page (see
+    /// [`QueryStream::page`]).
+    pub page: Option<(u64, String)>,
+}
+
+enum PlannedRows {
+    Plan(datafusion::dataframe::DataFrame),
+    Started(SendableRecordBatchStream),
+}
+
+impl std::fmt::Debug for PlannedQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlannedQuery")
+            .field("columns", &self.columns)
+            .field("started", &matches!(self.rows, PlannedRows::Started(_)))
+            .finish_non_exhaustive()
+    }
+}
+
+impl PlannedQuery {
+    /// Start it here, its rows in as many streams as its session has
+    /// target partitions when `split` and it has no order and no page (see
+    /// [`QueryParts`]), else in one.
+    pub async fn run_here(self, split: bool) -> Result<QueryParts> {
+        let streams = match self.rows {
+            PlannedRows::Started(stream) => vec![stream],
+            PlannedRows::Plan(frame) => {
+                let partitions = if self.page.is_some() || !split {
+                    1
+                } else {
+                    self.partitions
+                };
+                execute_in(frame, partitions).await.map_err(refused_plan)?
+            }
+        };
+        Ok(QueryParts {
+            columns: self.columns,
+            streams,
+        })
+    }
+
+    /// Its physical plan and the settings of the session that built it,
+    /// for a cluster; a pivot is refused (it reads its keys before its
+    /// rows, here).
+    pub async fn physical_plan(
+        self,
+    ) -> Result<(
+        std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        datafusion::prelude::SessionConfig,
+    )> {
+        match self.rows {
+            PlannedRows::Plan(frame) => {
+                let config = frame.task_ctx().session_config().clone();
+                let plan = frame
+                    .create_physical_plan()
+                    .await
+                    .map_err(|e| refused_plan(e.into()))?;
+                Ok((plan, config))
+            }
+            PlannedRows::Started(_) => Err(Error::InvalidArgument(
+                "a pivoted query runs on the local engine only; run it without `--engine`, or export its rows unpivoted".to_string(),
+            )),
+        }
+    }
+}
+
 impl std::fmt::Debug for QueryParts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueryParts")
@@ -117,6 +195,7 @@ pub fn session(options: &QueryOptions) -> Result<SessionContext> {
         memory_pool: options.memory_pool.clone(),
         batch_rows: options.batch_rows,
         target_partitions: None,
+        distributed: options.distributed,
     })
 }
 
@@ -173,7 +252,18 @@ pub async fn run_parsed_query(
     query: spanlake_dsl::ast::Query,
     options: &QueryOptions,
 ) -> Result<QueryStream> {
-    Ok(plan_and_run(store, query, options, false).await?.0)
+    let planned = plan_parsed(store, query, options).await?;
+    let page = planned.page.clone();
+    let mut parts = planned.run_here(false).await?;
+    let stream = parts
+        .streams
+        .pop()
+        .ok_or_else(|| Error::Internal("a query without a stream".into()))?;
+    Ok(QueryStream {
+        columns: parts.columns,
+        stream,
+        page,
+    })
 }
 
 /// Plan and start `text` against `store` with its rows in as many streams
@@ -184,26 +274,21 @@ pub async fn run_query_in_parts(
     text: &str,
     options: &QueryOptions,
 ) -> Result<QueryParts> {
-    let query = spanlake_dsl::parse_any(text)?;
-    let (first, rest) = plan_and_run(store, query, options, true).await?;
-    let mut streams = vec![first.stream];
-    streams.extend(rest);
-    Ok(QueryParts {
-        columns: first.columns,
-        streams,
-    })
+    plan_query(store, text, options).await?.run_here(true).await
 }
 
-/// The query's first stream as a [`QueryStream`] (with its page), and, when
-/// `split`, the streams of its other partitions.
-async fn plan_and_run(
+/// Parse and plan `text` against `store`, without starting it.
+pub async fn plan_query(store: &Store, text: &str, options: &QueryOptions) -> Result<PlannedQuery> {
+    let query = spanlake_dsl::parse_any(text)?;
+    plan_parsed(store, query, options).await
+}
+
+async fn plan_parsed(
     store: &Store,
     mut query: spanlake_dsl::ast::Query,
     options: &QueryOptions,
-    split: bool,
-) -> Result<(QueryStream, Vec<SendableRecordBatchStream>)> {
+) -> Result<PlannedQuery> {
     let ctx = session(options)?;
-    let partitions = if split { target_partitions(&ctx) } else { 1 };
     let paging = paging_of(&mut query, options.page.as_ref())?;
     let fingerprint = query_fingerprint(
         &query,
@@ -258,7 +343,12 @@ async fn plan_and_run(
             crate::query::pivot::pivot_stream(&ctx, compiled.plan, compiled.columns, spec)
                 .await
                 .map_err(refused_plan)?;
-        return Ok((pivoted, Vec::new()));
+        return Ok(PlannedQuery {
+            columns: pivoted.columns,
+            rows: PlannedRows::Started(pivoted.stream),
+            partitions: 1,
+            page: None,
+        });
     }
     let mut frame = ctx
         .execute_logical_plan(compiled.plan)
@@ -279,20 +369,12 @@ async fn plan_and_run(
         };
         page = Some((size, next.encode()));
     }
-    let mut streams = execute_in(frame, if page.is_some() { 1 } else { partitions })
-        .await
-        .map_err(refused_plan)?;
-    let stream = streams
-        .pop()
-        .ok_or_else(|| Error::Internal("a query without a stream".into()))?;
-    Ok((
-        QueryStream {
-            columns: compiled.columns,
-            stream,
-            page,
-        },
-        streams,
-    ))
+    Ok(PlannedQuery {
+        columns: compiled.columns,
+        rows: PlannedRows::Plan(frame),
+        partitions: target_partitions(&ctx),
+        page,
+    })
 }
 
 /// `frame`'s rows in `partitions` streams (one, for a result with an order
@@ -392,17 +474,16 @@ fn in_total_order(
     Ok(frame.sort(order)?)
 }
 
-/// Plan and start `text` in `ctx` with every `project_logs(...)` source
-/// reading `view` (for example the rows an export run covers), its rows in
-/// as many streams as `ctx` has target partitions (see [`QueryParts`]);
-/// `now()` is `options.now`, else `clock`'s time.
-pub async fn run_query_over_view(
+/// Plan `text` in `ctx` with every `project_logs(...)` source reading
+/// `view` (for example the rows an export run covers); `now()` is
+/// `options.now`, else `clock`'s time.
+pub async fn plan_query_over_view(
     ctx: &SessionContext,
     text: &str,
     view: datafusion::dataframe::DataFrame,
     options: &QueryOptions,
     clock: &crate::clock::Clock,
-) -> Result<QueryParts> {
+) -> Result<PlannedQuery> {
     let query = spanlake_dsl::parse_any(text)?;
     let catalog = PreparedCatalog {
         every: Some(view_source(view)),
@@ -416,15 +497,19 @@ pub async fn run_query_over_view(
     if let Some(spec) = &compiled.pivot {
         let pivoted =
             crate::query::pivot::pivot_stream(ctx, compiled.plan, compiled.columns, spec).await?;
-        return Ok(QueryParts {
+        return Ok(PlannedQuery {
             columns: pivoted.columns,
-            streams: vec![pivoted.stream],
+            rows: PlannedRows::Started(pivoted.stream),
+            partitions: 1,
+            page: None,
         });
     }
     let frame = ctx.execute_logical_plan(compiled.plan).await?;
-    Ok(QueryParts {
+    Ok(PlannedQuery {
         columns: compiled.columns,
-        streams: execute_in(frame, target_partitions(ctx)).await?,
+        rows: PlannedRows::Plan(frame),
+        partitions: target_partitions(ctx),
+        page: None,
     })
 }
 

@@ -50,6 +50,7 @@
 mod config;
 pub mod credentials;
 mod error;
+mod exec;
 mod jsonl;
 mod objstore;
 mod parquet;
@@ -71,6 +72,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{Format, ParquetCompression, Partitioning, RawSinkConfig, SinkConfig};
 pub use error::{SinkError, WriteStreamError};
+pub use exec::{SinkExec, SinkTarget, set_node_name, written_files, written_schema};
 pub use objstore::{
     AZURE_CONNECTION_STRING_VARIABLE, AzureConnectionString, CompletionHook, ExportTarget,
     TargetOptions, target_from_url,

@@ -500,6 +500,7 @@ fn compaction_session(memory_limit_bytes: usize) -> Result<SessionContext> {
         memory_pool: None,
         batch_rows: 2048,
         target_partitions: Some(1),
+        distributed: false,
     })
 }
 

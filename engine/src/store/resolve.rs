@@ -293,7 +293,7 @@ impl std::hash::Hash for IdInSet {
 
 impl ScalarUDFImpl for IdInSet {
     fn name(&self) -> &str {
-        "spanlake_id_in_fold_set"
+        codec::ID_SET_FUNCTION
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -1023,4 +1023,69 @@ mod tests {
         let second = crate::store::schema::xact_id_for_version(2);
         assert!(rows_after(&store, Some(second)).await.is_empty());
     }
+}
+
+/// The plan nodes and functions of the view, as bytes for a plan codec (a
+/// plan that reads the view can then run on another process): the fold
+/// and the set of ids it folds.
+pub mod codec {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use datafusion::error::{DataFusionError, Result};
+    use datafusion::logical_expr::ScalarUDF;
+    use datafusion::physical_plan::ExecutionPlan;
+    use serde::{Deserialize, Serialize};
+
+    use super::{FoldExec, IdInSet};
+
+    #[derive(Serialize, Deserialize)]
+    struct Fold {
+        project_id: String,
+        projection: Option<Vec<usize>>,
+    }
+
+    /// The bytes of `plan` when it is the fold.
+    pub fn encode_plan(plan: &dyn ExecutionPlan) -> Option<Vec<u8>> {
+        let fold = plan.downcast_ref::<FoldExec>()?;
+        let fold = Fold {
+            project_id: fold.project_id.clone(),
+            projection: fold.projection.clone(),
+        };
+        Some(serde_json::to_vec(&fold).expect("the fold serialises"))
+    }
+
+    /// The fold [`encode_plan`] wrote, over `input`.
+    pub fn decode_plan(
+        bytes: &[u8],
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let fold: Fold = serde_json::from_slice(bytes)
+            .map_err(|e| DataFusionError::Internal(format!("the fold does not decode: {e}")))?;
+        Ok(Arc::new(FoldExec::try_new(
+            input,
+            fold.project_id,
+            fold.projection,
+        )?))
+    }
+
+    /// The bytes of `udf` when it is the set of ids to fold (every id of
+    /// the set: it grows with the ids that compaction has not folded yet).
+    pub fn encode_udf(udf: &ScalarUDF) -> Option<Vec<u8>> {
+        let set = udf.inner().downcast_ref::<IdInSet>()?;
+        let mut ids: Vec<&String> = set.ids.iter().collect();
+        ids.sort();
+        Some(serde_json::to_vec(&ids).expect("ids serialise"))
+    }
+
+    /// The set [`encode_udf`] wrote.
+    pub fn decode_udf(bytes: &[u8]) -> Result<Arc<ScalarUDF>> {
+        let ids: HashSet<String> = serde_json::from_slice(bytes).map_err(|e| {
+            DataFusionError::Internal(format!("the ids to fold do not decode: {e}"))
+        })?;
+        Ok(Arc::new(ScalarUDF::from(IdInSet::new(Arc::new(ids)))))
+    }
+
+    /// The name of the set's function.
+    pub const ID_SET_FUNCTION: &str = "spanlake_id_in_fold_set";
 }
