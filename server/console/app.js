@@ -845,6 +845,7 @@ function openAutomationDialog(project, existing, onSaved) {
   const maxRows = el("input", { type: "number", id: "a-max-rows", min: 1, value: c.max_rows_per_run ?? "", placeholder: "100000" });
   const traceIdle = el("input", { type: "text", id: "a-trace-idle", value: c.trace_idle || "", placeholder: "0s (off)" });
   const endpoint = el("input", { type: "text", id: "a-endpoint", value: c.endpoint || "", placeholder: "https://s3.example.com (S3-compatible servers only)", autocomplete: "off" });
+  const engine = el("input", { type: "text", id: "a-engine", value: c.engine || "", placeholder: "local", autocomplete: "off" });
   const roleHolder = el("div", {});
   const roleButton = el("button", { type: "button", id: "role-setup" }, "Role setup…");
   roleButton.addEventListener("click", () => {
@@ -875,7 +876,8 @@ function openAutomationDialog(project, existing, onSaved) {
         field("Max file size", maxFileBytes, "A file is closed past this size, e.g. 256MiB (default)."),
         field("Max rows per run", maxRows, "A run stops at the commit reaching this and reports behind. Default 100000."),
         field("Trace idle (traces only)", traceIdle, "Export a trace once its spans have been quiet this long."),
-        field("S3 endpoint", endpoint, "Only for S3-compatible servers; the operator must allow it (--allow-endpoint)."))));
+        field("S3 endpoint", endpoint, "Only for S3-compatible servers; the operator must allow it (--allow-endpoint)."),
+        field("Engine", engine, "Where runs execute: local (default), or ballista://HOST:PORT, a Ballista cluster the operator allows (--allow-engine)."))));
 
   // Retention fields.
   const objectType = select([
@@ -920,6 +922,7 @@ function openAutomationDialog(project, existing, onSaved) {
       if (out.data === "query") out.btql = btql.value;
       if (roleArn.value.trim()) out.role_arn = roleArn.value.trim();
       if (endpoint.value.trim()) out.endpoint = endpoint.value.trim();
+      if (engine.value.trim() && engine.value.trim() !== "local") out.engine = engine.value.trim();
       if (batchSize.value) out.batch_size = Number(batchSize.value);
       out.partitioning = partitioning.value;
       out.compression = compression.value;

@@ -683,3 +683,62 @@ fn bad_allow_flags_stop_serve_with_the_flag_named() {
         );
     }
 }
+
+#[test]
+fn an_api_export_runs_on_a_cluster_only_when_the_operator_allows_it() {
+    let spanlake = Spanlake::new();
+    let key = api_key(&spanlake, "acme");
+    let ok = spanlake.root().join("ok");
+    let allow = format!("{}/", file_url(&ok));
+    // A listener that must never be contacted: the refused scheduler.
+    let refused = TcpListener::bind("127.0.0.1:0").unwrap();
+    refused.set_nonblocking(true).unwrap();
+    let refused_engine = format!("ballista://{}", refused.local_addr().unwrap());
+    let server = Server::start(
+        &spanlake,
+        &[
+            "--allow-export-to",
+            &allow,
+            "--allow-engine",
+            "ballista://10.255.0.1:50050",
+        ],
+    );
+    let project = create_project(&server, &key, "dest");
+    let export_path = file_url(&ok.join("exports"));
+    let config = |engine: &str| serde_json::json!({"data": "spans", "export_path": export_path, "engine": engine});
+    let answer = create_export(&server, &key, &project, "cluster", config(&refused_engine));
+    let message = refusal(&answer);
+    assert_eq!(
+        answer.1["error"]["details"][0]["rule"], "engine",
+        "{}",
+        answer.1
+    );
+    assert!(
+        message.contains(&format!(
+            "the operator can allow it with `spanlake serve --allow-engine {refused_engine}`"
+        )),
+        "{message}"
+    );
+    assert!(
+        !was_contacted(&refused),
+        "a refused scheduler is never contacted"
+    );
+    // The allowed cluster is accepted, and the engine is stored.
+    let (status, created) = create_export(
+        &server,
+        &key,
+        &project,
+        "allowed",
+        config("ballista://10.255.0.1:50050"),
+    );
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["config"]["engine"], "ballista://10.255.0.1:50050");
+    // An engine that is not one is a 400 naming the key.
+    let (status, body) = create_export(&server, &key, &project, "bad", config("spark://x:1"));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string()
+            .contains("engine: `spark://x:1` is not an engine"),
+        "{body}"
+    );
+}
