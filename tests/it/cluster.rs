@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::export::manifests;
 use crate::support::{BIN, Spanlake, service_var as service};
 
 /// A free loopback port (bound, then released for the child to take).
@@ -202,18 +203,6 @@ fn ingest_fixture(spanlake: &Spanlake) {
         .collect();
     let file = spanlake.write_file("later.jsonl", &(later.join("\n") + "\n"));
     spanlake.ingest("p", &file);
-}
-
-fn manifests(out: &Path) -> Vec<Value> {
-    let dir = out.join("_manifests");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
-    found.sort();
-    found
-        .iter()
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-        .collect()
 }
 
 /// The keys of the files the manifests list.
@@ -579,4 +568,80 @@ fn cluster_losing_an_executor_mid_export_leaves_every_row_once_and_no_unlisted_f
         .run(["automation", "run", "cluster", "--project", "p"])
         .ok();
     assert_eq!(manifests(&out).len(), 1);
+}
+
+#[test]
+fn cluster_a_killed_coordinators_job_is_cancelled_by_the_next_run_and_every_row_goes_once() {
+    let Some(python) = service("SPANLAKE_DUCKDB_PYTHON") else {
+        return;
+    };
+    let spanlake = Spanlake::new();
+    ingest_fixture(&spanlake);
+    // The first executor holds its sink tasks until the gate opens.
+    let gate = spanlake.root().join("gate");
+    let cluster = Cluster::start(
+        spanlake.root(),
+        2,
+        &[
+            vec![(
+                "SPANLAKE_TEST_PAUSE_AT",
+                format!("sink_partition:{}", gate.display()),
+            )],
+            Vec::new(),
+        ],
+    );
+    let engine = cluster.engine();
+    let out = spanlake.root().join("out");
+    let local = spanlake.root().join("local");
+    spanlake.create_export("local", "spans", local.to_str().unwrap(), &[]);
+    spanlake
+        .run(["automation", "run", "local", "--project", "p"])
+        .ok();
+    spanlake.create_export(
+        "cluster",
+        "spans",
+        out.to_str().unwrap(),
+        &["--engine", &engine],
+    );
+
+    // The coordinator dies (SIGKILL) while its job waits on the gate.
+    let mut coordinator = spanlake
+        .command(["automation", "run", "cluster", "--project", "p"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let reached = PathBuf::from(format!("{}.reached", gate.display()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the sink was never reached\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    coordinator.kill().unwrap();
+    coordinator.wait().unwrap();
+    // Its job would go on writing the old run's files once the gate opens.
+    std::fs::write(&gate, b"").unwrap();
+
+    let rerun = spanlake.run(["automation", "run", "cluster", "--project", "p"]);
+    assert_eq!(rerun.code, 0, "{}\n{}", rerun.stderr, cluster.logs());
+    assert!(
+        rerun.stdout.contains("cancelled job") || rerun.stderr.contains("cancelled job"),
+        "the recovery cancels the dead coordinator's job\n--- stdout\n{}--- stderr\n{}",
+        rerun.stdout,
+        rerun.stderr
+    );
+    // Time for anything the old job could still write to land.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(manifests(&out).len(), 1, "one committed run");
+    assert_eq!(
+        data_files(&out),
+        listed(&out),
+        "no file outside the manifest: the old job's were stopped and deleted"
+    );
+    let (rows, ids, sha) = read_back(&python, &local, "parquet");
+    assert_eq!(read_back(&python, &out, "parquet"), (rows, ids, sha));
 }

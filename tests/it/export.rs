@@ -11,7 +11,8 @@ use crate::support::{
     Spanlake, create_bucket, duckdb_rows as duckdb, fixtures_dir, service_var as service,
 };
 
-fn manifests(folder: &Path) -> Vec<serde_json::Value> {
+/// The manifests under `folder`, in name (run) order.
+pub(crate) fn manifests(folder: &Path) -> Vec<serde_json::Value> {
     let dir = folder.join("_manifests");
     let mut found: Vec<_> = std::fs::read_dir(&dir)
         .map(|entries| entries.map(|e| e.unwrap().path()).collect())

@@ -18,6 +18,7 @@
 //! their own credentials.
 
 mod codec;
+mod job;
 mod roles;
 
 use std::net::SocketAddr;
@@ -29,9 +30,9 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 use datafusion_proto::protobuf::PhysicalPlanNode;
-use futures::TryStreamExt;
 
 pub use codec::{SpanlakeCodec, TargetDecoder};
+pub use job::cancel_job;
 pub use roles::{ExecutorOptions, run_executor, run_scheduler};
 
 use crate::error::{Error, Result};
@@ -123,7 +124,9 @@ fn unreachable_scheduler(scheduler: &str, error: datafusion::error::DataFusionEr
 /// the files of its partition; returns the files of the executions whose
 /// outputs the job kept (see [`crate::sink::written_files`]). Files of other
 /// executions (retried tasks) are left for the caller to delete: they carry
-/// `run_id`.
+/// `run_id`. `submitted` gets the job's id before the job is waited for
+/// (a later recovery cancels it with [`cancel_job`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn write_on_cluster(
     scheduler: &str,
     plan: Arc<dyn ExecutionPlan>,
@@ -132,6 +135,7 @@ pub async fn write_on_cluster(
     target: Arc<dyn SinkTarget>,
     run_id: &str,
     json_columns: Vec<String>,
+    submitted: impl FnOnce(&str) -> Result<()>,
 ) -> Result<Vec<WrittenFile>> {
     let partitions = plan.output_partitioning().partition_count();
     let sink: Arc<dyn ExecutionPlan> = Arc::new(SinkExec::new(
@@ -140,11 +144,7 @@ pub async fn write_on_cluster(
         run_id.to_string(),
         json_columns,
     ));
-    let stream = execute(scheduler, sink, config, codec).await?;
-    let batches: Vec<_> = stream
-        .try_collect()
-        .await
-        .map_err(|e| unreachable_scheduler(scheduler, e))?;
+    let batches = job::run_to_end(scheduler, sink, &config, codec, submitted).await?;
     crate::sink::written_files(&batches, partitions).map_err(|problem| Error::Sink {
         message: format!("the cluster's output of the export is not whole: {problem}"),
         retryable: true,

@@ -58,6 +58,30 @@ pub(super) async fn delete_run_files_except(
 /// (listing, so that a file whose upload reply was lost goes too) and mark
 /// it failed. When the store cannot be cleaned now, the run is marked
 /// `cleanup_pending`, and the next run's recovery deletes the files.
+/// Tasks of a cancelled cluster job can still complete files for a moment
+/// (Ballista marks the job failed before its executors have stopped the
+/// tasks): delete the run's files as they appear, until none has appeared
+/// for [`QUIET`] (a minute at most).
+async fn delete_until_quiet(
+    target: &ExportTarget,
+    local: Option<&LocalFolder>,
+    run_id: &str,
+) -> Result<Vec<String>> {
+    const QUIET: std::time::Duration = std::time::Duration::from_secs(3);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut quiet_since = tokio::time::Instant::now();
+    let mut deleted = Vec::new();
+    while quiet_since.elapsed() < QUIET && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let late = delete_run_files(target, local, run_id).await?;
+        if !late.is_empty() {
+            quiet_since = tokio::time::Instant::now();
+            deleted.extend(late);
+        }
+    }
+    Ok(deleted)
+}
+
 pub(super) async fn cleanup_failed_run(
     state: &StateDb,
     target: &ExportTarget,
@@ -140,7 +164,22 @@ pub(super) async fn recover(
                 ));
             }
             Err(object_store::Error::NotFound { .. }) => {
-                let deleted = delete_run_files(target, local, &run.run_id).await?;
+                // A job on a cluster may still be writing the run's files:
+                // it is stopped before they are deleted.
+                let job = &run.details[super::run::CLUSTER_JOB];
+                if let (Some(scheduler), Some(job_id)) =
+                    (job["scheduler"].as_str(), job["job_id"].as_str())
+                {
+                    crate::cluster::cancel_job(scheduler, job_id).await?;
+                    notes.push(format!(
+                        "cancelled job {job_id} of run {} on ballista://{scheduler}",
+                        run.run_id
+                    ));
+                }
+                let mut deleted = delete_run_files(target, local, &run.run_id).await?;
+                if job.is_object() {
+                    deleted.extend(delete_until_quiet(target, local, &run.run_id).await?);
+                }
                 state.fail_run(
                     &run.run_id,
                     &format!(

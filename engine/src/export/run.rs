@@ -98,6 +98,7 @@ async fn run_export(
     let lease = RunLease::take(store, state, automation, &run_id)?;
     let run = RunContext {
         automation,
+        state: Some(state),
         config: &config,
         target: &target,
         external_id: Some(&external_id),
@@ -123,6 +124,8 @@ fn flushed_early(target: ExportTarget, local: Option<&LocalFolder>) -> ExportTar
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RunContext<'a> {
     automation: &'a Automation,
+    /// Where the run is recorded (its cluster job's id, too).
+    state: Option<&'a StateDb>,
     config: &'a ExportConfig,
     target: &'a ExportTarget,
     /// The external id its role is assumed with.
@@ -366,11 +369,18 @@ struct SinkJob<'a> {
     external_id: Option<&'a str>,
     run_id: &'a str,
     progress: Option<&'a Arc<ExportProgress>>,
+    /// Where the id of the run's cluster job is recorded (for a later
+    /// recovery to cancel it).
+    state: Option<&'a StateDb>,
 }
+
+/// The key of a run's details that holds its cluster job's id.
+pub(super) const CLUSTER_JOB: &str = "cluster_job";
 
 impl RunContext<'_> {
     fn sink_job(&self) -> SinkJob<'_> {
         SinkJob {
+            state: self.state,
             config: self.config,
             target: self.target,
             external_id: self.external_id,
@@ -397,6 +407,7 @@ async fn write_planned(
         external_id,
         run_id,
         progress,
+        state,
     } = *job;
     let failed = |e: Error| (e, Vec::new());
     let json_columns: Vec<String> = planned
@@ -419,6 +430,13 @@ async fn write_planned(
             sink_target,
             run_id,
             json_columns,
+            |job| match state {
+                Some(state) => state.update_run_details(
+                    run_id,
+                    &serde_json::json!({ CLUSTER_JOB: { "scheduler": scheduler, "job_id": job } }),
+                ),
+                None => Ok(()),
+            },
         )
         .await
         .map_err(failed)?;
@@ -500,6 +518,7 @@ pub async fn export_query(
         external_id: None,
         run_id: &run_id,
         progress: None,
+        state: None,
     };
     let files = match write_planned(planned, &job, |_| false).await {
         Ok(files) => files,
