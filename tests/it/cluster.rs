@@ -152,12 +152,12 @@ fn ingest_fixture(spanlake: &Spanlake) {
     let span = |i: usize| {
         let trace = i / 20;
         let root = format!("trace-{trace:03}");
-        let id = if i % 20 == 0 {
+        let id = if i.is_multiple_of(20) {
             root.clone()
         } else {
             format!("span-{i:04}")
         };
-        let parents = if i % 20 == 0 {
+        let parents = if i.is_multiple_of(20) {
             serde_json::json!([])
         } else {
             serde_json::json!([root])
