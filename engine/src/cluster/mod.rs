@@ -9,9 +9,11 @@
 //! ```
 //!
 //! The coordinator builds the physical plan itself (the store's snapshot,
-//! the fold, BTQL's functions) and submits it whole
-//! ([`ballista_core::execution_plans::execute_physical_plan`]); the
-//! scheduler only cuts it into stages. Every role runs this binary, with
+//! the fold, BTQL's functions) and submits it whole; the scheduler only
+//! cuts it into stages. A query's output streams back
+//! ([`ballista_core::execution_plans::execute_physical_plan`]); an export's
+//! job is submitted by `job`, which hands its id to the run before waiting
+//! (so that a recovery can cancel it, [`cancel_job`]). Every role runs this binary, with
 //! one codec ([`SpanlakeCodec`]). Executors read the store's files by their
 //! path, so each must see the data directory at the same path (one machine,
 //! or a shared file system), and they open export targets themselves, with

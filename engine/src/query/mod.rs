@@ -96,7 +96,7 @@ pub struct QueryParts {
 }
 
 /// A planned query whose rows have not started (a pivot's have: it reads
-/// its keys first); run it here ([`PlannedQuery::run_in_parts`]) or hand
+/// its keys first); run it here ([`PlannedQuery::run_here`]) or hand
 /// its physical plan to a cluster ([`PlannedQuery::physical_plan`]).
 pub struct PlannedQuery {
     /// Output columns in order, with whether each holds JSON text.
