@@ -169,6 +169,34 @@ async fn fetch_output(
     Ok(batches)
 }
 
+/// `Ok` while job `job_id` is queued or running; otherwise why not (an
+/// executor's sink asks before it completes each file).
+pub(super) async fn still_running(
+    scheduler: String,
+    job_id: String,
+) -> std::result::Result<(), String> {
+    let status = async {
+        let mut client = connect(&scheduler).await.map_err(|e| e.to_string())?;
+        client
+            .get_job_status(GetJobStatusParams {
+                job_id: job_id.clone(),
+            })
+            .await
+            .map(|answer| answer.into_inner().status.and_then(|s| s.status))
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    match status {
+        Ok(Some(job_status::Status::Running(_) | job_status::Status::Queued(_))) => Ok(()),
+        Ok(_) => Err(format!(
+            "job {job_id} no longer runs (cancelled or failed): its files are not completed"
+        )),
+        Err(e) => Err(format!(
+            "cannot ask the scheduler at {scheduler} whether job {job_id} still runs ({e}): its files are not completed"
+        )),
+    }
+}
+
 /// Cancel job `job_id` (a run being recovered: its coordinator is gone), and
 /// wait until the scheduler no longer runs it (a minute at most). A job the
 /// scheduler does not know (finished and forgotten, or a restarted

@@ -106,6 +106,10 @@ pub async fn run_executor(
     let host = options.bind.ip().to_string();
     let name = format!("e{}", options.bind.port());
     crate::sink::set_node_name(&name);
+    let scheduler = options.scheduler.to_string();
+    crate::sink::set_job_guard(Arc::new(move |job| {
+        Box::pin(super::job::still_running(scheduler.clone(), job))
+    }));
     let config = ExecutorProcessConfig {
         executor_id: format!("{name}-{}", uuid::Uuid::now_v7().simple()),
         bind_host: host.clone(),

@@ -196,6 +196,7 @@ impl ExecutionPlan for SinkExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
+        let job = context.task_id().as_deref().and_then(job_of_task);
         let input = self.input.execute(partition, context)?;
         let partitions = self.input.output_partitioning().partition_count();
         let open = self.target.open();
@@ -203,7 +204,12 @@ impl ExecutionPlan for SinkExec {
         let json_columns = self.json_columns.clone();
         let written = async move {
             crate::faults::pause_point("sink_partition").await;
-            let (target, mut config) = open.await?;
+            let (mut target, mut config) = open.await?;
+            if let (Some(guard), Some(job)) = (JOB_GUARD.get(), job) {
+                let guard = Arc::clone(guard);
+                target =
+                    target.guarded(super::CompletionGuard(Arc::new(move || guard(job.clone()))));
+            }
             config.max_open_files = (config.max_open_files / partitions.max(1)).max(1);
             let attempt = attempt_token();
             let prefix = format!("part-{partition:02}-{}-{attempt}-", node_name());
@@ -233,6 +239,25 @@ impl ExecutionPlan for SinkExec {
 }
 
 static NODE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Asks whether the job of the given id still runs (`Err` with why not).
+pub type JobGuard = Arc<dyn Fn(String) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+static JOB_GUARD: std::sync::OnceLock<JobGuard> = std::sync::OnceLock::new();
+
+/// In an executor: before a sink task completes each file, it asks `guard`
+/// whether its job still runs, so that a cancelled job (its coordinator
+/// died, and a recovery is deleting the run's files) completes no more.
+pub fn set_job_guard(guard: JobGuard) {
+    let _ = JOB_GUARD.set(guard);
+}
+
+/// The job of a Ballista task id, `TID <job>/<stage>.<attempt>/<task>.<attempt>`.
+fn job_of_task(task_id: &str) -> Option<String> {
+    let rest = task_id.strip_prefix("TID ")?;
+    let job = rest.split('/').next()?;
+    (!job.is_empty()).then(|| job.to_string())
+}
 
 /// Name this process in the names of the files its sinks write (an
 /// executor: `e<port>`); letters, digits and `_` only. Unset, `p<pid>`.
@@ -362,4 +387,19 @@ pub fn written_files(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_of_a_ballista_task_id() {
+        assert_eq!(
+            job_of_task("TID 038JM9XZBY000/3.0/2.1").as_deref(),
+            Some("038JM9XZBY000")
+        );
+        assert_eq!(job_of_task("local-task"), None);
+        assert_eq!(job_of_task("TID /1.0/0.0"), None);
+    }
 }

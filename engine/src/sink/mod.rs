@@ -72,10 +72,12 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{Format, ParquetCompression, Partitioning, RawSinkConfig, SinkConfig};
 pub use error::{SinkError, WriteStreamError};
-pub use exec::{SinkExec, SinkTarget, set_node_name, written_files, written_schema};
+pub use exec::{
+    JobGuard, SinkExec, SinkTarget, set_job_guard, set_node_name, written_files, written_schema,
+};
 pub use objstore::{
-    AZURE_CONNECTION_STRING_VARIABLE, AzureConnectionString, CompletionHook, ExportTarget,
-    TargetOptions, target_from_url,
+    AZURE_CONNECTION_STRING_VARIABLE, AzureConnectionString, CompletionGuard, CompletionHook,
+    ExportTarget, TargetOptions, target_from_url,
 };
 pub use partition::NULL_PARTITION;
 
@@ -497,6 +499,10 @@ impl FilePool<'_> {
         let Some(file) = self.open.remove(&key) else {
             return Ok(());
         };
+        if let Err(refused) = self.target.may_complete().await {
+            file.abort().await;
+            return Err(refused);
+        }
         let written = file.finish().await?;
         self.target.completed(&written.key);
         self.metrics.rows += written.rows;

@@ -33,6 +33,22 @@ pub struct ExportTarget {
     pub prefix: Path,
     /// Told the key of every data file as soon as it is complete.
     on_complete: Option<CompletionHook>,
+    /// Asked before each data file is made visible.
+    guard: Option<CompletionGuard>,
+}
+
+/// What an [`ExportTarget`] asks before it makes a data file visible: an
+/// error aborts the file's upload and fails the write (a cluster task
+/// whose job was cancelled stops before it completes another file).
+#[derive(Clone)]
+pub struct CompletionGuard(
+    pub Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>,
+);
+
+impl std::fmt::Debug for CompletionGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CompletionGuard")
+    }
 }
 
 /// What an [`ExportTarget`] calls with the key of each completed data file
@@ -54,6 +70,22 @@ impl ExportTarget {
             store,
             prefix,
             on_complete: None,
+            guard: None,
+        }
+    }
+
+    /// This target, asking `guard` before it completes each file.
+    #[must_use]
+    pub fn guarded(mut self, guard: CompletionGuard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// Whether the next file may be completed (see [`CompletionGuard`]).
+    pub(crate) async fn may_complete(&self) -> Result<(), SinkError> {
+        match &self.guard {
+            Some(guard) => (guard.0)().await.map_err(SinkError::Internal),
+            None => Ok(()),
         }
     }
 
