@@ -331,6 +331,75 @@ fn canonical(value: &Value) -> Value {
     }
 }
 
+/// The fixture exported locally, and a cluster export's run started on a
+/// cluster whose first executor pauses in its first sink task until `gate`
+/// exists (two task slots each: Ballista 55 keeps a slot of a surviving
+/// executor taken by a task whose status it ignores after the stage was
+/// reset, and with a single slot the rerun tasks never started).
+struct Gated {
+    cluster: Cluster,
+    /// The cluster export's folder.
+    out: PathBuf,
+    /// The local export's folder (written already).
+    local: PathBuf,
+    gate: PathBuf,
+    /// `automation run cluster`, its output piped.
+    run: Child,
+}
+
+impl Gated {
+    fn start(spanlake: &Spanlake) -> Self {
+        ingest_fixture(spanlake);
+        let gate = spanlake.root().join("gate");
+        let cluster = Cluster::start(
+            spanlake.root(),
+            2,
+            &[
+                vec![(
+                    "SPANLAKE_TEST_PAUSE_AT",
+                    format!("sink_partition:{}", gate.display()),
+                )],
+                Vec::new(),
+            ],
+        );
+        let out = spanlake.root().join("out");
+        let local = spanlake.root().join("local");
+        spanlake.create_export("local", "spans", local.to_str().unwrap(), &[]);
+        spanlake
+            .run(["automation", "run", "local", "--project", "p"])
+            .ok();
+        spanlake.create_export(
+            "cluster",
+            "spans",
+            out.to_str().unwrap(),
+            &["--engine", &cluster.engine()],
+        );
+        let run = spanlake
+            .command(["automation", "run", "cluster", "--project", "p"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let reached = PathBuf::from(format!("{}.reached", gate.display()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reached.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the first executor's sink was never reached\n{}",
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            cluster,
+            out,
+            local,
+            gate,
+            run,
+        }
+    }
+}
+
 #[test]
 fn cluster_exports_and_queries_on_two_executors_give_the_local_engines_rows() {
     let Some(python) = service("SPANLAKE_DUCKDB_PYTHON") else {
@@ -463,54 +532,14 @@ fn cluster_losing_an_executor_mid_export_leaves_every_row_once_and_no_unlisted_f
         return;
     };
     let spanlake = Spanlake::new();
-    ingest_fixture(&spanlake);
     // The first executor stops in its first sink task until the test kills it.
-    // Two tasks at a time each: Ballista 55 keeps a slot of the surviving
-    // executor taken by a task whose status it ignores after the stage was
-    // reset; with a single slot the rerun tasks never start (seen here).
-    let gate = spanlake.root().join("gate");
-    let cluster = Cluster::start(
-        spanlake.root(),
-        2,
-        &[
-            vec![(
-                "SPANLAKE_TEST_PAUSE_AT",
-                format!("sink_partition:{}", gate.display()),
-            )],
-            Vec::new(),
-        ],
-    );
-    let engine = cluster.engine();
-    let out = spanlake.root().join("out");
-    let local = spanlake.root().join("local");
-    spanlake.create_export("local", "spans", local.to_str().unwrap(), &[]);
-    spanlake
-        .run(["automation", "run", "local", "--project", "p"])
-        .ok();
-    spanlake.create_export(
-        "cluster",
-        "spans",
-        out.to_str().unwrap(),
-        &["--engine", &engine],
-    );
-
-    let mut run = spanlake
-        .command(["automation", "run", "cluster", "--project", "p"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let reached = PathBuf::from(format!("{}.reached", gate.display()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !reached.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the first executor's sink was never reached\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut cluster = cluster;
+    let Gated {
+        mut cluster,
+        out,
+        local,
+        mut run,
+        ..
+    } = Gated::start(&spanlake);
     let (mut killed, _) = cluster.executors.remove(0);
     killed.child.kill().unwrap();
     killed.child.wait().unwrap();
@@ -576,51 +605,14 @@ fn cluster_a_killed_coordinators_job_is_cancelled_by_the_next_run_and_every_row_
         return;
     };
     let spanlake = Spanlake::new();
-    ingest_fixture(&spanlake);
     // The first executor holds its sink tasks until the gate opens.
-    let gate = spanlake.root().join("gate");
-    let cluster = Cluster::start(
-        spanlake.root(),
-        2,
-        &[
-            vec![(
-                "SPANLAKE_TEST_PAUSE_AT",
-                format!("sink_partition:{}", gate.display()),
-            )],
-            Vec::new(),
-        ],
-    );
-    let engine = cluster.engine();
-    let out = spanlake.root().join("out");
-    let local = spanlake.root().join("local");
-    spanlake.create_export("local", "spans", local.to_str().unwrap(), &[]);
-    spanlake
-        .run(["automation", "run", "local", "--project", "p"])
-        .ok();
-    spanlake.create_export(
-        "cluster",
-        "spans",
-        out.to_str().unwrap(),
-        &["--engine", &engine],
-    );
-
-    // The coordinator dies (SIGKILL) while its job waits on the gate.
-    let mut coordinator = spanlake
-        .command(["automation", "run", "cluster", "--project", "p"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let reached = PathBuf::from(format!("{}.reached", gate.display()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !reached.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the sink was never reached\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let Gated {
+        cluster,
+        out,
+        local,
+        gate,
+        run: mut coordinator,
+    } = Gated::start(&spanlake);
     coordinator.kill().unwrap();
     coordinator.wait().unwrap();
     // Its job would go on writing the old run's files once the gate opens.
