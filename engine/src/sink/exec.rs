@@ -10,9 +10,10 @@
 //! ([`set_node_name`]) and an attempt token of its own,
 //! `part-<partition>-<node>-<attempt>-<NNNNN>-<run_id>`, and its done row
 //! carries the token, so the coordinator ([`written_files`]) keeps exactly
-//! the files of the execution whose output it read and rejects an output
-//! where a partition reported twice or not at all. The files of other
-//! executions are the coordinator's to delete (they carry the run id).
+//! the files of the executions whose outputs it read, and rejects an output
+//! where more or fewer executions reported than the plan has partitions, or
+//! a file belongs to none of them. The files of other executions are the
+//! coordinator's to delete (they carry the run id).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
