@@ -25,7 +25,8 @@ use crate::error::{Error, Result};
 /// Largest gRPC and Flight message (Ballista's default).
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-fn failed(scheduler: &str, what: &str, error: impl std::fmt::Display) -> Error {
+/// A failure of the cluster at `scheduler`: what failed, and the likely fix.
+pub(super) fn failed(scheduler: &str, what: &str, error: impl std::fmt::Display) -> Error {
     Error::Sink {
         message: format!(
             "the cluster at ballista://{scheduler}: {what}: {error}; check that `spanlake ballista scheduler` runs there with executors connected"
@@ -169,31 +170,52 @@ async fn fetch_output(
     Ok(batches)
 }
 
-/// `Ok` while job `job_id` is queued or running; otherwise why not (an
-/// executor's sink asks before it completes each file).
-pub(super) async fn still_running(
+/// Asks the scheduler at one address whether jobs still run, over one
+/// connection made at the first question (an executor's sink asks before
+/// it completes each file).
+#[derive(Clone)]
+pub(super) struct JobWatch {
     scheduler: String,
-    job_id: String,
-) -> std::result::Result<(), String> {
-    let status = async {
-        let mut client = connect(&scheduler).await.map_err(|e| e.to_string())?;
-        client
-            .get_job_status(GetJobStatusParams {
-                job_id: job_id.clone(),
-            })
-            .await
-            .map(|answer| answer.into_inner().status.and_then(|s| s.status))
-            .map_err(|e| e.to_string())
+    client: Arc<tokio::sync::OnceCell<SchedulerGrpcClient<tonic::transport::Channel>>>,
+}
+
+impl JobWatch {
+    pub(super) fn new(scheduler: String) -> Self {
+        Self {
+            scheduler,
+            client: Arc::default(),
+        }
     }
-    .await;
-    match status {
-        Ok(Some(job_status::Status::Running(_) | job_status::Status::Queued(_))) => Ok(()),
-        Ok(_) => Err(format!(
-            "job {job_id} no longer runs (cancelled or failed): its files are not completed"
-        )),
-        Err(e) => Err(format!(
-            "cannot ask the scheduler at {scheduler} whether job {job_id} still runs ({e}): its files are not completed"
-        )),
+
+    /// `Ok` while job `job_id` is queued or running; otherwise why not.
+    pub(super) async fn still_running(self, job_id: String) -> std::result::Result<(), String> {
+        let scheduler = &self.scheduler;
+        let status = async {
+            let client = self
+                .client
+                .get_or_try_init(|| connect(scheduler))
+                .await
+                .map_err(|e| e.to_string())?;
+            // A tonic client is a handle on the shared channel.
+            let mut client = client.clone();
+            client
+                .get_job_status(GetJobStatusParams {
+                    job_id: job_id.clone(),
+                })
+                .await
+                .map(|answer| answer.into_inner().status.and_then(|s| s.status))
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match status {
+            Ok(Some(job_status::Status::Running(_) | job_status::Status::Queued(_))) => Ok(()),
+            Ok(_) => Err(format!(
+                "job {job_id} no longer runs (cancelled or failed): its files are not completed"
+            )),
+            Err(e) => Err(format!(
+                "cannot ask the scheduler at {scheduler} whether job {job_id} still runs ({e}): its files are not completed"
+            )),
+        }
     }
 }
 

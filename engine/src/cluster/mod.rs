@@ -110,16 +110,7 @@ pub async fn execute(
         config,
     )
     .await
-    .map_err(|e| unreachable_scheduler(scheduler, e))
-}
-
-fn unreachable_scheduler(scheduler: &str, error: datafusion::error::DataFusionError) -> Error {
-    Error::Sink {
-        message: format!(
-            "the cluster at ballista://{scheduler} did not run the plan: {error}; check that `spanlake ballista scheduler` runs there with executors connected"
-        ),
-        retryable: true,
-    }
+    .map_err(|e| job::failed(scheduler, "the plan did not run", e))
 }
 
 /// Write `plan`'s rows with a [`SinkExec`] on the cluster: each task writes

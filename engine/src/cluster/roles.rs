@@ -106,9 +106,9 @@ pub async fn run_executor(
     let host = options.bind.ip().to_string();
     let name = format!("e{}", options.bind.port());
     crate::sink::set_node_name(&name);
-    let scheduler = options.scheduler.to_string();
+    let watch = super::job::JobWatch::new(options.scheduler.to_string());
     crate::sink::set_job_guard(Arc::new(move |job| {
-        Box::pin(super::job::still_running(scheduler.clone(), job))
+        Box::pin(watch.clone().still_running(job))
     }));
     let config = ExecutorProcessConfig {
         executor_id: format!("{name}-{}", uuid::Uuid::now_v7().simple()),

@@ -102,8 +102,6 @@ pub struct PlannedQuery {
     /// Output columns in order, with whether each holds JSON text.
     pub columns: Vec<OutputColumn>,
     rows: PlannedRows,
-    /// Streams to split an unordered, unpaged result into.
-    partitions: usize,
     /// With paging: the page size, and the cursor of the next page (see
     /// [`QueryStream::page`]).
     pub page: Option<(u64, String)>,
@@ -134,7 +132,7 @@ impl PlannedQuery {
                 let partitions = if self.page.is_some() || !split {
                     1
                 } else {
-                    self.partitions
+                    frame.task_ctx().session_config().target_partitions()
                 };
                 execute_in(frame, partitions).await.map_err(refused_plan)?
             }
@@ -346,7 +344,6 @@ async fn plan_parsed(
         return Ok(PlannedQuery {
             columns: pivoted.columns,
             rows: PlannedRows::Started(pivoted.stream),
-            partitions: 1,
             page: None,
         });
     }
@@ -372,7 +369,6 @@ async fn plan_parsed(
     Ok(PlannedQuery {
         columns: compiled.columns,
         rows: PlannedRows::Plan(frame),
-        partitions: target_partitions(&ctx),
         page,
     })
 }
@@ -381,10 +377,6 @@ async fn plan_parsed(
 /// or when asked for one): the plan's batches dealt round-robin, so that the
 /// readers of the streams share the work evenly, whatever the partitions of
 /// the plan.
-fn target_partitions(ctx: &SessionContext) -> usize {
-    ctx.state().config().target_partitions()
-}
-
 async fn execute_in(
     frame: datafusion::dataframe::DataFrame,
     partitions: usize,
@@ -500,7 +492,6 @@ pub async fn plan_query_over_view(
         return Ok(PlannedQuery {
             columns: pivoted.columns,
             rows: PlannedRows::Started(pivoted.stream),
-            partitions: 1,
             page: None,
         });
     }
@@ -508,7 +499,6 @@ pub async fn plan_query_over_view(
     Ok(PlannedQuery {
         columns: compiled.columns,
         rows: PlannedRows::Plan(frame),
-        partitions: target_partitions(ctx),
         page: None,
     })
 }
